@@ -1,0 +1,99 @@
+"""What an adapter tells vditscope about one model family: its attention sites and token layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ..layout import TokenLayout
+
+SiteKind = Literal["self", "cross"]
+
+
+class UnsupportedModelError(ValueError):
+    """The model is not a transformer of a supported video family."""
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One attention module of the transformer that vditscope can observe.
+
+    ``layer`` numbers the video layers 0..L-1 in execution order; a layer may have a self-attention
+    site and a cross-attention site (Wan and LTX attn2, text as keys).
+    """
+
+    name: str
+    layer: int
+    kind: SiteKind
+    module: nn.Module
+
+
+class FamilyAdapter:
+    """Knowledge of one diffusers video transformer family. Subclasses fill in the class attributes."""
+
+    family: ClassVar[str]
+    model_classes: ClassVar[tuple[str, ...]]
+    # where text tokens sit in the joint self-attention sequence: "after" or "before" the video
+    # tokens, or None when self-attention is video-only
+    text_position: ClassVar[Literal["after", "before"] | None] = None
+    # how a pipeline batches classifier-free guidance: "separate" calls or one "batched" call
+    # (uncond first); the pipeline's cache_context name says which, this is documentation
+    cfg_mode: ClassVar[Literal["separate", "batched"]] = "separate"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return type(model).__name__ in cls.model_classes
+
+    def sites(self, model: nn.Module) -> list[AttentionSite]:
+        """The attention modules of the video layers, in execution order."""
+        raise NotImplementedError
+
+    def video_grid(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int, int]:
+        """Video token grid (frames, height, width) of one transformer forward call."""
+        raise NotImplementedError
+
+    def layout(self, grid: tuple[int, int, int], num_tokens: int) -> TokenLayout | None:
+        """Layout of a self-attention call over ``num_tokens`` tokens, or None if it does not fit."""
+        frames, height, width = grid
+        num_video = frames * height * width
+        if num_tokens < num_video or (self.text_position is None and num_tokens != num_video):
+            return None
+        if self.text_position == "before":
+            start = num_tokens - num_video
+            return TokenLayout(frames, height, width, video_start=start, text=(0, start))
+        text = (num_video, num_tokens) if self.text_position == "after" else None
+        return TokenLayout(frames, height, width, video_start=0, text=text)
+
+
+def hidden_states_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """The ``hidden_states`` input of a transformer forward call, positional or keyword."""
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    raise ValueError("the transformer was called without hidden_states")
+
+
+def patch_sizes(config: Any) -> tuple[int, int, int]:
+    """(temporal, height, width) patch sizes from a diffusers transformer config."""
+    patch = config.patch_size
+    if isinstance(patch, (tuple, list)):
+        return int(patch[0]), int(patch[1]), int(patch[2])
+    temporal = getattr(config, "patch_size_t", None) or 1
+    return int(temporal), int(patch), int(patch)
+
+
+def blocks_sites(
+    model: nn.Module, blocks: str, attrs: dict[str, SiteKind], first_layer: int = 0
+) -> list[AttentionSite]:
+    """Sites named ``{blocks}.{i}.{attr}`` for each block i, layer = first_layer + i."""
+    sites = []
+    for i, block in enumerate(getattr(model, blocks, None) or []):
+        for attr, kind in attrs.items():
+            module = getattr(block, attr, None)
+            if module is not None:
+                sites.append(AttentionSite(f"{blocks}.{i}.{attr}", first_layer + i, kind, module))
+    return sites

@@ -1,0 +1,1 @@
+"""Analyses: drive generations with capture and turn statistics into findings."""

@@ -1,0 +1,167 @@
+"""Records of observed attention calls, and the capture table built from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..layout import TokenLayout
+from ..stats import TOP_FRACTIONS, AttentionStats
+
+if TYPE_CHECKING:
+    from ..adapters import AttentionSite
+    from .session import ForwardState
+
+TOP_COLUMNS = [f"top{round(f * 100)}" for f in TOP_FRACTIONS]
+TABLE_COLUMNS = [
+    "generation",
+    "step",
+    "branch",
+    "sample",
+    "layer",
+    "kind",
+    "site",
+    "head",
+    "timestep",
+    "tokens",
+    "entropy",
+    "text_mass",
+    "sink_ratio",
+    "sink_index",
+    "same_frame_mass",
+    *TOP_COLUMNS,
+]
+MAP_KEYS = ("frame_map", "locality_time", "locality_space", "text_received")
+
+
+@dataclass
+class CallRecord:
+    """Per-head statistics of one batch element of one observed attention call."""
+
+    generation: int
+    step: int
+    branch: str
+    sample: int
+    layer: int
+    kind: str
+    site: str
+    timestep: float | None
+    tokens: int
+    layout: TokenLayout | None
+    entropy: np.ndarray  # (H,) mean entropy over queries, nats
+    text_mass: np.ndarray  # (H,) mean mass of video queries on text keys
+    sink_ratio: np.ndarray  # (H,) max received mass / median received mass over visible keys
+    sink_index: np.ndarray  # (H,) key receiving the most mass
+    same_frame_mass: np.ndarray  # (H,) mean mass of video queries on their own frame
+    top_mass: np.ndarray  # (H, 5) mean mass of the top 1/5/10/20/50% keys
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def heads(self) -> int:
+        return len(self.entropy)
+
+
+def sink_ratios(received: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max / median over keys with any mass, argmax) along the last axis; masked keys get no mass."""
+    visible = torch.where(received > 0, received, torch.full_like(received, float("nan")))
+    median = visible.nanmedian(dim=-1).values
+    peak, index = received.max(dim=-1)
+    return peak / median, index
+
+
+def records_from_stats(
+    stats: AttentionStats,
+    site: AttentionSite,
+    state: ForwardState,
+    labels: list[tuple[str, int]],
+    layout: TokenLayout | None,
+    *,
+    keep_maps: bool,
+) -> list[CallRecord]:
+    """One record per batch element of an SDPA call."""
+    num_queries = stats["entropy"].shape[-1]
+    ratio, index = sink_ratios(stats["received"])
+    heads = stats["entropy"].shape[1]
+    records = []
+    for b, (branch, sample) in enumerate(labels):
+        nan = np.full(heads, np.nan, dtype=np.float32)
+        maps: dict[str, torch.Tensor] = {}
+        if site.kind == "cross":
+            text_mass = np.ones(heads, dtype=np.float32)
+            same_frame = nan
+            if keep_maps:
+                maps["text_received"] = (stats["received"][b] / num_queries).cpu()
+        elif layout is not None:
+            text_mass = stats["text_mass"][b].cpu().numpy()
+            same_frame = stats["locality_time"][b, :, 0].cpu().numpy()
+            if keep_maps:
+                maps = {key: stats[key][b].cpu() for key in MAP_KEYS if key in stats}
+        else:
+            text_mass = same_frame = nan
+        top = (
+            stats["topk_mass"][b].cpu().numpy()
+            if "topk_mass" in stats
+            else np.full((heads, len(TOP_FRACTIONS)), np.nan)
+        )
+        records.append(
+            CallRecord(
+                generation=state.generation,
+                step=state.step,
+                branch=branch,
+                sample=sample,
+                layer=site.layer,
+                kind=site.kind,
+                site=site.name,
+                timestep=state.timestep,
+                tokens=int(stats["received"].shape[-1]),
+                layout=layout,
+                entropy=stats["entropy"][b].mean(-1).cpu().numpy(),
+                text_mass=text_mass,
+                sink_ratio=ratio[b].cpu().numpy(),
+                sink_index=index[b].cpu().numpy(),
+                same_frame_mass=same_frame,
+                top_mass=top,
+                maps=maps,
+            )
+        )
+    return records
+
+
+def records_table(records: list[CallRecord]) -> Any:
+    """The capture table (pandas DataFrame), one row per record and head, columns TABLE_COLUMNS."""
+    import pandas as pd
+
+    if not records:
+        return pd.DataFrame({name: [] for name in TABLE_COLUMNS})
+    heads = np.concatenate([np.arange(r.heads) for r in records])
+
+    def per_head(attr: str) -> np.ndarray:
+        return np.concatenate([np.repeat(getattr(r, attr), r.heads) for r in records])
+
+    def values(attr: str) -> np.ndarray:
+        return np.concatenate([getattr(r, attr) for r in records])
+
+    top = np.concatenate([r.top_mass for r in records])
+    columns: dict[str, Any] = {
+        "generation": per_head("generation"),
+        "step": per_head("step"),
+        "branch": per_head("branch"),
+        "sample": per_head("sample"),
+        "layer": per_head("layer"),
+        "kind": per_head("kind"),
+        "site": per_head("site"),
+        "head": heads,
+        "timestep": np.concatenate([np.repeat(np.nan if r.timestep is None else r.timestep, r.heads) for r in records]),
+        "tokens": per_head("tokens"),
+        "entropy": values("entropy"),
+        "text_mass": values("text_mass"),
+        "sink_ratio": values("sink_ratio"),
+        "sink_index": values("sink_index"),
+        "same_frame_mass": values("same_frame_mass"),
+    }
+    for i, name in enumerate(TOP_COLUMNS):
+        columns[name] = top[:, i]
+    return pd.DataFrame(columns)[TABLE_COLUMNS]

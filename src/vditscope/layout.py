@@ -1,0 +1,80 @@
+"""Token layout of one attention call: where the text and the video tokens sit in the sequence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where text and video tokens are in a joint sequence.
+
+    Video tokens are ``frames * height * width`` consecutive tokens starting at ``video_start``,
+    flattened frame-major (frame, row, column), as every supported family patchifies them.
+    ``text`` is the half-open range ``(start, stop)`` of text tokens, or ``None``.
+    """
+
+    frames: int
+    height: int
+    width: int
+    video_start: int = 0
+    text: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if min(self.frames, self.height, self.width) < 1:
+            raise ValueError(f"TokenLayout needs a positive video grid, got {self.grid}")
+        if self.video_start < 0:
+            raise ValueError(f"TokenLayout.video_start must be >= 0, got {self.video_start}")
+        if self.text is not None:
+            start, stop = self.text
+            if not 0 <= start <= stop:
+                raise ValueError(f"TokenLayout.text must be a range (start, stop), got {self.text}")
+            video = range(self.video_start, self.video_stop)
+            if start < video.stop and video.start < stop:
+                raise ValueError(f"text range {self.text} overlaps the video tokens {video.start}:{video.stop}")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return (self.frames, self.height, self.width)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.height * self.width
+
+    @property
+    def num_video(self) -> int:
+        return self.frames * self.height * self.width
+
+    @property
+    def video_stop(self) -> int:
+        return self.video_start + self.num_video
+
+    @property
+    def num_text(self) -> int:
+        return 0 if self.text is None else self.text[1] - self.text[0]
+
+    def check_fits(self, num_tokens: int) -> None:
+        """Raise ValueError when the layout does not fit a sequence of ``num_tokens`` tokens."""
+        stop = max(self.video_stop, self.text[1] if self.text else 0)
+        if stop > num_tokens:
+            raise ValueError(f"layout {self} needs {stop} tokens but the sequence has {num_tokens}")
+
+    def key_groups(self, num_tokens: int, device: torch.device | None = None) -> torch.Tensor:
+        """Group id of every token: its frame (0..F-1) for video, F for text, F + 1 for anything else."""
+        groups = torch.full((num_tokens,), self.frames + 1, dtype=torch.long, device=device)
+        frame_of = torch.arange(self.frames, device=device).repeat_interleave(self.tokens_per_frame)
+        groups[self.video_start : self.video_stop] = frame_of
+        if self.text is not None:
+            groups[self.text[0] : self.text[1]] = self.frames
+        return groups
+
+    def to_dict(self) -> dict:
+        return {
+            "frames": self.frames,
+            "height": self.height,
+            "width": self.width,
+            "video_start": self.video_start,
+            "text": list(self.text) if self.text is not None else None,
+        }

@@ -1,0 +1,440 @@
+"""Exact attention with statistics, streamed over query chunks so no N x N map is ever held.
+
+Every statistic comes from the same unnormalized probabilities that are multiplied with V:
+one chunk of scores, one exp2, one matrix product with V extended by one-hot key-group columns
+(frames, text, a column of ones for the row sums), then cheap reductions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import torch
+
+from ..layout import TokenLayout
+from .top_mass import (
+    TOP_FRACTIONS,
+    estimate_mean_top_mass,
+    exact_top_mass,
+    sampled_rows,
+)
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+# Finite stand-in for -inf in log2 units: exp2 of it is exactly 0 and 0 * MASKED is 0, not nan.
+MASKED = -1.0e30
+# Score buffer budget per chunk (elements); chunk rows = budget / number of keys, within bounds.
+CHUNK_ELEMENTS = 1 << 22
+MIN_CHUNK, MAX_CHUNK = 64, 512
+
+TopMassMode = Literal["auto", "exact", "estimate", "off"]
+
+
+class AttentionStats(dict):
+    """Statistics of one attention call (a dict of tensors whose keys also read as attributes).
+
+    ``top_mass_method`` says how ``topk_mass`` was obtained: "exact", "estimate" or "off".
+    """
+
+    top_mass_method: str = "off"
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def default_chunk_size(num_keys: int) -> int:
+    """Query rows per chunk: large enough for efficient matrix products, small enough for cache."""
+    return int(min(MAX_CHUNK, max(MIN_CHUNK, CHUNK_ELEMENTS // max(num_keys, 1))))
+
+
+@lru_cache(maxsize=4)
+def _offset_index(height: int, width: int) -> torch.Tensor:
+    """Flat (dy, dx) offset id of every (query position, key position) pair of one frame."""
+    ys = torch.arange(height).repeat_interleave(width)
+    xs = torch.arange(width).repeat(height)
+    dy = ys[None, :] - ys[:, None] + height - 1
+    dx = xs[None, :] - xs[:, None] + width - 1
+    return (dy * (2 * width - 1) + dx).flatten()
+
+
+@dataclass
+class _HeadAccumulator:
+    """Running sums of one (batch, query head) over its chunks."""
+
+    received: torch.Tensor
+    frame_sum: torch.Tensor | None
+    text_sum: torch.Tensor | None
+    space_sum: torch.Tensor | None
+    text_recv: torch.Tensor | None
+    top_sum: torch.Tensor
+    valid_rows: int = 0
+    sample_mass: list[torch.Tensor] | None = None
+    sample_features: list[torch.Tensor] | None = None
+    feature_sum: torch.Tensor | None = None
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.shape[0] == k.shape[0] == v.shape[0]):
+        raise ValueError("q, k, v must have the same batch size")
+    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        raise ValueError("k and v must have the same heads and length")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError("q and k must have the same head dimension")
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key heads ({k.shape[1]})")
+
+
+def attention_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None = None,
+    layout: TokenLayout | None = None,
+    chunk_size: int | None = None,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    top_mass: TopMassMode = "auto",
+    spatial: bool = True,
+    compute_output: bool = True,
+) -> tuple[torch.Tensor | None, AttentionStats]:
+    """Attention output and its statistics, computed exactly in query chunks.
+
+    q (B, Hq, Nq, D), k (B, Hk, Nk, D), v (B, Hk, Nk, Dv) as for torch SDPA; Hq may be a multiple of
+    Hk (grouped-query heads). ``attn_mask`` is a boolean (True = attend) or additive mask
+    broadcastable to (B, Hq, Nq, Nk); ``is_causal`` masks keys after the query (top-left aligned).
+    ``top_mass``: "exact" per row, "estimate" (exact on a subset of rows, corrected by control
+    variates), "auto" (exact up to 2,048 queries), "off" (skip it, fastest). With
+    ``compute_output=False`` only the statistics are computed and ``out`` is None.
+
+    Statistics (float32): ``entropy`` (B, H, Nq) nats; ``received`` (B, H, Nk) mass per key summed
+    over queries; ``topk_mass`` (B, H, 5) mean mass of the top 1/5/10/20/50% keys. With a layout
+    (self-attention only): ``frame_map`` (B, H, F, F), ``text_mass`` (B, H), ``locality_time``
+    (B, H, F) mass at frame distance 0..F-1, ``text_received`` (B, H, Ntext) mass on each text
+    token (when the layout has text), and with ``spatial``: ``spatial_offsets``
+    (B, H, 2Hp-1, 2Wp-1) same-frame mass by (dy, dx) and ``locality_space`` (B, H, max(Hp, Wp))
+    same-frame mass by Chebyshev ring. Means are over queries with at least one visible key;
+    the layout statistics are means over video queries.
+    """
+    _check_inputs(q, k, v)
+    if top_mass not in ("auto", "exact", "estimate", "off"):
+        raise ValueError(f"top_mass must be auto, exact, estimate or off; got {top_mass!r}")
+    batch, q_heads, num_q, dim = q.shape
+    kv_heads, num_k, dim_v = k.shape[1], k.shape[2], v.shape[-1]
+    group = q_heads // kv_heads
+    device = q.device
+    if scale is None:
+        scale = 1.0 / math.sqrt(dim)
+    if layout is not None:
+        if num_q != num_k:
+            raise ValueError("a layout describes self-attention: queries and keys must be the same sequence")
+        layout.check_fits(num_k)
+    chunk = chunk_size or default_chunk_size(num_k)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk}")
+
+    mask = _prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
+    masked_rows = mask is not None or is_causal
+    rows_exact = None if top_mass == "off" else sampled_rows(num_q, "exact" if top_mass == "exact" else top_mass)
+    estimating = top_mass != "off" and rows_exact is not None
+    if estimating:
+        rows_exact = rows_exact.to(device)
+
+    groups = layout.key_groups(num_k, device) if layout is not None else None
+    num_group_cols = 0 if layout is None else layout.frames + 2
+    extra = num_group_cols + 1  # group indicators, then a column of ones for the row sums
+    indicator = torch.zeros(num_k, extra, dtype=torch.float32, device=device)
+    if groups is not None:
+        indicator[torch.arange(num_k, device=device), groups] = 1.0
+    indicator[:, -1] = 1.0
+
+    out = torch.empty(batch, q_heads, num_q, dim_v, dtype=q.dtype, device=device) if compute_output else None
+    entropy = torch.empty(batch, q_heads, num_q, dtype=torch.float32, device=device)
+    received = torch.zeros(batch, q_heads, num_k, dtype=torch.float32, device=device)
+    n_top = len(TOP_FRACTIONS)
+    topk_mass = torch.zeros(batch, q_heads, n_top, dtype=torch.float32, device=device)
+    frame_map = text_mass = space = text_received = None
+    if layout is not None:
+        frames, hw = layout.frames, layout.tokens_per_frame
+        frame_map = torch.zeros(batch, q_heads, frames, frames, dtype=torch.float32, device=device)
+        text_mass = torch.zeros(batch, q_heads, dtype=torch.float32, device=device)
+        if layout.text is not None:
+            text_received = torch.zeros(batch, q_heads, layout.num_text, dtype=torch.float32, device=device)
+        if spatial:
+            space = torch.zeros(
+                batch, q_heads, 2 * layout.height - 1, 2 * layout.width - 1, dtype=torch.float32, device=device
+            )
+
+    score_buf = torch.empty(chunk, num_k, dtype=torch.float32, device=device)
+    prob_buf = torch.empty(chunk, num_k, dtype=torch.float32, device=device)
+    width_v = (dim_v if compute_output else 0) + extra
+    prod_buf = torch.empty(chunk, width_v, dtype=torch.float32, device=device)
+
+    for b in range(batch):
+        for hk in range(kv_heads):
+            keys_t = k[b, hk].to(torch.float32).t().contiguous()
+            # V extended by the key-group indicator columns: one product gives output and group sums
+            values = torch.cat([v[b, hk].to(torch.float32), indicator], dim=1) if compute_output else indicator
+            for g in range(group):
+                h = hk * group + g
+                acc = _HeadAccumulator(
+                    received=received[b, h],
+                    frame_sum=frame_map[b, h] if frame_map is not None else None,
+                    text_sum=text_mass[b, h : h + 1] if text_mass is not None else None,
+                    space_sum=(torch.zeros(hw, hw, dtype=torch.float32, device=device) if space is not None else None),
+                    text_recv=text_received[b, h] if text_received is not None else None,
+                    top_sum=topk_mass[b, h],
+                )
+                if estimating:
+                    acc.sample_mass, acc.sample_features = [], []
+                    acc.feature_sum = torch.zeros(2, dtype=torch.float64, device=device)
+                queries = q[b, h].to(torch.float32) * (scale * LOG2E)
+                head_mask = mask[b, h] if mask is not None else None
+                for r0 in range(0, num_q, chunk):
+                    r1 = min(num_q, r0 + chunk)
+                    _chunk_step(
+                        queries[r0:r1],
+                        keys_t,
+                        values,
+                        r0,
+                        score_buf[: r1 - r0],
+                        prob_buf[: r1 - r0],
+                        prod_buf[: r1 - r0],
+                        head_mask,
+                        is_causal,
+                        masked_rows,
+                        layout,
+                        out[b, h, r0:r1] if out is not None else None,
+                        entropy[b, h, r0:r1],
+                        acc,
+                        top_mass,
+                        rows_exact,
+                    )
+                _finish_head(acc, layout, estimating, entropy[b, h], space, b, h)
+
+    stats = AttentionStats(entropy=entropy, received=received)
+    if top_mass != "off":
+        stats["topk_mass"] = topk_mass
+        stats.top_mass_method = "estimate" if estimating else "exact"
+    if layout is not None:
+        stats["frame_map"] = frame_map
+        stats["text_mass"] = text_mass
+        stats["locality_time"] = frame_distance_profile(frame_map)
+        if text_received is not None:
+            stats["text_received"] = text_received
+        if space is not None:
+            stats["spatial_offsets"] = space
+            stats["locality_space"] = ring_profile(space, layout.height, layout.width)
+    return out, stats
+
+
+def _prepare_mask(
+    attn_mask: torch.Tensor | None, batch: int, heads: int, num_q: int, num_k: int
+) -> torch.Tensor | None:
+    """The mask as a (B, H, Nq, Nk) broadcast view: bool (True = attend) or additive in log2 units."""
+    if attn_mask is None:
+        return None
+    if attn_mask.dtype != torch.bool:
+        attn_mask = attn_mask.to(torch.float32) * LOG2E
+    while attn_mask.ndim < 4:
+        attn_mask = attn_mask.unsqueeze(0)
+    try:
+        return attn_mask.expand(batch, heads, num_q, num_k)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to {(batch, heads, num_q, num_k)}"
+        ) from exc
+
+
+def _chunk_step(
+    queries: torch.Tensor,
+    keys_t: torch.Tensor,
+    values: torch.Tensor,
+    row0: int,
+    scores: torch.Tensor,
+    probs: torch.Tensor,
+    product: torch.Tensor,
+    head_mask: torch.Tensor | None,
+    is_causal: bool,
+    masked_rows: bool,
+    layout: TokenLayout | None,
+    out_rows: torch.Tensor | None,
+    entropy_rows: torch.Tensor,
+    acc: _HeadAccumulator,
+    top_mass: str,
+    rows_exact: torch.Tensor | None,
+) -> None:
+    """One chunk of query rows: scores, probabilities, output rows and every statistic."""
+    rows = scores.shape[0]
+    num_k = scores.shape[1]
+    torch.mm(queries, keys_t, out=scores)
+    if head_mask is not None:
+        chunk_mask = head_mask[row0 : row0 + rows]
+        if chunk_mask.stride(0) == 0:  # key padding mask: the same row for every query
+            chunk_mask = chunk_mask[:1]
+        if chunk_mask.dtype == torch.bool:
+            scores.masked_fill_(chunk_mask.logical_not(), MASKED)
+        else:
+            scores.add_(chunk_mask).clamp_(min=MASKED)
+    if is_causal:
+        query_index = torch.arange(row0, row0 + rows, device=scores.device)[:, None]
+        key_index = torch.arange(num_k, device=scores.device)[None, :]
+        scores.masked_fill_(key_index > query_index, MASKED)
+    row_max = scores.amax(dim=1, keepdim=True)
+    empty = None
+    if masked_rows:
+        empty = row_max <= MASKED / 2
+        if bool(empty.any()):
+            row_max.masked_fill_(empty, 0.0)
+        else:
+            empty = None
+    scores.sub_(row_max)
+    torch.exp2(scores, out=probs)
+    torch.mm(probs, values, out=product)
+    row_sum = product[:, -1]
+    inv = torch.where(row_sum > 0, row_sum.reciprocal(), torch.zeros_like(row_sum))
+    if out_rows is not None:
+        dim_v = out_rows.shape[-1]
+        out_rows.copy_(product[:, :dim_v] * inv[:, None])
+    # entropy = ln(sum P) - ln2 * sum(P * S) / sum(P), S = log2-scaled logits minus the row max
+    dots = torch.linalg.vecdot(probs, scores)
+    log_sum = torch.log(row_sum.clamp(min=1e-30))
+    torch.sub(log_sum, dots * inv * LN2, out=entropy_rows)
+    valid = None
+    if empty is not None:
+        valid = ~empty.view(rows)
+        entropy_rows.masked_fill_(~valid, 0.0)
+        acc.valid_rows += int(valid.sum())
+    else:
+        acc.valid_rows += rows
+    acc.received.addmv_(probs.t(), inv)
+
+    if layout is not None:
+        _layout_step(probs, product, inv, row0, layout, acc, out_rows is not None)
+
+    if top_mass == "off":
+        return
+    if rows_exact is None:
+        local = None
+        weights = probs * inv[:, None]
+    else:
+        lo, hi = torch.searchsorted(rows_exact, torch.tensor([row0, row0 + rows], device=rows_exact.device)).tolist()
+        local = rows_exact[lo:hi] - row0
+        weights = probs[local] * inv[local, None]
+        feats = torch.stack([entropy_rows, log_sum], dim=1)
+        if valid is not None:
+            feats = feats[valid]
+        acc.feature_sum += feats.to(torch.float64).sum(0)
+    if weights.shape[0] == 0:
+        return
+    if masked_rows:
+        visible = (scores if local is None else scores[local]) > MASKED / 2
+        num_valid = visible.sum(dim=1)
+    else:
+        num_valid = torch.full((weights.shape[0],), num_k, dtype=torch.long, device=weights.device)
+    keep = num_valid > 0
+    masses = (
+        exact_top_mass(weights[keep], num_valid[keep]) if not bool(keep.all()) else exact_top_mass(weights, num_valid)
+    )
+    if local is None:
+        acc.top_sum += masses.sum(0)
+    else:
+        sel = local[keep] if not bool(keep.all()) else local
+        acc.sample_mass.append(masses)
+        acc.sample_features.append(torch.stack([entropy_rows[sel], log_sum[sel]], dim=1))
+
+
+def _layout_step(
+    probs: torch.Tensor,
+    product: torch.Tensor,
+    inv: torch.Tensor,
+    row0: int,
+    layout: TokenLayout,
+    acc: _HeadAccumulator,
+    has_output: bool,
+) -> None:
+    """Frame map, text mass and same-frame spatial sums of the video query rows of one chunk."""
+    rows = probs.shape[0]
+    v0 = max(row0, layout.video_start)
+    v1 = min(row0 + rows, layout.video_stop)
+    if v1 <= v0:
+        return
+    frames, hw = layout.frames, layout.tokens_per_frame
+    start = product.shape[1] - (frames + 3)  # group columns: frames, text, other, ones
+    local = slice(v0 - row0, v1 - row0)
+    group_mass = product[local, start : start + frames + 1] * inv[local, None]
+    query_frame = torch.div(torch.arange(v0, v1, device=probs.device) - layout.video_start, hw, rounding_mode="floor")
+    acc.frame_sum.index_add_(0, query_frame, group_mass[:, :frames])
+    acc.text_sum += group_mass[:, frames].sum()
+    if acc.text_recv is not None:
+        acc.text_recv.addmv_(probs[local, layout.text[0] : layout.text[1]].t(), inv[local])
+    if acc.space_sum is None:
+        return
+    # same-frame block of each frame the chunk touches: contiguous rows and key columns
+    first = (v0 - layout.video_start) // hw
+    last = (v1 - 1 - layout.video_start) // hw
+    for frame in range(first, last + 1):
+        f0 = layout.video_start + frame * hw
+        a, z = max(v0, f0), min(v1, f0 + hw)
+        block = probs[a - row0 : z - row0, f0 : f0 + hw]
+        acc.space_sum[a - f0 : z - f0].addcmul_(block, inv[a - row0 : z - row0, None])
+
+
+def _finish_head(
+    acc: _HeadAccumulator,
+    layout: TokenLayout | None,
+    estimating: bool,
+    entropy_head: torch.Tensor,
+    space: torch.Tensor | None,
+    b: int,
+    h: int,
+) -> None:
+    """Turn one head's running sums into means."""
+    if acc.sample_mass is not None and estimating:
+        if acc.sample_mass:
+            masses = torch.cat(acc.sample_mass)
+            feats = torch.cat(acc.sample_features)
+            mean_feats = acc.feature_sum / max(acc.valid_rows, 1)
+            acc.top_sum.copy_(estimate_mean_top_mass(masses, feats, mean_feats))
+    elif acc.valid_rows:
+        acc.top_sum.div_(acc.valid_rows)
+    if layout is None:
+        return
+    acc.frame_sum.div_(layout.tokens_per_frame)
+    acc.text_sum.div_(layout.num_video)
+    if acc.text_recv is not None:
+        acc.text_recv.div_(layout.num_video)
+    if space is not None:
+        index = _offset_index(layout.height, layout.width).to(acc.space_sum.device)
+        flat = torch.zeros(space.shape[2] * space.shape[3], dtype=torch.float32, device=space.device)
+        flat.index_add_(0, index, acc.space_sum.flatten())
+        space[b, h] = flat.view(space.shape[2], space.shape[3]) / layout.num_video
+
+
+def frame_distance_profile(frame_map: torch.Tensor) -> torch.Tensor:
+    """Mean mass a video query puts on frames at distance |dt| = 0..F-1: (..., F)."""
+    frames = frame_map.shape[-1]
+    idx = torch.arange(frames, device=frame_map.device)
+    distance = (idx[:, None] - idx[None, :]).abs().flatten()
+    flat = frame_map.flatten(-2)
+    profile = torch.zeros(*frame_map.shape[:-2], frames, dtype=frame_map.dtype, device=frame_map.device)
+    profile.index_add_(-1, distance, flat)
+    return profile / frames
+
+
+def ring_profile(offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Same-frame mass by Chebyshev distance ring r = max(|dy|, |dx|) = 0..max(H, W)-1: (..., R)."""
+    dy = (torch.arange(2 * height - 1, device=offsets.device) - (height - 1)).abs()
+    dx = (torch.arange(2 * width - 1, device=offsets.device) - (width - 1)).abs()
+    ring = torch.maximum(dy[:, None], dx[None, :]).flatten()
+    profile = torch.zeros(*offsets.shape[:-2], max(height, width), dtype=offsets.dtype, device=offsets.device)
+    profile.index_add_(-1, ring, offsets.flatten(-2))
+    return profile
