@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 
 @dataclass(frozen=True)
 class TokenLayout:
@@ -60,15 +58,6 @@ class TokenLayout:
         stop = max(self.video_stop, self.text[1] if self.text else 0)
         if stop > num_tokens:
             raise ValueError(f"layout {self} needs {stop} tokens but the sequence has {num_tokens}")
-
-    def key_groups(self, num_tokens: int, device: torch.device | None = None) -> torch.Tensor:
-        """Group id of every token: its frame (0..F-1) for video, F for text, F + 1 for anything else."""
-        groups = torch.full((num_tokens,), self.frames + 1, dtype=torch.long, device=device)
-        frame_of = torch.arange(self.frames, device=device).repeat_interleave(self.tokens_per_frame)
-        groups[self.video_start : self.video_stop] = frame_of
-        if self.text is not None:
-            groups[self.text[0] : self.text[1]] = self.frames
-        return groups
 
     def to_dict(self) -> dict:
         return {

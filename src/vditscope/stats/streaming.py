@@ -1,8 +1,8 @@
 """Exact attention with statistics, streamed over query chunks so no N x N map is ever held.
 
 Every statistic comes from the same unnormalized probabilities that are multiplied with V:
-one chunk of scores, one exp2, one matrix product with V extended by one-hot key-group columns
-(frames, text, a column of ones for the row sums), then cheap reductions.
+one chunk of scores, one exp2, one matrix product with V, then cheap reductions over the chunk
+(row sums, per-frame sums of contiguous key blocks, a row-wise dot product for the entropy).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 # Finite stand-in for -inf in log2 units: exp2 of it is exactly 0 and 0 * MASKED is 0, not nan.
 MASKED = -1.0e30
+# Additive mask values at or below this (natural-log units) mean "masked", like -inf.
+MASK_FLOOR = -1.0e4
 # Score buffer budget per chunk (elements); chunk rows = budget / number of keys, within bounds.
 CHUNK_ELEMENTS = 1 << 22
 MIN_CHUNK, MAX_CHUNK = 64, 512
@@ -137,9 +139,9 @@ def attention_stats(
         if num_q != num_k:
             raise ValueError("a layout describes self-attention: queries and keys must be the same sequence")
         layout.check_fits(num_k)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     chunk = chunk_size or default_chunk_size(num_k)
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk}")
 
     mask = _prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
     masked_rows = mask is not None or is_causal
@@ -147,14 +149,6 @@ def attention_stats(
     estimating = top_mass != "off" and rows_exact is not None
     if estimating:
         rows_exact = rows_exact.to(device)
-
-    groups = layout.key_groups(num_k, device) if layout is not None else None
-    num_group_cols = 0 if layout is None else layout.frames + 2
-    extra = num_group_cols + 1  # group indicators, then a column of ones for the row sums
-    indicator = torch.zeros(num_k, extra, dtype=torch.float32, device=device)
-    if groups is not None:
-        indicator[torch.arange(num_k, device=device), groups] = 1.0
-    indicator[:, -1] = 1.0
 
     out = torch.empty(batch, q_heads, num_q, dim_v, dtype=q.dtype, device=device) if compute_output else None
     entropy = torch.empty(batch, q_heads, num_q, dtype=torch.float32, device=device)
@@ -175,14 +169,12 @@ def attention_stats(
 
     score_buf = torch.empty(chunk, num_k, dtype=torch.float32, device=device)
     prob_buf = torch.empty(chunk, num_k, dtype=torch.float32, device=device)
-    width_v = (dim_v if compute_output else 0) + extra
-    prod_buf = torch.empty(chunk, width_v, dtype=torch.float32, device=device)
+    prod_buf = torch.empty(chunk, dim_v, dtype=torch.float32, device=device) if compute_output else None
 
     for b in range(batch):
         for hk in range(kv_heads):
             keys_t = k[b, hk].to(torch.float32).t().contiguous()
-            # V extended by the key-group indicator columns: one product gives output and group sums
-            values = torch.cat([v[b, hk].to(torch.float32), indicator], dim=1) if compute_output else indicator
+            values = v[b, hk].to(torch.float32).contiguous() if compute_output else None
             for g in range(group):
                 h = hk * group + g
                 acc = _HeadAccumulator(
@@ -195,7 +187,7 @@ def attention_stats(
                 )
                 if estimating:
                     acc.sample_mass, acc.sample_features = [], []
-                    acc.feature_sum = torch.zeros(2, dtype=torch.float64, device=device)
+                    acc.feature_sum = torch.zeros(3 if masked_rows else 2, dtype=torch.float64, device=device)
                 queries = q[b, h].to(torch.float32) * (scale * LOG2E)
                 head_mask = mask[b, h] if mask is not None else None
                 for r0 in range(0, num_q, chunk):
@@ -207,7 +199,7 @@ def attention_stats(
                         r0,
                         score_buf[: r1 - r0],
                         prob_buf[: r1 - r0],
-                        prod_buf[: r1 - r0],
+                        prod_buf[: r1 - r0] if prod_buf is not None else None,
                         head_mask,
                         is_causal,
                         masked_rows,
@@ -243,7 +235,10 @@ def _prepare_mask(
     if attn_mask is None:
         return None
     if attn_mask.dtype != torch.bool:
+        # additive values at or below MASK_FLOOR (natural-log units) hide the key: its weight is 0
+        # in any float format, and it does not count as a visible key for the top-k fractions
         attn_mask = attn_mask.to(torch.float32) * LOG2E
+        attn_mask = attn_mask.masked_fill(attn_mask <= MASK_FLOOR * LOG2E, MASKED)
     while attn_mask.ndim < 4:
         attn_mask = attn_mask.unsqueeze(0)
     try:
@@ -257,11 +252,11 @@ def _prepare_mask(
 def _chunk_step(
     queries: torch.Tensor,
     keys_t: torch.Tensor,
-    values: torch.Tensor,
+    values: torch.Tensor | None,
     row0: int,
     scores: torch.Tensor,
     probs: torch.Tensor,
-    product: torch.Tensor,
+    product: torch.Tensor | None,
     head_mask: torch.Tensor | None,
     is_causal: bool,
     masked_rows: bool,
@@ -298,14 +293,17 @@ def _chunk_step(
             empty = None
     scores.sub_(row_max)
     torch.exp2(scores, out=probs)
-    torch.mm(probs, values, out=product)
-    row_sum = product[:, -1]
+    row_sum = probs.sum(dim=1)
     inv = torch.where(row_sum > 0, row_sum.reciprocal(), torch.zeros_like(row_sum))
     if out_rows is not None:
-        dim_v = out_rows.shape[-1]
-        out_rows.copy_(product[:, :dim_v] * inv[:, None])
-    # entropy = ln(sum P) - ln2 * sum(P * S) / sum(P), S = log2-scaled logits minus the row max
-    dots = torch.linalg.vecdot(probs, scores)
+        torch.mm(probs, values, out=product)
+        out_rows.copy_(product.mul_(inv[:, None]))
+    visible = None
+    if masked_rows and top_mass != "off":
+        visible = (scores > MASKED / 2).sum(dim=1)
+    # entropy = ln(sum P) - ln2 * sum(P * S) / sum(P), S = log2-scaled logits minus the row max;
+    # scores are not needed after this, so the product is taken in place
+    dots = scores.mul_(probs).sum(dim=1)
     log_sum = torch.log(row_sum.clamp(min=1e-30))
     torch.sub(log_sum, dots * inv * LN2, out=entropy_rows)
     valid = None
@@ -318,7 +316,7 @@ def _chunk_step(
     acc.received.addmv_(probs.t(), inv)
 
     if layout is not None:
-        _layout_step(probs, product, inv, row0, layout, acc, out_rows is not None)
+        _layout_step(probs, inv, row0, layout, acc)
 
     if top_mass == "off":
         return
@@ -329,37 +327,48 @@ def _chunk_step(
         lo, hi = torch.searchsorted(rows_exact, torch.tensor([row0, row0 + rows], device=rows_exact.device)).tolist()
         local = rows_exact[lo:hi] - row0
         weights = probs[local] * inv[local, None]
-        feats = torch.stack([entropy_rows, log_sum], dim=1)
+        feats = _features(entropy_rows, log_sum, visible)
         if valid is not None:
             feats = feats[valid]
         acc.feature_sum += feats.to(torch.float64).sum(0)
     if weights.shape[0] == 0:
         return
-    if masked_rows:
-        visible = (scores if local is None else scores[local]) > MASKED / 2
-        num_valid = visible.sum(dim=1)
+    if visible is not None:
+        num_valid = visible if local is None else visible[local]
     else:
         num_valid = torch.full((weights.shape[0],), num_k, dtype=torch.long, device=weights.device)
     keep = num_valid > 0
-    masses = (
-        exact_top_mass(weights[keep], num_valid[keep]) if not bool(keep.all()) else exact_top_mass(weights, num_valid)
-    )
+    if not bool(keep.all()):
+        weights, num_valid = weights[keep], num_valid[keep]
+        if local is not None:
+            local = local[keep]
+    if weights.shape[0] == 0:
+        return
+    masses = exact_top_mass(weights, num_valid)
     if local is None:
         acc.top_sum += masses.sum(0)
     else:
-        sel = local[keep] if not bool(keep.all()) else local
         acc.sample_mass.append(masses)
-        acc.sample_features.append(torch.stack([entropy_rows[sel], log_sum[sel]], dim=1))
+        acc.sample_features.append(
+            _features(entropy_rows[local], log_sum[local], None if visible is None else visible[local])
+        )
+
+
+def _features(entropy: torch.Tensor, log_sum: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+    """Per-row control variates of the top-mass estimate: entropy, log row sum (= -log max weight),
+    and, when keys are masked, the log number of visible keys."""
+    columns = [entropy, log_sum]
+    if visible is not None:
+        columns.append(torch.log(visible.clamp(min=1).to(torch.float32)))
+    return torch.stack(columns, dim=1)
 
 
 def _layout_step(
     probs: torch.Tensor,
-    product: torch.Tensor,
     inv: torch.Tensor,
     row0: int,
     layout: TokenLayout,
     acc: _HeadAccumulator,
-    has_output: bool,
 ) -> None:
     """Frame map, text mass and same-frame spatial sums of the video query rows of one chunk."""
     rows = probs.shape[0]
@@ -368,14 +377,17 @@ def _layout_step(
     if v1 <= v0:
         return
     frames, hw = layout.frames, layout.tokens_per_frame
-    start = product.shape[1] - (frames + 3)  # group columns: frames, text, other, ones
     local = slice(v0 - row0, v1 - row0)
-    group_mass = product[local, start : start + frames + 1] * inv[local, None]
-    query_frame = torch.div(torch.arange(v0, v1, device=probs.device) - layout.video_start, hw, rounding_mode="floor")
-    acc.frame_sum.index_add_(0, query_frame, group_mass[:, :frames])
-    acc.text_sum += group_mass[:, frames].sum()
-    if acc.text_recv is not None:
-        acc.text_recv.addmv_(probs[local, layout.text[0] : layout.text[1]].t(), inv[local])
+    video_keys = probs[local, layout.video_start : layout.video_stop].unflatten(1, (frames, hw))
+    frame_mass = video_keys.sum(dim=2).mul_(inv[local, None])
+    query_frame = torch.div(
+        torch.arange(v0, v1, device=probs.device) - layout.video_start, hw, rounding_mode="floor"
+    )
+    acc.frame_sum.index_add_(0, query_frame, frame_mass)
+    if layout.text is not None:
+        text_keys = probs[local, layout.text[0] : layout.text[1]]
+        acc.text_sum += text_keys.sum(dim=1).dot(inv[local])
+        acc.text_recv.addmv_(text_keys.t(), inv[local])
     if acc.space_sum is None:
         return
     # same-frame block of each frame the chunk touches: contiguous rows and key columns
