@@ -89,7 +89,7 @@ def time_variants(n: int, heads: int, dim: int, reps: int, device: str, variants
 def peak_memory_mb(name: str, n: int, heads: int, dim: int, device: str) -> float:
     """Peak memory above the inputs, in MiB, measured in a fresh process."""
     code = f"""
-import resource, torch, json, sys
+import torch, json, sys
 sys.path.insert(0, {repr(sys.path[0])})
 from bench_attention_stats import make_inputs, layout_for, run_variant
 q, k, v = make_inputs({n}, {heads}, {dim}, {device!r})
@@ -98,10 +98,14 @@ if {device!r} == "cuda":
     run_variant({name!r}, q, k, v, layout_for({n}))
     print(json.dumps((torch.cuda.max_memory_allocated() - base) / 2**20))
 else:
-    with open("/proc/self/statm") as f: base = int(f.read().split()[1]) * 4096
+    def status(key):
+        with open("/proc/self/status") as f:
+            return int(f.read().split(key + ":")[1].split()[0]) * 1024
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident size (VmHWM) to the current one
+    base = status("VmRSS")
     run_variant({name!r}, q, k, v, layout_for({n}))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps((peak - base) / 2**20))
+    print(json.dumps((status("VmHWM") - base) / 2**20))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:

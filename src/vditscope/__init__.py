@@ -3,6 +3,7 @@
 from .adapters import UnsupportedModelError, supported_families
 from .capture import Capture, capture
 from .layout import TokenLayout
+from .models.pixel_vae import PixelShuffleVAE
 from .stats import TOP_FRACTIONS, AttentionStats, attention_stats
 from .tiny import tiny_model_dir
 
@@ -12,6 +13,7 @@ __all__ = [
     "TOP_FRACTIONS",
     "AttentionStats",
     "Capture",
+    "PixelShuffleVAE",
     "TokenLayout",
     "UnsupportedModelError",
     "__version__",

@@ -8,6 +8,7 @@ one chunk of scores, one exp2, one matrix product with V, then cheap reductions 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -26,11 +27,14 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 # Finite stand-in for -inf in log2 units: exp2 of it is exactly 0 and 0 * MASKED is 0, not nan.
 MASKED = -1.0e30
+# Below this many scores in a call, a thread pool costs more than it saves.
+THREADED_MIN_SCORES = 1 << 20
 # Additive mask values at or below this (natural-log units) mean "masked", like -inf.
 MASK_FLOOR = -1.0e4
 # Score buffer budget per chunk (elements); chunk rows = budget / number of keys, within bounds.
-CHUNK_ELEMENTS = 1 << 22
-MIN_CHUNK, MAX_CHUNK = 64, 512
+CHUNK_ELEMENTS = 1 << 25
+MIN_CHUNK, MAX_CHUNK = 64, 1024
+CHUNK_ELEMENTS_GPU, MAX_CHUNK_GPU = 1 << 28, 8192
 
 TopMassMode = Literal["auto", "exact", "estimate", "off"]
 
@@ -50,9 +54,12 @@ class AttentionStats(dict):
             raise AttributeError(name) from None
 
 
-def default_chunk_size(num_keys: int) -> int:
-    """Query rows per chunk: large enough for efficient matrix products, small enough for cache."""
-    return int(min(MAX_CHUNK, max(MIN_CHUNK, CHUNK_ELEMENTS // max(num_keys, 1))))
+def default_chunk_size(num_keys: int, device: torch.device | str = "cpu") -> int:
+    """Query rows per chunk: large enough for efficient matrix products (and, on a GPU, few kernel
+    launches), small enough for memory: about 128 MiB per score buffer on CPU, 1 GiB on GPU."""
+    if torch.device(device).type == "cpu":
+        return int(min(MAX_CHUNK, max(MIN_CHUNK, CHUNK_ELEMENTS // max(num_keys, 1))))
+    return int(min(MAX_CHUNK_GPU, max(MIN_CHUNK, CHUNK_ELEMENTS_GPU // max(num_keys, 1))))
 
 
 @lru_cache(maxsize=4)
@@ -141,14 +148,17 @@ def attention_stats(
         layout.check_fits(num_k)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    chunk = chunk_size or default_chunk_size(num_k)
+    chunk = chunk_size or default_chunk_size(num_k, device)
 
     mask = _prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
     masked_rows = mask is not None or is_causal
     rows_exact = None if top_mass == "off" else sampled_rows(num_q, "exact" if top_mass == "exact" else top_mass)
     estimating = top_mass != "off" and rows_exact is not None
     if estimating:
-        rows_exact = rows_exact.to(device)
+        # per-chunk ranges of the sampled rows, found on the host so the device never waits
+        edges = torch.searchsorted(rows_exact, torch.arange(0, num_q + chunk, chunk)).tolist()
+        ranges = {r0: (edges[i], edges[i + 1]) for i, r0 in enumerate(range(0, num_q, chunk))}
+        rows_exact = (rows_exact.to(device), ranges)
 
     out = torch.empty(batch, q_heads, num_q, dim_v, dtype=q.dtype, device=device) if compute_output else None
     entropy = torch.empty(batch, q_heads, num_q, dtype=torch.float32, device=device)
@@ -167,12 +177,15 @@ def attention_stats(
                 batch, q_heads, 2 * layout.height - 1, 2 * layout.width - 1, dtype=torch.float32, device=device
             )
 
-    score_buf = torch.empty(chunk, num_k, dtype=torch.float32, device=device)
-    prob_buf = torch.empty(chunk, num_k, dtype=torch.float32, device=device)
-    prod_buf = torch.empty(chunk, dim_v, dtype=torch.float32, device=device) if compute_output else None
+    def process(pairs: list[tuple[int, int]], single_thread: bool) -> None:
+        """Heads of the given (batch, key head) pairs, with this worker's own chunk buffers."""
+        if single_thread:
+            torch.set_num_threads(1)  # per-thread setting: the caller's threads are untouched
+        score_buf = torch.empty(chunk, num_k, dtype=torch.float32, device=device)
+        prob_buf = torch.empty(chunk, num_k, dtype=torch.float32, device=device)
+        prod_buf = torch.empty(chunk, dim_v, dtype=torch.float32, device=device) if compute_output else None
 
-    for b in range(batch):
-        for hk in range(kv_heads):
+        for b, hk in pairs:
             keys_t = k[b, hk].to(torch.float32).t().contiguous()
             values = v[b, hk].to(torch.float32).contiguous() if compute_output else None
             for g in range(group):
@@ -211,6 +224,19 @@ def attention_stats(
                         rows_exact,
                     )
                 _finish_head(acc, layout, estimating, entropy[b, h], space, b, h)
+
+    pairs = [(b, hk) for b in range(batch) for hk in range(kv_heads)]
+    workers = min(len(pairs), torch.get_num_threads()) if device.type == "cpu" else 1
+    if num_q * num_k * len(pairs) < THREADED_MIN_SCORES:
+        workers = 1
+    if workers > 1:
+        # on CPU, whole heads per thread with single-threaded ops beat intra-op threading
+        with ThreadPoolExecutor(workers, thread_name_prefix="vditscope-stats") as pool:
+            jobs = [pool.submit(process, pairs[w::workers], True) for w in range(workers)]
+            for job in jobs:
+                job.result()
+    else:
+        process(pairs, False)
 
     stats = AttentionStats(entropy=entropy, received=received)
     if top_mass != "off":
@@ -265,7 +291,7 @@ def _chunk_step(
     entropy_rows: torch.Tensor,
     acc: _HeadAccumulator,
     top_mass: str,
-    rows_exact: torch.Tensor | None,
+    rows_exact: tuple[torch.Tensor, dict[int, tuple[int, int]]] | None,
 ) -> None:
     """One chunk of query rows: scores, probabilities, output rows and every statistic."""
     rows = scores.shape[0]
@@ -324,8 +350,9 @@ def _chunk_step(
         local = None
         weights = probs * inv[:, None]
     else:
-        lo, hi = torch.searchsorted(rows_exact, torch.tensor([row0, row0 + rows], device=rows_exact.device)).tolist()
-        local = rows_exact[lo:hi] - row0
+        sampled, ranges = rows_exact
+        lo, hi = ranges[row0]
+        local = sampled[lo:hi] - row0
         weights = probs[local] * inv[local, None]
         feats = _features(entropy_rows, log_sum, visible)
         if valid is not None:
@@ -333,18 +360,18 @@ def _chunk_step(
         acc.feature_sum += feats.to(torch.float64).sum(0)
     if weights.shape[0] == 0:
         return
-    if visible is not None:
-        num_valid = visible if local is None else visible[local]
+    if visible is None:
+        masses = exact_top_mass(weights, num_k)  # every row sees every key: no host sync
     else:
-        num_valid = torch.full((weights.shape[0],), num_k, dtype=torch.long, device=weights.device)
-    keep = num_valid > 0
-    if not bool(keep.all()):
-        weights, num_valid = weights[keep], num_valid[keep]
-        if local is not None:
-            local = local[keep]
-    if weights.shape[0] == 0:
-        return
-    masses = exact_top_mass(weights, num_valid)
+        num_valid = visible if local is None else visible[local]
+        keep = num_valid > 0
+        if not bool(keep.all()):
+            weights, num_valid = weights[keep], num_valid[keep]
+            if local is not None:
+                local = local[keep]
+        if weights.shape[0] == 0:
+            return
+        masses = exact_top_mass(weights, num_valid)
     if local is None:
         acc.top_sum += masses.sum(0)
     else:
@@ -380,9 +407,7 @@ def _layout_step(
     local = slice(v0 - row0, v1 - row0)
     video_keys = probs[local, layout.video_start : layout.video_stop].unflatten(1, (frames, hw))
     frame_mass = video_keys.sum(dim=2).mul_(inv[local, None])
-    query_frame = torch.div(
-        torch.arange(v0, v1, device=probs.device) - layout.video_start, hw, rounding_mode="floor"
-    )
+    query_frame = torch.div(torch.arange(v0, v1, device=probs.device) - layout.video_start, hw, rounding_mode="floor")
     acc.frame_sum.index_add_(0, query_frame, frame_mass)
     if layout.text is not None:
         text_keys = probs[local, layout.text[0] : layout.text[1]]

@@ -30,22 +30,27 @@ def top_counts(num_valid: torch.Tensor, fractions: Sequence[float] = TOP_FRACTIO
 
 
 def exact_top_mass(
-    weights: torch.Tensor, num_valid: torch.Tensor, fractions: Sequence[float] = TOP_FRACTIONS
+    weights: torch.Tensor, num_valid: torch.Tensor | int, fractions: Sequence[float] = TOP_FRACTIONS
 ) -> torch.Tensor:
     """Mass of the ceil(f * n) largest normalized weights of each row: (rows, len(fractions)).
 
     ``weights`` (rows, N) must be normalized per row; masked keys must hold 0. When every row has
     the same number of visible keys, the sets are selected nested and unsorted (largest fraction
     first, each selection searching only the previous one), about 1.6x faster than a sorted top-k.
+    An int ``num_valid`` says every row sees that many keys (no device-to-host synchronization).
     """
-    counts = top_counts(num_valid, fractions)
     masses = torch.empty(weights.shape[0], len(fractions), dtype=torch.float32, device=weights.device)
     if weights.shape[0] == 0:
         return masses
-    if bool((counts == counts[:1]).all()):
+    if isinstance(num_valid, int):
+        uniform = top_counts(torch.tensor([num_valid]), fractions)[0].tolist()
+    else:
+        counts = top_counts(num_valid, fractions)
+        uniform = counts[0].tolist() if bool((counts == counts[:1]).all()) else None
+    if uniform is not None:
         selected = weights
         for i in sorted(range(len(fractions)), key=lambda i: -fractions[i]):
-            count = int(counts[0, i])
+            count = uniform[i]
             if count < selected.shape[-1]:
                 selected = torch.topk(selected, count, dim=-1, largest=True, sorted=False).values
             masses[:, i] = selected.sum(-1, dtype=torch.float64)

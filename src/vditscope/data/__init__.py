@@ -1,0 +1,1 @@
+"""Procedural data sets made in code (no downloads)."""

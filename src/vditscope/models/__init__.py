@@ -1,0 +1,1 @@
+"""Small model components of vditscope's own (diffusers-compatible)."""

@@ -1,0 +1,274 @@
+"""Build and train the small Wan text-to-video model that ships with vditscope.
+
+A real WanPipeline (UMT5 text encoder trained jointly, WanTransformer3DModel, the exact
+PixelShuffleVAE, flow-matching Euler scheduler) trained with the rectified-flow loss on the
+procedural shapes data set. Checkpoints are safetensors; a run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..data import shapes
+from ..models.pixel_vae import PixelShuffleVAE
+
+CHECKPOINT = "checkpoint.safetensors"
+STATE = "state.json"
+
+
+@dataclass(frozen=True)
+class TinyWanConfig:
+    """Sizes of the data and the model, and the training recipe."""
+
+    size: int = 32  # pixels per side (Wan needs a multiple of 16)
+    frames: int = 17  # 1 + 2 * 8: 9 latent frames
+    spatial_factor: int = 2
+    temporal_factor: int = 2
+    heads: int = 4
+    head_dim: int = 32
+    layers: int = 4
+    ffn_dim: int = 384
+    text_dim: int = 64
+    text_layers: int = 2
+    max_text_tokens: int = 16
+    batch: int = 16
+    lr: float = 6e-4
+    warmup: int = 100
+    shift: float = 3.0  # sigma shift: training and sampling lean towards high noise
+    caption_dropout: float = 0.1
+    num_inference_steps: int = 20
+    guidance_scale: float = 4.0
+    seed: int = 0
+
+    @property
+    def latent_grid(self) -> tuple[int, int, int]:
+        latent_frames = (self.frames - 1) // self.temporal_factor + 1
+        side = self.size // self.spatial_factor // 2  # patch (1, 2, 2)
+        return latent_frames, side, side
+
+    def generation(self) -> dict[str, Any]:
+        return {
+            "height": self.size,
+            "width": self.size,
+            "num_frames": self.frames,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "max_sequence_length": self.max_text_tokens,
+        }
+
+
+def build_tokenizer() -> Any:
+    """Word-level T5-style tokenizer over the caption words (ids 0-2: pad, eos, unk), built in code."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words: list[str] = []
+    for word in shapes.CAPTION.replace("{", " ").replace("}", " ").split() + [
+        w for group in shapes.vocabulary().values() for w in group
+    ]:
+        if word not in words and word not in ("color", "shape", "direction", "background"):
+            words.append(word)
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        padding_side="right", truncation_side="right", model_max_length=512,
+    )
+
+
+def build_pipeline(config: TinyWanConfig) -> Any:
+    """A freshly initialized WanPipeline of the tiny model (deterministic from config.seed)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer = build_tokenizer()
+    vae = PixelShuffleVAE(3, config.spatial_factor, config.temporal_factor, latents_std=None)
+    z_dim = vae.config.z_dim
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        text_encoder = UMT5EncoderModel(
+            UMT5Config(
+                vocab_size=64, d_model=config.text_dim, d_kv=16, d_ff=2 * config.text_dim,
+                num_layers=config.text_layers, num_heads=4, relative_attention_num_buckets=8,
+                relative_attention_max_distance=32, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+                pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+            )
+        )
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=config.heads, attention_head_dim=config.head_dim,
+            in_channels=z_dim, out_channels=z_dim, text_dim=config.text_dim, freq_dim=64,
+            ffn_dim=config.ffn_dim, num_layers=config.layers, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+        )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=config.shift)
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
+                       scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_batch(config: TinyWanConfig, step: int, specs: list[shapes.ClipSpec]) -> tuple[torch.Tensor, list[str]]:
+    """Videos (B, 3, F, H, W) in [-1, 1] and captions for one step; deterministic in (seed, step)."""
+    rng = np.random.default_rng([config.seed, step])
+    batch_specs = shapes.sample_specs(config.batch, rng, specs)
+    videos = np.stack([shapes.render_clip(s, frames=config.frames, size=config.size, rng=rng) for s in batch_specs])
+    tensor = torch.from_numpy(videos).permute(0, 4, 1, 2, 3) * 2 - 1
+    captions = [s.caption if rng.random() >= config.caption_dropout else "" for s in batch_specs]
+    return tensor, captions
+
+
+def _trainable(pipe: Any) -> dict[str, torch.nn.Module]:
+    return {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
+
+
+def _save_checkpoint(directory: Path, pipe: Any, optimizer: torch.optim.Optimizer, step: int,
+                     config: TinyWanConfig, history: list[dict]) -> None:
+    """Weights and optimizer moments as safetensors, the rest as JSON; written atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in _trainable(pipe).items():
+        for key, value in module.state_dict().items():
+            tensors[f"model/{name}/{key}"] = value.detach().clone()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, param in enumerate(params):
+        state = optimizer.state.get(param, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                tensors[f"optim/{i}/{key}"] = state[key].detach().clone()
+    tmp = directory / (CHECKPOINT + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(directory / CHECKPOINT)
+    state_tmp = directory / (STATE + ".tmp")
+    state_tmp.write_text(json.dumps({"step": step, "config": asdict(config), "history": history}, indent=1))
+    state_tmp.replace(directory / STATE)
+
+
+def _load_checkpoint(directory: Path, pipe: Any, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+    state = json.loads((directory / STATE).read_text())
+    tensors = load_file(str(directory / CHECKPOINT))
+    for name, module in _trainable(pipe).items():
+        prefix = f"model/{name}/"
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, param in enumerate(params):
+        if f"optim/{i}/exp_avg" in tensors:
+            optimizer.state[param] = {
+                "step": torch.tensor(float(state["step"])),
+                "exp_avg": tensors[f"optim/{i}/exp_avg"],
+                "exp_avg_sq": tensors[f"optim/{i}/exp_avg_sq"],
+            }
+    return int(state["step"]), list(state["history"])
+
+
+def sample_sigmas(config: TinyWanConfig, generator: torch.Generator, count: int) -> torch.Tensor:
+    """Noise levels: logit-normal, shifted towards high noise like the sampling schedule."""
+    s = torch.sigmoid(torch.randn(count, generator=generator))
+    return config.shift * s / (1 + (config.shift - 1) * s)
+
+
+def train(
+    out: Path,
+    config: TinyWanConfig,
+    *,
+    steps: int,
+    minutes: float | None = None,
+    checkpoint_every: int = 100,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> Path:
+    """Train (or resume) in ``out``; returns the directory. Stops at ``steps`` or after ``minutes``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = build_pipeline(config)
+    train_specs, _ = shapes.split_specs(config.seed)
+    params = [p for module in _trainable(pipe).values() for p in module.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    step, history = 0, []
+    if (out / STATE).is_file() and (out / CHECKPOINT).is_file():
+        saved = json.loads((out / STATE).read_text())["config"]
+        if saved != asdict(config):
+            raise ValueError(f"{out} holds a run with another configuration; use another directory")
+        step, history = _load_checkpoint(out, pipe, optimizer)
+    for module in _trainable(pipe).values():
+        module.train()
+    started = time.perf_counter()
+    losses: list[float] = []
+    while step < steps:
+        videos, captions = make_batch(config, step, train_specs)
+        with torch.no_grad():
+            latents = pipe.vae.encode(videos).latent_dist.sample()
+        embeds, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False,
+                                       max_sequence_length=config.max_text_tokens, device=torch.device("cpu"))
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        sigma = sample_sigmas(config, generator, len(captions))
+        noise = torch.randn(latents.shape, generator=generator)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        noisy = (1 - s) * latents + s * noise
+        prediction = pipe.transformer(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=embeds,
+                                      return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(prediction, noise - latents)
+        lr = config.lr * min(1.0, (step + 1) / config.warmup) * (0.5 * (1 + math.cos(math.pi * min(step / steps, 1))))
+        for group in optimizer.param_groups:
+            group["lr"] = max(lr, config.lr * 0.05)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        losses.append(float(loss))
+        if progress:
+            progress(step, steps, float(np.mean(losses[-50:])))
+        timed_out = minutes is not None and time.perf_counter() - started > minutes * 60
+        if step % checkpoint_every == 0 or step == steps or timed_out:
+            history.append({"step": step, "loss": float(np.mean(losses[-checkpoint_every:]))})
+            _save_checkpoint(out, pipe, optimizer, step, config, history)
+        if timed_out:
+            break
+    for module in _trainable(pipe).values():
+        module.eval()
+    return out
+
+
+def load_trained_pipeline(run_dir: Path) -> Any:
+    """The pipeline of a training run directory, at its last checkpoint."""
+    state = json.loads((Path(run_dir) / STATE).read_text())
+    config = TinyWanConfig(**state["config"])
+    pipe = build_pipeline(config)
+    tensors = load_file(str(Path(run_dir) / CHECKPOINT))
+    for name, module in _trainable(pipe).items():
+        prefix = f"model/{name}/"
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        module.eval()
+    return pipe, config
+
+
+def export_pipeline(run_dir: Path, target: Path, metrics: dict[str, Any] | None = None) -> Path:
+    """Save the trained pipeline as a diffusers directory with vditscope.json (generation, vocabulary)."""
+    pipe, config = load_trained_pipeline(run_dir)
+    target = Path(target)
+    pipe.save_pretrained(target, safe_serialization=True)
+    info = {
+        "generation": config.generation(),
+        "vocabulary": shapes.vocabulary(),
+        "caption": shapes.CAPTION,
+        "trained": True,
+        "training": asdict(config),
+        "metrics": metrics or {},
+    }
+    (target / "vditscope.json").write_text(json.dumps(info, indent=1) + "\n")
+    return target
