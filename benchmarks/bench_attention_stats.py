@@ -90,7 +90,7 @@ def peak_memory_mb(name: str, n: int, heads: int, dim: int, device: str) -> floa
     """Peak memory above the inputs, in MiB, measured in a fresh process."""
     code = f"""
 import torch, json, sys
-sys.path.insert(0, {repr(sys.path[0])})
+sys.path.insert(0, {sys.path[0]!r})
 from bench_attention_stats import make_inputs, layout_for, run_variant
 q, k, v = make_inputs({n}, {heads}, {dim}, {device!r})
 if {device!r} == "cuda":
@@ -141,9 +141,14 @@ def estimate_errors(shapes: list[tuple[int, int, int]], heads: int, dim: int) ->
         _, exact = attention_stats(q, k, v, top_mass="exact", compute_output=False)
         _, est = attention_stats(q, k, v, top_mass="estimate", compute_output=False)
         err = (est["topk_mass"] - exact["topk_mass"]).abs()
-        rows.append({"N": frames * height * width, "mean_abs_error": err.mean().item(),
-                     "max_abs_error": err.max().item(), "exact_top10_range": (
-                         exact["topk_mass"][..., 2].min().item(), exact["topk_mass"][..., 2].max().item())})
+        rows.append(
+            {
+                "N": frames * height * width,
+                "mean_abs_error": err.mean().item(),
+                "max_abs_error": err.max().item(),
+                "exact_top10_range": (exact["topk_mass"][..., 2].min().item(), exact["topk_mass"][..., 2].max().item()),
+            }
+        )
     return rows
 
 
@@ -152,8 +157,10 @@ def check_exactness(device: str) -> float:
     q, k, v = make_inputs(777, 2, 64, device)
     out, _ = attention_stats(q, k, v)
     p = dense_probabilities(q.double(), k.double())
-    return max((out - F.scaled_dot_product_attention(q, k, v)).abs().max().item(),
-               (out.double() - p @ v.double()).abs().max().item())
+    return max(
+        (out - F.scaled_dot_product_attention(q, k, v)).abs().max().item(),
+        (out.double() - p @ v.double()).abs().max().item(),
+    )
 
 
 def main() -> None:
@@ -168,8 +175,10 @@ def main() -> None:
     parser.add_argument("--skip-error", action="store_true")
     args = parser.parse_args()
 
-    print(f"# device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"q/k/v float32 (1, {args.heads}, N, {args.dim}), median of {args.reps} interleaved runs")
+    print(
+        f"# device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"q/k/v float32 (1, {args.heads}, N, {args.dim}), median of {args.reps} interleaved runs"
+    )
     print(f"# max |out - SDPA| on a 777-token input: {check_exactness(args.device):.2e}")
     for name, text in VARIANTS.items():
         print(f"#   {name:15s} {text}")
@@ -179,17 +188,23 @@ def main() -> None:
         variants = [name for name in VARIANTS if name != "naive" or n <= args.naive_max]
         reps = args.reps if n <= 8192 else max(2, args.reps // 2)
         med = time_variants(n, args.heads, args.dim, reps, args.device, variants)
-        cells = " ".join(f"{med[name] / med['sdpa']:>15.2f}" if name in med else f"{'-':>15}"
-                         for name in VARIANTS if name != "sdpa")
+        cells = " ".join(
+            f"{med[name] / med['sdpa']:>15.2f}" if name in med else f"{'-':>15}" for name in VARIANTS if name != "sdpa"
+        )
         print(f"{n:>6} {med['sdpa']:>8.3f} {cells}", flush=True)
     if not args.skip_memory:
-        print("\n## peak memory above the inputs (MiB)\n" + f"{'N':>6} {'heads':>5} "
-              + " ".join(f"{name:>15}" for name in VARIANTS))
+        print(
+            "\n## peak memory above the inputs (MiB)\n"
+            + f"{'N':>6} {'heads':>5} "
+            + " ".join(f"{name:>15}" for name in VARIANTS)
+        )
         for n, heads in [(n, args.heads) for n in args.sizes] + [(32768, 1)]:
             cells = []
             for name in VARIANTS:
                 too_big = name == "naive" and n > args.naive_max
-                cells.append(f"{'-':>15}" if too_big else f"{peak_memory_mb(name, n, heads, args.dim, args.device):>15.0f}")
+                cells.append(
+                    f"{'-':>15}" if too_big else f"{peak_memory_mb(name, n, heads, args.dim, args.device):>15.0f}"
+                )
             print(f"{n:>6} {heads:>5} " + " ".join(cells), flush=True)
     if not args.skip_error:
         print("\n## top-k mass: estimate vs exact (structured video-like inputs, 4 heads)")

@@ -81,7 +81,9 @@ class PixelShuffleVAE(ModelMixin, ConfigMixin):
         x = torch.cat([x[:, :, :1].expand(-1, -1, t, -1, -1), x[:, :, 1:]], dim=2)  # first frame fills a slot
         latent_frames = x.shape[2] // t
         x = x.reshape(batch, channels, latent_frames, t, height // s, s, width // s, s)
-        z = x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(batch, channels * t * s * s, latent_frames, height // s, width // s)
+        z = x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(
+            batch, channels * t * s * s, latent_frames, height // s, width // s
+        )
         posterior = ExactLatent(z)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 

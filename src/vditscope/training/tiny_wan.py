@@ -88,8 +88,13 @@ def build_tokenizer() -> Any:
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-        padding_side="right", truncation_side="right", model_max_length=512,
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        padding_side="right",
+        truncation_side="right",
+        model_max_length=512,
     )
 
 
@@ -105,21 +110,39 @@ def build_pipeline(config: TinyWanConfig) -> Any:
         torch.manual_seed(config.seed)
         text_encoder = UMT5EncoderModel(
             UMT5Config(
-                vocab_size=64, d_model=config.text_dim, d_kv=16, d_ff=2 * config.text_dim,
-                num_layers=config.text_layers, num_heads=4, relative_attention_num_buckets=8,
-                relative_attention_max_distance=32, dropout_rate=0.0, feed_forward_proj="gated-gelu",
-                pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                vocab_size=64,
+                d_model=config.text_dim,
+                d_kv=16,
+                d_ff=2 * config.text_dim,
+                num_layers=config.text_layers,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+                relative_attention_max_distance=32,
+                dropout_rate=0.0,
+                feed_forward_proj="gated-gelu",
+                pad_token_id=0,
+                eos_token_id=1,
+                decoder_start_token_id=0,
             )
         )
         transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=config.heads, attention_head_dim=config.head_dim,
-            in_channels=z_dim, out_channels=z_dim, text_dim=config.text_dim, freq_dim=64,
-            ffn_dim=config.ffn_dim, num_layers=config.layers, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+            patch_size=(1, 2, 2),
+            num_attention_heads=config.heads,
+            attention_head_dim=config.head_dim,
+            in_channels=z_dim,
+            out_channels=z_dim,
+            text_dim=config.text_dim,
+            freq_dim=64,
+            ffn_dim=config.ffn_dim,
+            num_layers=config.layers,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=64,
         )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=config.shift)
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
-                       scheduler=scheduler)
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -138,8 +161,9 @@ def _trainable(pipe: Any) -> dict[str, torch.nn.Module]:
     return {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
 
 
-def _save_checkpoint(directory: Path, pipe: Any, optimizer: torch.optim.Optimizer, step: int,
-                     config: TinyWanConfig, history: list[dict]) -> None:
+def _save_checkpoint(
+    directory: Path, pipe: Any, optimizer: torch.optim.Optimizer, step: int, config: TinyWanConfig, history: list[dict]
+) -> None:
     """Weights and optimizer moments as safetensors, the rest as JSON; written atomically."""
     tensors: dict[str, torch.Tensor] = {}
     for name, module in _trainable(pipe).items():
@@ -164,7 +188,7 @@ def _load_checkpoint(directory: Path, pipe: Any, optimizer: torch.optim.Optimize
     tensors = load_file(str(directory / CHECKPOINT))
     for name, module in _trainable(pipe).items():
         prefix = f"model/{name}/"
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for i, param in enumerate(params):
         if f"optim/{i}/exp_avg" in tensors:
@@ -212,15 +236,20 @@ def train(
         videos, captions = make_batch(config, step, train_specs)
         with torch.no_grad():
             latents = pipe.vae.encode(videos).latent_dist.sample()
-        embeds, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False,
-                                       max_sequence_length=config.max_text_tokens, device=torch.device("cpu"))
+        embeds, _ = pipe.encode_prompt(
+            captions,
+            do_classifier_free_guidance=False,
+            max_sequence_length=config.max_text_tokens,
+            device=torch.device("cpu"),
+        )
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         sigma = sample_sigmas(config, generator, len(captions))
         noise = torch.randn(latents.shape, generator=generator)
         s = sigma.view(-1, 1, 1, 1, 1)
         noisy = (1 - s) * latents + s * noise
-        prediction = pipe.transformer(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=embeds,
-                                      return_dict=False)[0]
+        prediction = pipe.transformer(
+            hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=embeds, return_dict=False
+        )[0]
         loss = torch.nn.functional.mse_loss(prediction, noise - latents)
         lr = config.lr * min(1.0, (step + 1) / config.warmup) * (0.5 * (1 + math.cos(math.pi * min(step / steps, 1))))
         for group in optimizer.param_groups:
@@ -252,7 +281,7 @@ def load_trained_pipeline(run_dir: Path) -> Any:
     tensors = load_file(str(Path(run_dir) / CHECKPOINT))
     for name, module in _trainable(pipe).items():
         prefix = f"model/{name}/"
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
         module.eval()
     return pipe, config
 
