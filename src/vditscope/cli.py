@@ -21,6 +21,18 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
+def _progress_bar() -> Progress:
+    """The progress bar every long command shows on stderr: description, bar, count, elapsed, ETA."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+
 def _parse_int_list(text: str | None, what: str) -> list[int] | None:
     """'0,3,5-7' -> [0, 3, 5, 6, 7]."""
     if text is None:
@@ -85,15 +97,7 @@ def analyze(
     )
     if model is None:
         err.print("[dim]model: the built-in tiny Wan pipeline (random weights until the trained one ships)[/dim]")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    ) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task("loading the model", total=None)
 
         def progress(message: str, done: int, total: int) -> None:
@@ -101,6 +105,62 @@ def analyze(
 
         path = run_analyze(request, progress)
     typer.echo(f"wrote {path}/ (run.json, stats.parquet, maps.safetensors, report.html)")
+
+
+@app.command("train-tiny")
+def train_tiny(
+    out: Annotated[Path, typer.Option(help="Training run directory (checkpoints; rerun to resume).")] = Path(
+        "runs/train-tiny-wan"
+    ),
+    steps: Annotated[int, typer.Option(help="Total optimizer steps.")] = 4000,
+    minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after this many minutes.")] = None,
+    export: Annotated[Path | None, typer.Option(help="Also save the trained pipeline directory here.")] = None,
+    family: Annotated[str, typer.Option(help="Model family to train (wan).")] = "wan",
+) -> None:
+    """Train the small shapes text-to-video model from scratch on this CPU (resumable)."""
+    from .training.tiny import TinyConfig, export_pipeline, train
+
+    if family != "wan":
+        raise VditscopeError(f"train-tiny knows the family wan, not {family}")
+    if steps < 1:
+        raise VditscopeError("--steps must be positive")
+    with _progress_bar() as bar:
+        task = bar.add_task("training", total=steps)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, description=f"training (loss {loss:.4f})")
+
+        train(out, TinyConfig(family=family), steps=steps, minutes=minutes, progress=progress)
+    typer.echo(f"checkpoint in {out}/")
+    if export is not None:
+        export_pipeline(out, export)
+        typer.echo(f"pipeline saved to {export}/")
+
+
+@app.command("eval-tiny")
+def eval_tiny(
+    model: Annotated[str, typer.Option(help="Shapes pipeline directory (default: the shipped tiny Wan).")] = "tiny",
+    count: Annotated[int, typer.Option(help="Held-out caption combinations to generate (>= 40 advised).")] = 40,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
+) -> None:
+    """Colour and motion accuracy on held-out captions, and same-frame attention per layer."""
+    import json
+
+    from .training.evaluate import evaluate_directory
+
+    if count < 1:
+        raise VditscopeError("--count must be positive")
+    with _progress_bar() as bar:
+        task = bar.add_task("generating held-out clips", total=count)
+        result = evaluate_directory(model, count=count, progress=lambda done, total: bar.update(task, completed=done))
+    typer.echo(f"clips: {result.count}")
+    typer.echo(f"colour accuracy: {result.color_accuracy:.1%}")
+    typer.echo(f"direction accuracy: {result.direction_accuracy:.1%}")
+    typer.echo("same-frame attention mass / uniform share, per layer:")
+    for layer, ratio in result.same_frame_ratio.items():
+        typer.echo(f"  layer {layer}: {ratio:.2f}x")
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
 
 
 @app.command()

@@ -14,11 +14,17 @@ from ..errors import VditscopeError
 from . import ADAPTERS, adapter_for
 from .base import FamilyAdapter, UnsupportedModelError
 
+# names of the models that ship with vditscope
+SHIPPED_MODELS = ("tiny", "tiny-wan")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def resolve_model_dir(model: str | Path) -> Path:
     """A local pipeline directory for a path or a model id already in the local HF cache."""
+    if str(model) in SHIPPED_MODELS:
+        from ..tiny import tiny_model_dir
+
+        return tiny_model_dir()
     path = Path(model).expanduser()
     if path.exists():
         return path

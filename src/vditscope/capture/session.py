@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..adapters import AttentionSite, FamilyAdapter, adapter_for
+from ..adapters.base import hidden_states_arg
 from ..stats import attention_stats
 from ..stats.streaming import TopMassMode
 from .hooks import AroundHook, ContextAroundHook, attach, invalidate_registry_cache
@@ -127,8 +128,6 @@ class Capture:
         def around(module: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
             if _forward.get() is not None:  # a nested call (e.g. a second transformer inside): keep outer state
                 return forward(*args, **kwargs)
-            from ..adapters.base import hidden_states_arg
-
             hidden = hidden_states_arg(args, kwargs)
             context_name = hook_ref[0].context_name
             labels = branch_labels(context_name, hidden.shape[0])

@@ -1,8 +1,9 @@
-"""Build and train the small Wan text-to-video model that ships with vditscope.
+"""Train the small text-to-video models that ship with vditscope, on the shapes data set.
 
-A real WanPipeline (UMT5 text encoder trained jointly, WanTransformer3DModel, the exact
-PixelShuffleVAE, flow-matching Euler scheduler) trained with the rectified-flow loss on the
-procedural shapes data set. Checkpoints are safetensors; a run resumes where it stopped.
+The family-specific parts (which pipeline, which loss) are recipes in ``recipes.py``; this
+module owns the data stream, the optimizer, checkpoints (safetensors, atomic) and resuming:
+a run stopped by a time limit, Ctrl-C or a kill continues from its last checkpoint and reaches
+the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data import shapes
-from ..models.pixel_vae import PixelShuffleVAE
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "state.json"
 
 
 @dataclass(frozen=True)
-class TinyWanConfig:
+class TinyConfig:
     """Sizes of the data and the model, and the training recipe."""
 
     size: int = 32  # pixels per side (Wan needs a multiple of 16)
@@ -49,6 +49,7 @@ class TinyWanConfig:
     num_inference_steps: int = 20
     guidance_scale: float = 4.0
     seed: int = 0
+    family: str = "wan"
 
     @property
     def latent_grid(self) -> tuple[int, int, int]:
@@ -98,56 +99,16 @@ def build_tokenizer() -> Any:
     )
 
 
-def build_pipeline(config: TinyWanConfig) -> Any:
-    """A freshly initialized WanPipeline of the tiny model (deterministic from config.seed)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+def build_pipeline(config: TinyConfig) -> Any:
+    """A freshly initialized pipeline of the configured family (deterministic from config.seed)."""
+    from .recipes import recipe_for
 
-    tokenizer = build_tokenizer()
-    vae = PixelShuffleVAE(3, config.spatial_factor, config.temporal_factor, latents_std=None)
-    z_dim = vae.config.z_dim
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        text_encoder = UMT5EncoderModel(
-            UMT5Config(
-                vocab_size=64,
-                d_model=config.text_dim,
-                d_kv=16,
-                d_ff=2 * config.text_dim,
-                num_layers=config.text_layers,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                relative_attention_max_distance=32,
-                dropout_rate=0.0,
-                feed_forward_proj="gated-gelu",
-                pad_token_id=0,
-                eos_token_id=1,
-                decoder_start_token_id=0,
-            )
-        )
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=config.heads,
-            attention_head_dim=config.head_dim,
-            in_channels=z_dim,
-            out_channels=z_dim,
-            text_dim=config.text_dim,
-            freq_dim=64,
-            ffn_dim=config.ffn_dim,
-            num_layers=config.layers,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=64,
-        )
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=config.shift)
-    pipe = WanPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
-    )
+    pipe = recipe_for(config.family).build_pipeline(config, build_tokenizer())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def make_batch(config: TinyWanConfig, step: int, specs: list[shapes.ClipSpec]) -> tuple[torch.Tensor, list[str]]:
+def make_batch(config: TinyConfig, step: int, specs: list[shapes.ClipSpec]) -> tuple[torch.Tensor, list[str]]:
     """Videos (B, 3, F, H, W) in [-1, 1] and captions for one step; deterministic in (seed, step)."""
     rng = np.random.default_rng([config.seed, step])
     batch_specs = shapes.sample_specs(config.batch, rng, specs)
@@ -162,7 +123,7 @@ def _trainable(pipe: Any) -> dict[str, torch.nn.Module]:
 
 
 def _save_checkpoint(
-    directory: Path, pipe: Any, optimizer: torch.optim.Optimizer, step: int, config: TinyWanConfig, history: list[dict]
+    directory: Path, pipe: Any, optimizer: torch.optim.Optimizer, step: int, config: TinyConfig, history: list[dict]
 ) -> None:
     """Weights and optimizer moments as safetensors, the rest as JSON; written atomically."""
     tensors: dict[str, torch.Tensor] = {}
@@ -200,15 +161,9 @@ def _load_checkpoint(directory: Path, pipe: Any, optimizer: torch.optim.Optimize
     return int(state["step"]), list(state["history"])
 
 
-def sample_sigmas(config: TinyWanConfig, generator: torch.Generator, count: int) -> torch.Tensor:
-    """Noise levels: logit-normal, shifted towards high noise like the sampling schedule."""
-    s = torch.sigmoid(torch.randn(count, generator=generator))
-    return config.shift * s / (1 + (config.shift - 1) * s)
-
-
 def train(
     out: Path,
-    config: TinyWanConfig,
+    config: TinyConfig,
     *,
     steps: int,
     minutes: float | None = None,
@@ -218,6 +173,9 @@ def train(
     """Train (or resume) in ``out``; returns the directory. Stops at ``steps`` or after ``minutes``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    from .recipes import recipe_for
+
+    recipe = recipe_for(config.family)
     pipe = build_pipeline(config)
     train_specs, _ = shapes.split_specs(config.seed)
     params = [p for module in _trainable(pipe).values() for p in module.parameters()]
@@ -243,14 +201,7 @@ def train(
             device=torch.device("cpu"),
         )
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        sigma = sample_sigmas(config, generator, len(captions))
-        noise = torch.randn(latents.shape, generator=generator)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        noisy = (1 - s) * latents + s * noise
-        prediction = pipe.transformer(
-            hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=embeds, return_dict=False
-        )[0]
-        loss = torch.nn.functional.mse_loss(prediction, noise - latents)
+        loss = recipe.loss(pipe, latents, embeds, generator, config)
         lr = config.lr * min(1.0, (step + 1) / config.warmup) * (0.5 * (1 + math.cos(math.pi * min(step / steps, 1))))
         for group in optimizer.param_groups:
             group["lr"] = max(lr, config.lr * 0.05)
@@ -259,7 +210,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(loss.item())
         if progress:
             progress(step, steps, float(np.mean(losses[-50:])))
         timed_out = minutes is not None and time.perf_counter() - started > minutes * 60
@@ -276,7 +227,7 @@ def train(
 def load_trained_pipeline(run_dir: Path) -> Any:
     """The pipeline of a training run directory, at its last checkpoint."""
     state = json.loads((Path(run_dir) / STATE).read_text())
-    config = TinyWanConfig(**state["config"])
+    config = TinyConfig(**state["config"])
     pipe = build_pipeline(config)
     tensors = load_file(str(Path(run_dir) / CHECKPOINT))
     for name, module in _trainable(pipe).items():
