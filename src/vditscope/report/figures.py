@@ -58,8 +58,12 @@ def frame_maps(maps: dict[str, torch.Tensor], prefix: str) -> bytes | None:
     return _png(fig)
 
 
-def locality_curves(maps: dict[str, torch.Tensor], key: str, xlabel: str, title: str) -> bytes | None:
-    """One curve per self-attention layer: mean mass by (frame or spatial) distance."""
+def locality_curves(
+    maps: dict[str, torch.Tensor], key: str, baseline: torch.Tensor, xlabel: str, title: str
+) -> bytes | None:
+    """One curve per self-attention layer: mass by (frame or spatial) distance divided by what
+    uniform attention would put there (1 = no locality; above 1 = attention stays close).
+    The axis turns logarithmic when the ratios span more than a factor of 4."""
     per_layer: dict[int, list[np.ndarray]] = {}
     for name, tensor in maps.items():
         if name.startswith(f"{key}.") and ".self.layer" in name:
@@ -68,11 +72,20 @@ def locality_curves(maps: dict[str, torch.Tensor], key: str, xlabel: str, title:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.4))
     cmap = plt.get_cmap("viridis", max(len(per_layer), 2))
-    for i, layer in enumerate(sorted(per_layer)):
-        curve = np.mean(per_layer[layer], axis=0)
+    base = baseline.numpy()
+    curves = {
+        layer: np.mean(values, axis=0)[: len(base)] / np.maximum(base, 1e-12) for layer, values in per_layer.items()
+    }
+    for i, layer in enumerate(sorted(curves)):
+        curve = curves[layer]
         ax.plot(range(len(curve)), curve, marker="o", ms=3, color=cmap(i), label=f"layer {layer}")
+    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("mean attention mass")
+    ax.set_ylabel("mass / uniform share")
+    values = np.concatenate(list(curves.values()))
+    positive = values[values > 0]
+    if positive.size and positive.max() / positive.min() > 4:
+        ax.set_yscale("log")
     ax.set_title(title)
     if len(per_layer) <= 12:
         ax.legend(fontsize=7, ncol=2)

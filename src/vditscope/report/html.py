@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..stats.streaming import uniform_locality
 from . import figures
 
 STYLE = """
@@ -109,22 +110,19 @@ def write_report(
         parts.append(f"<h3>{html.escape(prefix)}</h3>")
         parts.append(_img(figures.frame_maps(maps, prefix), "image/png", f"frame maps {prefix}"))
     parts.append("<h2>Locality</h2>")
-    parts.append(
-        _img(
-            figures.locality_curves(maps, "locality_time", "frame distance |dt|", "Mass by frame distance"),
-            "image/png",
-            "temporal locality",
+    if grid:
+        num_tokens = grid[0] * grid[1] * grid[2] + (run["layout"]["text_tokens"] or 0)
+        time_base, space_base = uniform_locality(*grid, num_tokens)
+        parts.append(
+            "<p>Attention mass by distance divided by the mass uniform attention would put there "
+            "(the dashed line is uniform).</p>"
         )
-    )
-    parts.append(
-        _img(
-            figures.locality_curves(
-                maps, "locality_space", "spatial ring max(|dy|,|dx|)", "Same-frame mass by spatial distance"
-            ),
-            "image/png",
-            "spatial locality",
-        )
-    )
+        for key, base, xlabel, title in (
+            ("locality_time", time_base, "frame distance |dt|", "Mass by frame distance"),
+            ("locality_space", space_base, "spatial ring max(|dy|,|dx|)", "Same-frame mass by spatial distance"),
+        ):
+            figure = figures.locality_curves(maps, key, base, xlabel, title)
+            parts.append(_img(figure, "image/png", title))
     parts.append("<h2>Generated videos</h2>")
     for name, frames in videos.items():
         parts.append(

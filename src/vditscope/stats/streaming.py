@@ -475,3 +475,16 @@ def ring_profile(offsets: torch.Tensor, height: int, width: int) -> torch.Tensor
     profile = torch.zeros(*offsets.shape[:-2], max(height, width), dtype=offsets.dtype, device=offsets.device)
     profile.index_add_(-1, ring, offsets.flatten(-2))
     return profile
+
+
+def uniform_locality(frames: int, height: int, width: int, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``locality_time`` and ``locality_space`` would be under uniform attention over
+    ``num_tokens`` keys: the baseline that makes locality visible (profile / baseline > 1)."""
+    t = torch.arange(frames)
+    frame_pairs = (t[:, None] - t[None, :]).abs().flatten().bincount(minlength=frames).double() / frames
+    ys = torch.arange(height).repeat_interleave(width)
+    xs = torch.arange(width).repeat(height)
+    ring = torch.maximum((ys[:, None] - ys[None, :]).abs(), (xs[:, None] - xs[None, :]).abs())
+    ring_pairs = ring.flatten().bincount(minlength=max(height, width)).double() / (height * width)
+    per_frame = height * width
+    return (frame_pairs * per_frame / num_tokens).float(), (ring_pairs / num_tokens).float()
