@@ -226,4 +226,5 @@ def test_whole_tiny_wan_pipeline_steps_and_branches() -> None:
     assert sorted(table.step.unique()) == [0, 1, 2]
     assert set(table.branch) == {"cond", "uncond"}
     counts = table.groupby(["generation", "step", "branch", "kind"]).size()
-    assert (counts == 2 * 2).all()  # 2 layers x 2 heads per call
+    config = pipe.transformer.config
+    assert (counts == config.num_layers * config.num_attention_heads).all()  # one row per layer and head

@@ -57,7 +57,7 @@ def analyze(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Local diffusers pipeline directory or cached model id (default: the shipped tiny Wan model)."
+            help="Local diffusers pipeline directory, cached model id, or a shipped model name (tiny-wan, the default)."
         ),
     ] = None,
     prompt: Annotated[list[str] | None, typer.Option(help="Prompt (repeat for several).")] = None,
@@ -96,7 +96,7 @@ def analyze(
         top_mass=top_mass,
     )
     if model is None:
-        err.print("[dim]model: the built-in tiny Wan pipeline (random weights until the trained one ships)[/dim]")
+        err.print("[dim]model: tiny-wan, the small Wan model that ships with vditscope[/dim]")
     with _progress_bar() as bar:
         task = bar.add_task("loading the model", total=None)
 

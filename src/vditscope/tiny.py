@@ -1,45 +1,28 @@
-"""The default model: a tiny Wan text-to-video pipeline directory that works offline.
+"""The small models that ship with vditscope (diffusers pipeline directories inside the package).
 
-Until the trained tiny model ships, it is a random-weight Wan pipeline built in code on first
-use and kept in the cache directory ($VDITSCOPE_CACHE, default ~/.cache/vditscope).
+``tiny-wan`` (the default model) was trained on this project's procedural shapes videos with
+``vditscope train-tiny``; its directory holds a ``vditscope.json`` with its generation settings,
+caption vocabulary and evaluation figures.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-TINY_WAN_NAME = "tiny-wan-random-v1"
+from .errors import VditscopeError
+
+ASSETS = Path(__file__).parent / "assets"
+SHIPPED_MODELS = ("tiny-wan",)
+DEFAULT_MODEL = "tiny-wan"
+# names the command line accepts for the shipped models
+MODEL_ALIASES = {"tiny": DEFAULT_MODEL, **{name: name for name in SHIPPED_MODELS}}
 
 
-def cache_dir() -> Path:
-    """Where vditscope keeps models it builds itself."""
-    return Path(os.environ.get("VDITSCOPE_CACHE", Path.home() / ".cache" / "vditscope"))
-
-
-def tiny_model_dir() -> Path:
-    """Directory of the default tiny Wan pipeline (diffusers format, with vditscope.json)."""
-    target = cache_dir() / TINY_WAN_NAME
-    if (target / "vditscope.json").is_file() and (target / "model_index.json").is_file():
-        return target
-    from .tiny_wan import save_tiny_wan
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_WAN_NAME}-", dir=target.parent))
-    try:
-        save_tiny_wan(staging)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "vditscope.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def is_random_default(model_dir: Path) -> bool:
-    """True when ``model_dir`` is the random-weight stand-in built by this module."""
-    return Path(model_dir).name == TINY_WAN_NAME
+def tiny_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """Directory of a shipped tiny pipeline by name (``tiny`` and ``tiny-wan`` are the default)."""
+    if name not in MODEL_ALIASES:
+        raise VditscopeError(f"unknown shipped model {name}; choose one of {', '.join(MODEL_ALIASES)}")
+    path = ASSETS / MODEL_ALIASES[name]
+    if not (path / "model_index.json").is_file():
+        raise VditscopeError(f"the shipped model {name} is missing from {ASSETS} (a broken installation?)")
+    return path

@@ -11,20 +11,17 @@ from typing import Any
 import torch
 
 from ..errors import VditscopeError
+from ..tiny import MODEL_ALIASES, tiny_model_dir
 from . import ADAPTERS, adapter_for
 from .base import FamilyAdapter, UnsupportedModelError
 
-# names of the models that ship with vditscope
-SHIPPED_MODELS = ("tiny", "tiny-wan")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def resolve_model_dir(model: str | Path) -> Path:
     """A local pipeline directory for a path or a model id already in the local HF cache."""
-    if str(model) in SHIPPED_MODELS:
-        from ..tiny import tiny_model_dir
-
-        return tiny_model_dir()
+    if str(model) in MODEL_ALIASES:
+        return tiny_model_dir(str(model))
     path = Path(model).expanduser()
     if path.exists():
         return path
@@ -71,15 +68,19 @@ def check_supported(index: dict[str, Any], model_dir: Path) -> None:
 
 @contextmanager
 def _quiet_loading() -> Iterator[None]:
-    """Hide diffusers' and transformers' per-component loading bars (vditscope shows its own)."""
+    """Hide the per-component loading bars and load-time warnings (vditscope shows its own progress)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    # diffusers warns that a PixelShuffleVAE is not the AutoencoderKLWan the pipeline names
+    diffusers_logging.set_verbosity_error()
     try:
         yield
     finally:
+        diffusers_logging.set_verbosity(verbosity)
         diffusers_logging.enable_progress_bar()
         transformers_logging.enable_progress_bar()
 
@@ -95,7 +96,7 @@ def load_pipeline(model: str | Path, device: str = "cpu", dtype: str = "float32"
     check_supported(index, model_dir)
     try:
         with _quiet_loading():
-            pipe = DiffusionPipeline.from_pretrained(model_dir, torch_dtype=DTYPES[dtype], local_files_only=True)
+            pipe = DiffusionPipeline.from_pretrained(model_dir, dtype=DTYPES[dtype], local_files_only=True)
     except Exception as exc:
         raise VditscopeError(f"could not load the pipeline in {model_dir}: {str(exc).splitlines()[0]}") from exc
     try:

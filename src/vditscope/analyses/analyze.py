@@ -17,7 +17,7 @@ from .. import __version__
 from ..capture import capture
 from ..errors import VditscopeError
 from ..store import atomic_run_dir, write_json, write_table, write_tensors
-from ..tiny import is_random_default, tiny_model_dir
+from ..tiny import DEFAULT_MODEL
 
 DEFAULT_PROMPTS = ("a car driving on the highway", "a red car driving on the highway")
 
@@ -93,7 +93,7 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None) -> 
         raise VditscopeError("empty prompt: every --prompt needs text")
     if not request.seeds:
         raise VditscopeError("no seeds given")
-    model_dir_arg = request.model if request.model is not None else tiny_model_dir()
+    model_dir_arg = request.model if request.model is not None else DEFAULT_MODEL
     pipe, adapter, model_dir = load_pipeline(model_dir_arg, request.device, request.dtype)
     settings = model_settings(model_dir)
     prompts = prompts or default_prompts(settings)
@@ -147,7 +147,7 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None) -> 
     run = {
         "model": str(model_dir),
         "family": adapter.family,
-        "random_weights": is_random_default(model_dir),
+        "trained": settings.get("trained"),
         "layers": num_layers,
         "captured_layers": sorted(set(stats["layer"].tolist())) if len(stats) else [],
         "heads": heads,

@@ -69,11 +69,8 @@ def write_report(
         "</head><body>",
         "<h1>vditscope attention report</h1>",
     ]
-    if run.get("random_weights"):
-        parts.append(
-            "<p class='note'>This run used the built-in tiny Wan pipeline with <b>random weights</b> "
-            "(a stand-in until the trained tiny model ships): its attention is close to uniform.</p>"
-        )
+    if run.get("trained") is False:
+        parts.append("<p class='note'>This model has <b>random weights</b>: its attention is close to uniform.</p>")
     overview = {
         "model": run["model"],
         "family": run["family"],

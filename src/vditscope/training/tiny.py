@@ -182,8 +182,8 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
     step, history = 0, []
     if (out / STATE).is_file() and (out / CHECKPOINT).is_file():
-        saved = json.loads((out / STATE).read_text())["config"]
-        if saved != asdict(config):
+        saved = TinyConfig(**json.loads((out / STATE).read_text())["config"])
+        if saved != config:
             raise ValueError(f"{out} holds a run with another configuration; use another directory")
         step, history = _load_checkpoint(out, pipe, optimizer)
     for module in _trainable(pipe).values():
