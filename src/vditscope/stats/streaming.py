@@ -152,7 +152,7 @@ def attention_stats(
 
     mask = _prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
     masked_rows = mask is not None or is_causal
-    rows_exact = None if top_mass == "off" else sampled_rows(num_q, "exact" if top_mass == "exact" else top_mass)
+    rows_exact = None if top_mass == "off" else sampled_rows(num_q, top_mass)
     estimating = top_mass != "off" and rows_exact is not None
     if estimating:
         # per-chunk ranges of the sampled rows, found on the host so the device never waits

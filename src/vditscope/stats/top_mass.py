@@ -61,7 +61,7 @@ def exact_top_mass(
     return cumulative.gather(-1, counts - 1).to(torch.float32)
 
 
-def sampled_rows(num_queries: int, mode: str, device: torch.device | None = None) -> torch.Tensor | None:
+def sampled_rows(num_queries: int, mode: str) -> torch.Tensor | None:
     """Sorted query indices measured exactly, or None for all of them.
 
     The subset is a fixed pseudo-random draw (seeded by the query count), so results are
@@ -71,8 +71,7 @@ def sampled_rows(num_queries: int, mode: str, device: torch.device | None = None
         return None
     count = min(num_queries, max(MIN_SAMPLED_ROWS, math.ceil(num_queries / SAMPLE_STRIDE)))
     generator = torch.Generator().manual_seed(num_queries)
-    rows = torch.randperm(num_queries, generator=generator)[:count].sort().values
-    return rows.to(device) if device is not None else rows
+    return torch.randperm(num_queries, generator=generator)[:count].sort().values
 
 
 def estimate_mean_top_mass(
