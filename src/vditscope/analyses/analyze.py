@@ -98,15 +98,8 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None) -> 
     settings = model_settings(model_dir)
     prompts = prompts or default_prompts(settings)
     generation = _generation_kwargs(request, settings)
+    # capture() checks the layer set (range, emptiness) before anything runs or is written
     num_layers = len({site.layer for site in adapter.sites(pipe.transformer)})
-    if request.layers is not None:
-        bad = [layer for layer in request.layers if not 0 <= layer < num_layers]
-        if bad:
-            raise VditscopeError(
-                f"layer {bad[0]} is out of range: the model has {num_layers} layers (0-{num_layers - 1})"
-            )
-        if not list(request.layers):
-            raise VditscopeError("the layer set is empty")
     total_steps = int(generation.get("num_inference_steps", 0)) or None
     if request.capture_steps is not None and total_steps is not None:
         bad = [s for s in request.capture_steps if not 0 <= s < total_steps]

@@ -223,7 +223,7 @@ def attention_stats(
                         top_mass,
                         rows_exact,
                     )
-                _finish_head(acc, layout, estimating, entropy[b, h], space, b, h)
+                _finish_head(acc, layout, space, b, h)
 
     pairs = [(b, hk) for b in range(batch) for hk in range(kv_heads)]
     workers = min(len(pairs), torch.get_num_threads()) if device.type == "cpu" else 1
@@ -428,14 +428,12 @@ def _layout_step(
 def _finish_head(
     acc: _HeadAccumulator,
     layout: TokenLayout | None,
-    estimating: bool,
-    entropy_head: torch.Tensor,
     space: torch.Tensor | None,
     b: int,
     h: int,
 ) -> None:
-    """Turn one head's running sums into means."""
-    if acc.sample_mass is not None and estimating:
+    """Turn one head's running sums into means (the top mass by estimate when rows were sampled)."""
+    if acc.sample_mass is not None:
         if acc.sample_mass:
             masses = torch.cat(acc.sample_mass)
             feats = torch.cat(acc.sample_features)

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data import shapes
+from .recipes import recipe_for
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "state.json"
@@ -50,12 +51,6 @@ class TinyConfig:
     guidance_scale: float = 4.0
     seed: int = 0
     family: str = "wan"
-
-    @property
-    def latent_grid(self) -> tuple[int, int, int]:
-        latent_frames = (self.frames - 1) // self.temporal_factor + 1
-        side = self.size // self.spatial_factor // 2  # patch (1, 2, 2)
-        return latent_frames, side, side
 
     def generation(self) -> dict[str, Any]:
         return {
@@ -101,8 +96,6 @@ def build_tokenizer() -> Any:
 
 def build_pipeline(config: TinyConfig) -> Any:
     """A freshly initialized pipeline of the configured family (deterministic from config.seed)."""
-    from .recipes import recipe_for
-
     pipe = recipe_for(config.family).build_pipeline(config, build_tokenizer())
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -120,6 +113,13 @@ def make_batch(config: TinyConfig, step: int, specs: list[shapes.ClipSpec]) -> t
 
 def _trainable(pipe: Any) -> dict[str, torch.nn.Module]:
     return {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
+
+
+def _load_weights(pipe: Any, tensors: dict[str, torch.Tensor]) -> None:
+    """Put the checkpoint's model tensors back into the trainable modules."""
+    for name, module in _trainable(pipe).items():
+        prefix = f"model/{name}/"
+        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
 
 
 def _save_checkpoint(
@@ -147,9 +147,7 @@ def _save_checkpoint(
 def _load_checkpoint(directory: Path, pipe: Any, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
     state = json.loads((directory / STATE).read_text())
     tensors = load_file(str(directory / CHECKPOINT))
-    for name, module in _trainable(pipe).items():
-        prefix = f"model/{name}/"
-        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    _load_weights(pipe, tensors)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for i, param in enumerate(params):
         if f"optim/{i}/exp_avg" in tensors:
@@ -173,8 +171,6 @@ def train(
     """Train (or resume) in ``out``; returns the directory. Stops at ``steps`` or after ``minutes``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from .recipes import recipe_for
-
     recipe = recipe_for(config.family)
     pipe = build_pipeline(config)
     train_specs, _ = shapes.split_specs(config.seed)
@@ -229,10 +225,8 @@ def load_trained_pipeline(run_dir: Path) -> Any:
     state = json.loads((Path(run_dir) / STATE).read_text())
     config = TinyConfig(**state["config"])
     pipe = build_pipeline(config)
-    tensors = load_file(str(Path(run_dir) / CHECKPOINT))
-    for name, module in _trainable(pipe).items():
-        prefix = f"model/{name}/"
-        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    _load_weights(pipe, load_file(str(Path(run_dir) / CHECKPOINT)))
+    for module in _trainable(pipe).values():
         module.eval()
     return pipe, config
 
