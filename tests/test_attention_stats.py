@@ -198,6 +198,8 @@ def definitional_stats(p: torch.Tensor, visible: torch.Tensor, layout: TokenLayo
         [(pv * (both_video & (dt == d))).sum((-1, -2)) / nv for d in range(frames)], dim=-1
     )
     same_frame = both_video & (dt == 0)
+    same_place = both_video & (dt > 0) & (y[None, :] == yq[:, None]) & (x[None, :] == xq[:, None])
+    out["same_position_mass"] = (pv * same_place).sum((-1, -2)) / nv
     dy = y[None, :] - yq[:, None]
     dx = x[None, :] - xq[:, None]
     offsets = torch.zeros(batch, heads, 2 * height - 1, 2 * width - 1, dtype=torch.float64)
@@ -341,6 +343,40 @@ def test_stats_match_their_definitions(layout_name):
         assert_close(stats[key], value, name=key)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 13, None])
+@pytest.mark.parametrize("tiles", [1, 4, 11, 64, 500])
+@pytest.mark.parametrize("layout_name", ["text_before_video", "video_text_and_other"])
+def test_token_map_matches_reference_and_definition(layout_name, tiles, chunk_size):
+    """Tiles of unequal last size (105 video tokens into 4, 11, 64 tiles), more tiles than tokens."""
+    n, layout = LAYOUTS[layout_name]
+    q, k, v = make_qkv(2, 3, n, 16, seed=21)
+    _, stats = attention_stats(q, k, v, layout=layout, chunk_size=chunk_size, map_tiles=tiles)
+    _, ref = dense_attention_stats(q, k, v, layout=layout, map_tiles=tiles)
+    size, count = layout.tiles(tiles)
+    assert stats.token_map.shape == (2, 3, count, count) and count <= tiles
+    assert_close(stats.token_map, ref["token_map"], name="token_map")
+    # definition by loops over tiles: mean over the tile's video queries of the mass on each tile
+    p, _ = probs64(q, k)
+    video = p[:, :, layout.video_start : layout.video_stop, layout.video_start : layout.video_stop]
+    for a in range(count):
+        for c in range(0, count, max(1, count // 5)):
+            block = video[:, :, a * size : (a + 1) * size, c * size : (c + 1) * size]
+            assert_close(stats.token_map[:, :, a, c], block.sum(-1).mean(-1), name=f"token_map[{a}, {c}]")
+    # rows hold the mass on video keys: they sum to 1 - text mass (up to non-video tokens)
+    if layout_name == "text_before_video":
+        rows = (stats.token_map.sum(-1) * torch.tensor([min(size, 105 - a * size) for a in range(count)])).sum(-1)
+        assert_close(rows / 105, 1 - stats.text_mass, name="token_map mass")
+
+
+def test_token_map_is_absent_by_default_and_rejects_zero_tiles():
+    n, layout = LAYOUTS["video_only"]
+    q, k, v = make_qkv(1, 2, n, 16, seed=22)
+    _, stats = attention_stats(q, k, v, layout=layout)
+    assert "token_map" not in stats
+    with pytest.raises(ValueError, match="tiles"):
+        attention_stats(q, k, v, layout=layout, map_tiles=0)
+
+
 def test_non_contiguous_inputs_give_the_same_results():
     """q, k, v are often (B, N, H, D) tensors viewed as (B, H, N, D)."""
     torch.manual_seed(0)
@@ -371,6 +407,7 @@ def test_stat_shapes_dtypes_and_attribute_access():
         "locality_time": (2, 3, frames),
         "spatial_offsets": (2, 3, 2 * height - 1, 2 * width - 1),
         "locality_space": (2, 3, max(height, width)),
+        "same_position_mass": (2, 3),
     }
     assert out.shape == q.shape and out.dtype == q.dtype
     assert set(stats) == set(shapes)

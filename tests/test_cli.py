@@ -26,8 +26,10 @@ def test_help_lists_commands() -> None:
     assert "analyze" in result.stdout
 
 
-def test_analyze_writes_the_run_directory(tmp_path: Path) -> None:
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One analyze run on the shipped model: 2 prompts x 2 seeds, 3 steps, small video."""
+    out = tmp_path_factory.mktemp("analyze") / "run"
     result = run_cli(
         "analyze",
         "--out",
@@ -36,25 +38,84 @@ def test_analyze_writes_the_run_directory(tmp_path: Path) -> None:
         "a red square moving left on a black background",
         "--prompt",
         "a blue circle moving up on a gray background",
+        "--map-tiles",
+        "64",
         *SMALL,
     )
     assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_analyze_writes_the_run_directory(small_run: Path) -> None:
+    out = small_run
     run = json.loads((out / "run.json").read_text())
     assert run["family"] == "wan" and run["layers"] == 4 and run["heads"] == 4 and run["trained"] is True
     assert run["prompts"][1] == "a blue circle moving up on a gray background"
-    assert run["seeds"] == [0] and run["steps"] == 3
+    assert run["seeds"] == [0, 1] and run["steps"] == 3 and run["map_steps"] == [0, 1, 2]
+    assert run["device"] == "cpu" and run["token_map_heads"] == "all"
     assert {"torch", "diffusers", "vditscope"} <= set(run["versions"])
     stats = pd.read_parquet(out / "stats.parquet")
     assert set(TABLE_COLUMNS) <= set(stats.columns)
-    assert set(stats.prompt) == {0, 1} and set(stats.step) == {0, 1, 2} and set(stats.branch) == {"cond", "uncond"}
+    assert set(stats.prompt) == {0, 1} and set(stats.seed) == {0, 1}
+    assert set(stats.step) == {0, 1, 2} and set(stats.branch) == {"cond", "uncond"}
     assert stats.entropy.notna().all()
     maps = load_file(str(out / "maps.safetensors"))
     # 9 frames fold into 5 latent frames (the first alone, then pairs)
     assert "frame_map.p0.s0.self.layer0" in maps and maps["frame_map.p0.s0.self.layer0"].shape == (4, 5, 5)
     assert "text_received.p0.s0.cross.layer3" in maps
+    # 5 x 8 x 16 = 640 video tokens in 64 tiles of 10, per step, per head
+    token = maps["token_map.p1.s1.step2.self.layer3"]
+    assert token.shape == (4, 64, 64)
+    # Wan self-attention sees only video keys: each row of the token map holds a query's whole mass
+    assert token.float().sum(-1).sub(1).abs().max() < 1e-2
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64") >= 3 and "data:image/gif;base64" in report
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging directory left behind"
+    assert report.count("data:image/png;base64") >= 8 and "data:image/gif;base64" in report
+    for section in ("Structure", "Heads", "Text attention", "Attention sinks", "Locality"):
+        assert section in report
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "staging directory left behind"
+
+
+def test_analyze_structure_tables(small_run: Path) -> None:
+    similarity = pd.read_parquet(small_run / "similarity.parquet")
+    assert set(similarity.axis) == {"prompts", "seeds", "steps"} and set(similarity.layer) == {0, 1, 2, 3}
+    assert similarity.mean_similarity.between(-1, 1).all()
+    # prompts: 2 seeds x 3 steps groups of 2 prompts; seeds: 2 prompts x 3 steps; steps: 4 generations
+    groups = similarity.groupby("axis")["groups"].first().to_dict()
+    assert groups == {"prompts": 6, "seeds": 6, "steps": 4}
+    heads = pd.read_parquet(small_run / "heads.parquet")
+    assert len(heads) == 16 and set(heads["class"]) <= {"spatial", "temporal", "mixed", "sink"}
+    text = pd.read_parquet(small_run / "text_attention.parquet")
+    layer = text[(text.layer == 0) & (text.kind == "cross")]
+    assert len(layer) == 16 and layer["share"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert list(layer.token[:3]) == ["a", "red", "square"]
+    sinks = pd.read_parquet(small_run / "head_sinks.parquet")
+    assert len(sinks) == 16 and sinks.consistency.between(0, 1).all() and (sinks.sink_ratio >= 1).all()
+    run = json.loads((small_run / "run.json").read_text())
+    assert set(run["similarity"]) == {"prompts", "seeds", "steps"}
+
+
+def test_compare_a_run_with_itself_and_with_another(small_run: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    result = run_cli(
+        "analyze", "--out", str(other), "--prompt", "a red square moving left on a black background",
+        "--seed", "0", "--map-tiles", "32", "--layers", "1,3", *SMALL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    result = run_cli("compare", str(small_run), str(small_run), "--out", str(tmp_path / "same"))
+    assert result.returncode == 0, result.stderr
+    same = pd.read_csv(tmp_path / "same" / "compare.csv")
+    assert (same.similarity > 0.999).all() and (same.pairs == 12).all()
+    result = run_cli("compare", str(small_run), str(other), "--out", str(tmp_path / "cmp"))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_parquet(tmp_path / "cmp" / "compare.parquet")
+    # 4 layers against 2 (matched by depth), one shared prompt and seed, 3 steps; different tile sizes
+    assert list(table.layer_b) == [1, 1, 3, 3] and (table.pairs == 3).all()
+    assert table.similarity.between(-1, 1).all() and "relative depth" in result.stderr
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
+    assert "data:image/png;base64" in (tmp_path / "cmp" / "compare.html").read_text()
+    bad = run_cli("compare", str(small_run), str(tmp_path / "missing"), "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize(
@@ -68,6 +129,7 @@ def test_analyze_writes_the_run_directory(tmp_path: Path) -> None:
         (["--layers", "9"], "out of range"),
         (["--capture-steps", "50", *SMALL], "out of range"),
         (["--top-mass", "sometimes"], "top-mass"),
+        (["--map-tiles", "0"], "map-tiles"),
     ],
 )
 def test_bad_input_gives_one_line_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:

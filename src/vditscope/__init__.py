@@ -2,6 +2,7 @@
 
 from .adapters import UnsupportedModelError, supported_families
 from .capture import Capture, capture
+from .capture.intervene import AttentionEdit, intervene
 from .layout import TokenLayout
 from .models.pixel_vae import PixelShuffleVAE
 from .stats import TOP_FRACTIONS, AttentionStats, attention_stats
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "TOP_FRACTIONS",
+    "AttentionEdit",
     "AttentionStats",
     "Capture",
     "PixelShuffleVAE",
@@ -19,6 +21,7 @@ __all__ = [
     "__version__",
     "attention_stats",
     "capture",
+    "intervene",
     "supported_families",
     "tiny_model_dir",
 ]

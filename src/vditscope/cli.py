@@ -70,9 +70,16 @@ def analyze(
     num_frames: Annotated[int | None, typer.Option(help="Number of frames.")] = None,
     steps: Annotated[int | None, typer.Option(help="Number of denoising steps.")] = None,
     guidance_scale: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1 ...")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
     top_mass: Annotated[str, typer.Option(help="Top-k mass curve: auto, exact, estimate or off.")] = "auto",
+    map_tiles: Annotated[int, typer.Option(help="Token maps: video tokens pooled into at most this many tiles.")] = 256,
+    map_steps: Annotated[
+        str | None, typer.Option(help="Steps whose token maps are kept (default: 4 spread over the captured steps).")
+    ] = None,
+    plan: Annotated[
+        Path | None, typer.Option(help="Apply a sparsity plan (plan.json of a sweep) while analyzing.")
+    ] = None,
 ) -> None:
     """Generate with attention capture and write run.json, stats.parquet, maps.safetensors, report.html."""
     from .analyses.analyze import AnalyzeRequest, run_analyze
@@ -82,7 +89,7 @@ def analyze(
     request = AnalyzeRequest(
         model=model,
         prompts=list(prompt or []),
-        seeds=list(seed or [0]),
+        seeds=list(seed) if seed else list(AnalyzeRequest.seeds),
         out=out,
         layers=_parse_int_list(layers, "layer"),
         capture_steps=_parse_int_list(capture_steps, "step"),
@@ -94,6 +101,9 @@ def analyze(
         device=device,
         dtype=dtype,
         top_mass=top_mass,
+        map_tiles=map_tiles,
+        map_steps=_parse_int_list(map_steps, "map step"),
+        plan=plan,
     )
     if model is None:
         err.print("[dim]model: tiny-wan, the small Wan model that ships with vditscope[/dim]")
@@ -107,21 +117,254 @@ def analyze(
     typer.echo(f"wrote {path}/ (run.json, stats.parquet, maps.safetensors, report.html)")
 
 
+def _parse_float_list(values: list[str] | None, what: str) -> list[float] | None:
+    """Repeated options and comma lists: ['0.1,0.5', '0.9'] -> [0.1, 0.5, 0.9]."""
+    if values is None:
+        return None
+    numbers: list[float] = []
+    for text in values:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            try:
+                numbers.append(float(part))
+            except ValueError:
+                raise VditscopeError(f"bad {what} {part!r}: use numbers like 0.1,0.5") from None
+    if not numbers:
+        raise VditscopeError(f"the {what} list is empty")
+    return numbers
+
+
+def _parse_step_range(text: str | None) -> tuple[int, int] | None:
+    """'a:b' -> (a, b), the half-open range of denoising steps an edit applies to."""
+    if text is None:
+        return None
+    try:
+        start, stop = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise VditscopeError(f"bad step range {text!r}: use START:STOP, e.g. 0:10") from None
+    if not 0 <= start < stop:
+        raise VditscopeError(f"bad step range {text!r}: need 0 <= START < STOP")
+    return start, stop
+
+
+sweep_app = typer.Typer(help="Sparsity and temperature sweeps, scored against dense generations.", no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
+
+PromptOpt = Annotated[list[str] | None, typer.Option("--prompt", help="Prompt (repeat; default: 2 from the model).")]
+SeedOpt = Annotated[list[int] | None, typer.Option("--seed", help="Seed (repeat for several).")]
+ModelOpt = Annotated[str | None, typer.Option(help="Pipeline directory, cached model id or shipped name (tiny-wan).")]
+StepsOpt = Annotated[int | None, typer.Option(help="Number of denoising steps.")]
+FramesOpt = Annotated[int | None, typer.Option(help="Number of frames.")]
+HeightOpt = Annotated[int | None, typer.Option(help="Video height in pixels.")]
+WidthOpt = Annotated[int | None, typer.Option(help="Video width in pixels.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda ...")]
+DtypeOpt = Annotated[str, typer.Option(help="float32, float16 or bfloat16.")]
+HeadsOpt = Annotated[str | None, typer.Option(help="Heads to edit (default all).")]
+EditStepsOpt = Annotated[str | None, typer.Option(help="Denoising steps to edit, START:STOP (default all).")]
+BranchOpt = Annotated[list[str] | None, typer.Option(help="CFG branch(es) to edit: cond, uncond.")]
+
+
+def _sweep_common(
+    model: str | None,
+    prompt: list[str] | None,
+    seed: list[int] | None,
+    out: Path,
+    steps: int | None,
+    num_frames: int | None,
+    height: int | None,
+    width: int | None,
+    device: str,
+    dtype: str,
+) -> dict[str, object]:
+    """The SweepRequest fields every sweep command shares."""
+    return {
+        "model": model,
+        "prompts": list(prompt or []),
+        "seeds": list(seed) if seed else [0],
+        "out": out,
+        "num_inference_steps": steps,
+        "num_frames": num_frames,
+        "height": height,
+        "width": width,
+        "device": device,
+        "dtype": dtype,
+    }
+
+
+def _run_sweep_command(request: object) -> None:
+    from .analyses.sweep import run_sweep, sensitivity_table
+
+    with _progress_bar() as bar:
+        task = bar.add_task("loading the model", total=None)
+
+        def progress(message: str, done: int, total: int) -> None:
+            bar.update(task, description=message, completed=done, total=total)
+
+        out = run_sweep(request, progress)  # type: ignore[arg-type]
+    import pandas as pd
+
+    table = pd.read_parquet(out / "sweep.parquet")
+    sensitivity = sensitivity_table(table)
+    if not sensitivity.empty:
+        typer.echo(sensitivity.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    typer.echo(
+        f"wrote {out}/ (sweep.parquet, sweep.csv, report.html{', plan.json' if (out / 'plan.json').exists() else ''})"
+    )
+
+
+@sweep_app.command("sparsity")
+def sweep_sparsity(
+    k: Annotated[list[str] | None, typer.Option("--k", help="Bottom-k share(s) of keys to drop, in [0, 1).")] = None,
+    p: Annotated[list[str] | None, typer.Option("--p", help="Top-p mass(es) to keep (with --method top-p).")] = None,
+    method: Annotated[
+        str, typer.Option(help="bottom-k, top-p, or a structured mask: spatial, temporal, tiles, svg.")
+    ] = "bottom-k",
+    window: Annotated[
+        str | None, typer.Option(help="Half-widths frames,rows,columns of a spatial/temporal/tiles window.")
+    ] = None,
+    dense_first_steps: Annotated[int, typer.Option(help="Keep the first N denoising steps dense.")] = 0,
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="One layer sparsified at a time (default).")] = False,
+    global_: Annotated[bool, typer.Option("--global", help="All chosen layers sparsified together.")] = False,
+    leave_out: Annotated[str | None, typer.Option(help="All layers but these (and all layers), e.g. 2,3.")] = None,
+    layers: Annotated[str | None, typer.Option(help="Layers to sweep (per-layer) or to edit (global).")] = None,
+    heads: HeadsOpt = None,
+    edit_steps: EditStepsOpt = None,
+    branch: BranchOpt = None,
+    psnr_target: Annotated[float, typer.Option(help="PSNR (dB) a layer must keep for the plan.")] = 30.0,
+    model: ModelOpt = None,
+    prompt: PromptOpt = None,
+    seed: SeedOpt = None,
+    out: Annotated[Path, typer.Option(help="Sweep directory (rerun to resume).")] = Path("runs/sweep-sparsity"),
+    steps: StepsOpt = None,
+    num_frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Sparsify attention (bottom-k or top-p) per layer, globally, or in all layers but some; score each cell."""
+    from .analyses.sweep import SweepRequest
+
+    if sum([per_layer, global_, leave_out is not None]) > 1:
+        raise VditscopeError("choose one of --per-layer, --global and --leave-out")
+    scope = "global" if global_ else "leave-out" if leave_out is not None else "per-layer"
+    levels = _parse_float_list(p if method == "top-p" else k, "p" if method == "top-p" else "k")
+    request = SweepRequest(
+        mode="sparsity",
+        scope=scope,
+        method=method,
+        levels=levels if levels is not None else ([0.9] if method == "top-p" else [0.5]),
+        layers=_parse_int_list(layers, "layer"),
+        leave_out=_parse_int_list(leave_out, "layer"),
+        heads=_parse_int_list(heads, "head"),
+        steps=_parse_step_range(edit_steps),
+        dense_first_steps=dense_first_steps,
+        window=tuple(_parse_int_list(window, "window") or ()) or None,  # type: ignore[arg-type]
+        branches=branch,
+        psnr_target=psnr_target,
+        **_sweep_common(model, prompt, seed, out, steps, num_frames, height, width, device, dtype),
+    )
+    _run_sweep_command(request)
+
+
+@sweep_app.command("temperature")
+def sweep_temperature(
+    tau: Annotated[list[str] | None, typer.Option("--tau", help="Temperature(s): logits / tau, tau > 0.")] = None,
+    k: Annotated[list[str] | None, typer.Option("--k", help="Bottom-k share(s) to combine with (default 0).")] = None,
+    layers: Annotated[str | None, typer.Option(help="Layers to edit (default all).")] = None,
+    heads: HeadsOpt = None,
+    edit_steps: EditStepsOpt = None,
+    branch: BranchOpt = None,
+    model: ModelOpt = None,
+    prompt: PromptOpt = None,
+    seed: SeedOpt = None,
+    out: Annotated[Path, typer.Option(help="Sweep directory (rerun to resume).")] = Path("runs/sweep-temperature"),
+    steps: StepsOpt = None,
+    num_frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """A temperature x bottom-k grid on chosen layers, each cell scored against dense."""
+    from .analyses.sweep import SweepRequest
+
+    request = SweepRequest(
+        mode="temperature",
+        scope="global",
+        levels=_parse_float_list(k, "k") or [0.0],
+        temperatures=_parse_float_list(tau, "temperature") or [0.5, 1.0, 2.0],
+        layers=_parse_int_list(layers, "layer"),
+        heads=_parse_int_list(heads, "head"),
+        steps=_parse_step_range(edit_steps),
+        branches=branch,
+        **_sweep_common(model, prompt, seed, out, steps, num_frames, height, width, device, dtype),
+    )
+    _run_sweep_command(request)
+
+
+@app.command()
+def generate(
+    plan: Annotated[Path | None, typer.Option(help="Sparsity plan (plan.json of a sweep) to apply.")] = None,
+    model: ModelOpt = None,
+    prompt: Annotated[str | None, typer.Option(help="Prompt (default: one from the model).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/generate"),
+    steps: StepsOpt = None,
+    num_frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Generate one video, with a sparsity plan applied next to the dense generation."""
+    from .analyses.planned import GenerateRequest, run_generate
+
+    request = GenerateRequest(
+        plan=plan, model=model, prompt=prompt, seed=seed, out=out, num_inference_steps=steps,
+        num_frames=num_frames, height=height, width=width, device=device, dtype=dtype,
+    )  # fmt: skip
+    path, metrics = run_generate(request)
+    for key in ("psnr", "ssim", "sparsity", "mass_dropped"):
+        if key in metrics:
+            typer.echo(f"{key}: {metrics[key]:.4f}")
+    typer.echo(f"wrote {path}/ (frames.safetensors, preview.gif, metrics.json)")
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="First run directory (from vditscope analyze).")],
+    run_b: Annotated[Path, typer.Argument(help="Second run directory.")],
+    out: Annotated[Path, typer.Option(help="Directory for compare.parquet/.csv/.png/.html.")] = Path("runs/compare"),
+) -> None:
+    """Per-layer similarity of the attention maps of two runs (two models, two settings), with a figure."""
+    from .analyses.compare import compare_runs, write_comparison
+
+    comparison = compare_runs(run_a, run_b)
+    for note in comparison.notes:
+        err.print(f"[yellow]note:[/yellow] {note}")
+    typer.echo(comparison.table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    write_comparison(comparison, out)
+    typer.echo(f"wrote {out}/ (compare.parquet, compare.csv, compare.png, compare.html)")
+
+
 @app.command("train-tiny")
 def train_tiny(
-    out: Annotated[Path, typer.Option(help="Training run directory (checkpoints; rerun to resume).")] = Path(
-        "runs/train-tiny-wan"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Training run directory (checkpoints; rerun to resume). Default: runs/train-tiny-FAMILY."),
+    ] = None,
     steps: Annotated[int, typer.Option(help="Total optimizer steps.")] = 4000,
     minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after this many minutes.")] = None,
     export: Annotated[Path | None, typer.Option(help="Also save the trained pipeline directory here.")] = None,
-    family: Annotated[str, typer.Option(help="Model family to train (wan).")] = "wan",
+    family: Annotated[str, typer.Option(help="Model family to train: wan or cogvideox.")] = "wan",
 ) -> None:
     """Train the small shapes text-to-video model from scratch on this CPU (resumable)."""
+    from .training.recipes import RECIPES
     from .training.tiny import TinyConfig, export_pipeline, train
 
-    if family != "wan":
-        raise VditscopeError(f"train-tiny knows the family wan, not {family}")
+    if family not in RECIPES:
+        raise VditscopeError(f"unknown model family {family}: train-tiny knows {', '.join(RECIPES)}")
+    out = out if out is not None else Path(f"runs/train-tiny-{family}")
     if steps < 1:
         raise VditscopeError("--steps must be positive")
     with _progress_bar() as bar:
@@ -185,15 +428,14 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and aborts
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:  # click usage errors and aborts (typer may vendor its own click: match by name)
+        kinds = {cls.__name__ for cls in type(exc).__mro__}
+        if "ClickException" in kinds:
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if "Exit" in kinds:
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if "Abort" in kinds:
             sys.exit(1)
         raise
 

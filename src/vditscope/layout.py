@@ -53,6 +53,14 @@ class TokenLayout:
     def num_text(self) -> int:
         return 0 if self.text is None else self.text[1] - self.text[0]
 
+    def tiles(self, max_tiles: int) -> tuple[int, int]:
+        """(tokens per tile, number of tiles) when the video tokens are cut, in sequence order, into
+        at most ``max_tiles`` tiles of equal size (the last one may be shorter)."""
+        if max_tiles < 1:
+            raise ValueError(f"the number of map tiles must be positive, got {max_tiles}")
+        size = -(-self.num_video // max_tiles)
+        return size, -(-self.num_video // size)
+
     def check_fits(self, num_tokens: int) -> None:
         """Raise ValueError when the layout does not fit a sequence of ``num_tokens`` tokens."""
         stop = max(self.video_stop, self.text[1] if self.text else 0)

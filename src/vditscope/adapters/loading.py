@@ -85,6 +85,13 @@ def _quiet_loading() -> Iterator[None]:
         transformers_logging.enable_progress_bar()
 
 
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a CUDA GPU is visible, else 'cpu'; other names pass through."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_pipeline(model: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, FamilyAdapter, Path]:
     """Load a diffusers video pipeline offline; returns (pipeline, adapter, directory)."""
     from diffusers import DiffusionPipeline

@@ -31,10 +31,12 @@ TABLE_COLUMNS = [
     "text_mass",
     "sink_ratio",
     "sink_index",
+    "sink_mass",
     "same_frame_mass",
+    "same_position_mass",
     *TOP_COLUMNS,
 ]
-MAP_KEYS = ("frame_map", "locality_time", "locality_space", "text_received")
+MAP_KEYS = ("frame_map", "locality_time", "locality_space", "text_received", "token_map")
 
 
 @dataclass
@@ -55,7 +57,9 @@ class CallRecord:
     text_mass: np.ndarray  # (H,) mean mass of video queries on text keys
     sink_ratio: np.ndarray  # (H,) max received mass / median received mass over visible keys
     sink_index: np.ndarray  # (H,) key receiving the most mass
+    sink_mass: np.ndarray  # (H,) mean mass a query puts on that key
     same_frame_mass: np.ndarray  # (H,) mean mass of video queries on their own frame
+    same_position_mass: np.ndarray  # (H,) ... on their own spatial position in the other frames
     top_mass: np.ndarray  # (H, 5) mean mass of the top 1/5/10/20/50% keys
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -81,6 +85,7 @@ def records_from_stats(
     *,
     keep_maps: bool,
 ) -> list[CallRecord]:
+    """One record per batch element of an SDPA call (maps copied to the CPU when ``keep_maps``)."""
     """One record per batch element of an SDPA call."""
     num_queries = stats["entropy"].shape[-1]
     ratio, index = sink_ratios(stats["received"])
@@ -91,16 +96,17 @@ def records_from_stats(
         maps: dict[str, torch.Tensor] = {}
         if site.kind == "cross":
             text_mass = np.ones(heads, dtype=np.float32)
-            same_frame = nan
+            same_frame = same_position = nan
             if keep_maps:
                 maps["text_received"] = (stats["received"][b] / num_queries).cpu()
         elif layout is not None:
             text_mass = stats["text_mass"][b].cpu().numpy()
             same_frame = stats["locality_time"][b, :, 0].cpu().numpy()
+            same_position = stats["same_position_mass"][b].cpu().numpy()
             if keep_maps:
                 maps = {key: stats[key][b].cpu() for key in MAP_KEYS if key in stats}
         else:
-            text_mass = same_frame = nan
+            text_mass = same_frame = same_position = nan
         top = (
             stats["topk_mass"][b].cpu().numpy()
             if "topk_mass" in stats
@@ -122,7 +128,9 @@ def records_from_stats(
                 text_mass=text_mass,
                 sink_ratio=ratio[b].cpu().numpy(),
                 sink_index=index[b].cpu().numpy(),
+                sink_mass=(stats["received"][b].amax(-1) / num_queries).cpu().numpy(),
                 same_frame_mass=same_frame,
+                same_position_mass=same_position,
                 top_mass=top,
                 maps=maps,
             )
@@ -160,7 +168,9 @@ def records_table(records: list[CallRecord]) -> Any:
         "text_mass": values("text_mass"),
         "sink_ratio": values("sink_ratio"),
         "sink_index": values("sink_index"),
+        "sink_mass": values("sink_mass"),
         "same_frame_mass": values("same_frame_mass"),
+        "same_position_mass": values("same_position_mass"),
     }
     for i, name in enumerate(TOP_COLUMNS):
         columns[name] = top[:, i]

@@ -68,7 +68,21 @@ def routed_sdpa() -> Iterator[None]:
 
 @contextmanager
 def sdpa_handler(handler: SdpaHandler) -> Iterator[None]:
-    """Route the SDPA calls made inside the block (in this thread/context) to ``handler``."""
+    """Route the SDPA calls made inside the block (in this thread/context) to ``handler``.
+
+    Handlers nest: inside another handler's block, the ``original`` a handler receives runs the
+    outer handler (which gets the real SDPA), so a capture and an intervention compose."""
+    outer = _handler.get()
+    if outer is not None:
+        inner = handler
+
+        def chained(original: SdpaFn, *args: Any) -> torch.Tensor:
+            def through_outer(*call: Any, **kwargs: Any) -> torch.Tensor:
+                return outer(original, *_normalize(*call, **kwargs))
+
+            return inner(through_outer, *args)
+
+        handler = chained
     token = _handler.set(handler)
     try:
         yield

@@ -87,6 +87,8 @@ def _native_backend_names() -> set[str]:
 class Capture:
     """Statistics recorded inside a ``capture`` block; ``table()`` gives one row per call, branch, head."""
 
+    hook_name = HOOK_NAME
+
     def __init__(
         self,
         models: list[nn.Module],
@@ -98,6 +100,8 @@ class Capture:
         fused: bool,
         chunk_size: int | None,
         keep_maps: bool,
+        map_tiles: int | None = None,
+        map_steps: set[int] | None = None,
     ) -> None:
         self.models = models
         self.adapter = adapter
@@ -107,6 +111,8 @@ class Capture:
         self.fused = fused
         self.chunk_size = chunk_size
         self.keep_maps = keep_maps
+        self.map_tiles = map_tiles
+        self.map_steps = map_steps
         self.clock = StepClock()
         self.records: list[CallRecord] = []
         self.notes: list[str] = []
@@ -207,12 +213,19 @@ class Capture:
                 is_causal=is_causal,
                 top_mass=self.top_mass,
                 compute_output=fused,
+                map_tiles=self._tiles_at(state.step) if layout is not None else None,
             )
         start = offset[0]
         offset[0] += q.shape[0]
         labels = [state.labels[(start + i) % len(state.labels)] for i in range(q.shape[0])]
         self.records.extend(records_from_stats(stats, site, state, labels, layout, keep_maps=self.keep_maps))
         return fused_out if fused else out
+
+    def _tiles_at(self, step: int) -> int | None:
+        """Token-map tiles for a call at this step: only when maps are kept and the step is chosen."""
+        if not self.keep_maps or self.map_tiles is None:
+            return None
+        return self.map_tiles if self.map_steps is None or step in self.map_steps else None
 
     def _note(self, message: str) -> None:
         if message not in self.notes:
@@ -323,6 +336,8 @@ def capture(
     chunk_size: int | None = None,
     keep_maps: bool = True,
     cross_attention: bool = True,
+    map_tiles: int | None = None,
+    map_steps: Iterable[int] | None = None,
 ) -> Iterator[Capture]:
     """Record attention statistics of every observed attention call made inside the block.
 
@@ -331,8 +346,12 @@ def capture(
     of its own SDPA call (bit-identical to a run without capture) and the statistics come from a
     second, output-free pass; ``fused=True`` hands it the output of the statistics pass instead
     (one attention instead of two, equal to SDPA within float rounding). ``keep_maps`` keeps
-    per-head frame maps, locality profiles and text masses on each record (small tensors).
+    per-head frame maps, locality profiles and text masses on each record (small tensors);
+    ``map_tiles`` T adds a T x T tile-pooled token map of the video tokens (``token_map``) at the
+    ``map_steps`` (None = every observed step).
     """
+    if map_tiles is not None and map_tiles < 1:
+        raise ValueError(f"map_tiles must be positive, got {map_tiles}")
     models, scheduler = _transformers_of(model_or_pipeline)
     adapter = adapter_for(models[0])
     all_sites = [site for model in models for site in adapter.sites(model)]
@@ -351,10 +370,20 @@ def capture(
         fused=fused,
         chunk_size=chunk_size,
         keep_maps=keep_maps,
+        map_tiles=map_tiles,
+        map_steps=None if map_steps is None else {int(s) for s in map_steps},
     )
+    with attached(session, models, scheduler):
+        yield session
+
+
+@contextmanager
+def attached(session: Capture, models: list[nn.Module], scheduler: Any) -> Iterator[None]:
+    """Attach a session's hooks (transformers and its sites), the scheduler clock and the SDPA
+    routing; remove every trace on exit, also when the block raises."""
     detachers: list[Callable[[], None]] = []
     with ExitStack() as stack:
-        stack.enter_context(_native_attention(sites, session._note))
+        stack.enter_context(_native_attention(session.sites, session._note))
         stack.enter_context(_scheduler_clock(scheduler, session.clock))
         stack.enter_context(routed_sdpa())
         try:
@@ -362,12 +391,12 @@ def capture(
                 ref: list[ContextAroundHook] = []
                 hook = ContextAroundHook(session._around_transformer(ref))
                 ref.append(hook)
-                detachers.append(attach(model, hook, HOOK_NAME))
-            for site in sites:
-                detachers.append(attach(site.module, AroundHook(session._around_site(site)), HOOK_NAME))
+                detachers.append(attach(model, hook, session.hook_name))
+            for site in session.sites:
+                detachers.append(attach(site.module, AroundHook(session._around_site(site)), session.hook_name))
             for model in models:
                 invalidate_registry_cache(model)
-            yield session
+            yield
         finally:
             for detach in reversed(detachers):
                 detach()

@@ -90,3 +90,223 @@ def locality_curves(
     if len(per_layer) <= 12:
         ax.legend(fontsize=7, ncol=2)
     return _png(fig)
+
+
+def _small_multiples(count: int, size: float = 2.1) -> tuple[plt.Figure, np.ndarray]:
+    cols = min(6, count)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, (size + 0.1) * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
+def token_maps(maps: dict[str, torch.Tensor], names: list[str], title: str) -> bytes | None:
+    """Small multiples: the tile-pooled token map of each given layer map, mean over heads, log scale."""
+    if not names:
+        return None
+    fig, axes = _small_multiples(len(names), 2.3)
+    for ax, name in zip(axes.flat, names, strict=False):
+        image = maps[name].float().mean(0).clamp(min=1e-8).log10().numpy()
+        ax.imshow(image, cmap="magma", vmin=float(np.quantile(image, 0.02)), vmax=float(image.max()))
+        ax.set_title(f"layer {name.rsplit('layer', 1)[1]}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def similarity_by_layer(table: pd.DataFrame) -> bytes | None:
+    """Mean off-diagonal Pearson correlation of the pooled maps per layer, one line per axis."""
+    if table.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for axis, group in table.groupby("axis"):
+        group = group.sort_values("layer")
+        ax.plot(group["layer"], group["mean_similarity"], marker="o", ms=4, label=f"across {axis}")
+    ax.set_xlabel("layer")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("mean Pearson correlation")
+    ax.set_ylim(min(0.0, float(table["mean_similarity"].min()) - 0.05), 1.02)
+    ax.set_title("How similar the attention maps are")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def similarity_matrices(matrices: dict[int, np.ndarray], labels: list[str], title: str) -> bytes | None:
+    """Small multiples: the label x label correlation matrix of each layer (shared colour scale)."""
+    if not matrices:
+        return None
+    layers = sorted(matrices)
+    low = min(0.0, float(np.nanmin([np.nanmin(m) for m in matrices.values()])))
+    fig, axes = _small_multiples(len(layers), 2.2)
+    image = None
+    for ax, layer in zip(axes.flat, layers, strict=False):
+        ax.axis("on")
+        image = ax.imshow(matrices[layer], cmap="viridis", vmin=low, vmax=1.0)
+        ax.set_title(f"layer {layer}", fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, fontsize=6, rotation=90)
+        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="Pearson r")
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+HEAD_COLORS = {"spatial": "#4c78a8", "temporal": "#f58518", "mixed": "#bab0ac", "sink": "#e45756", "unknown": "#ffffff"}
+
+
+def head_classes(heads: pd.DataFrame) -> bytes | None:
+    """Layer x head grid coloured by head class, with the same-frame mass written in each cell."""
+    if heads.empty:
+        return None
+    layers = sorted(heads["layer"].unique())
+    num_heads = int(heads["head"].max()) + 1
+    fig, ax = plt.subplots(figsize=(min(14, 1.5 + 0.55 * num_heads), min(12, 1.0 + 0.4 * len(layers))))
+    for layer, head, same_frame, label in zip(
+        heads["layer"], heads["head"], heads["same_frame_mass"], heads["class"], strict=True
+    ):
+        y = layers.index(layer)
+        ax.add_patch(plt.Rectangle((head, y), 1, 1, color=HEAD_COLORS.get(label, "#ffffff"), ec="white"))
+        if not np.isnan(same_frame):
+            ax.text(head + 0.5, y + 0.5, f"{same_frame:.2f}", ha="center", va="center", fontsize=6)
+    ax.set_xlim(0, num_heads)
+    ax.set_ylim(len(layers), 0)
+    ax.set_xticks(np.arange(num_heads) + 0.5, [str(h) for h in range(num_heads)], fontsize=7)
+    ax.set_yticks(np.arange(len(layers)) + 0.5, [str(layer) for layer in layers], fontsize=7)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for name, c in HEAD_COLORS.items() if name != "unknown"]
+    ax.legend(handles, [n for n in HEAD_COLORS if n != "unknown"], fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.set_title("Head classes (number: same-frame mass)", fontsize=9)
+    return _png(fig)
+
+
+def text_attention(text: pd.DataFrame, kind: str) -> bytes | None:
+    """Small multiples per layer: mass video queries give each text token (bars), first token in red."""
+    data = text[text["kind"] == kind]
+    if data.empty:
+        return None
+    layers = sorted(data["layer"].unique())
+    fig, axes = _small_multiples(len(layers), 2.6)
+    for ax, layer in zip(axes.flat, layers, strict=False):
+        rows = data[data["layer"] == layer].sort_values("token_index")
+        ax.axis("on")
+        colors = ["#e45756" if i == 0 else "#4c78a8" for i in rows["token_index"]]
+        ax.bar(rows["token_index"], rows["mass"], color=colors)
+        labels = [t if t else str(i) for i, t in zip(rows["token_index"], rows["token"], strict=True)]
+        ax.set_xticks(rows["token_index"], labels, fontsize=5, rotation=90)
+        ax.tick_params(axis="y", labelsize=6)
+        ax.set_title(f"layer {layer}", fontsize=8)
+    what = "joint self-attention" if kind == "self" else "cross-attention"
+    fig.suptitle(f"Mass a video query gives each text token ({what})", fontsize=9)
+    return _png(fig)
+
+
+def comparison_bars(table: pd.DataFrame, name_a: str, name_b: str) -> bytes:
+    """Per matched layer: similarity of run A's and run B's maps (bars), and run A's own similarity
+    across prompts (dots) as the scale a model-to-model value can be read against."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(table) + 2), 3.4))
+    x = np.arange(len(table))
+    ax.bar(x, table["similarity"], color="#4c78a8", label=f"{name_a} vs {name_b}")
+    if table["within_a"].notna().any():
+        ax.plot(x, table["within_a"], "o", color="#e45756", ms=5, label=f"{name_a}: across its prompts")
+    labels = [str(a) if a == b else f"{a}/{b}" for a, b in zip(table["layer_a"], table["layer_b"], strict=True)]
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_xlabel("layer" if all(table["layer_a"] == table["layer_b"]) else "layer (A/B)")
+    ax.set_ylabel("mean Pearson correlation")
+    low = float(np.nanmin(np.r_[table["similarity"].to_numpy(), 0.0]))
+    ax.set_ylim(min(0.0, low - 0.05), 1.02)
+    ax.set_title("Attention map similarity between two runs")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _capped_psnr(values: pd.Series, cap: float = 60.0) -> np.ndarray:
+    """PSNR with identical outputs (inf) drawn at a cap so they stay on the axis."""
+    return np.minimum(values.to_numpy(dtype=float), cap)
+
+
+def sweep_quality(table: pd.DataFrame, target: float | None = None) -> bytes | None:
+    """PSNR against the sparsity level: one line per layer set (mean over prompts and seeds)."""
+    if table.empty or table["method"].iloc[0] not in ("bottom-k", "top-p"):
+        return None
+    level = "k" if table["method"].iloc[0] == "bottom-k" else "p"
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    groups = list(table.groupby(["layers", "temperature"]))
+    cmap = plt.get_cmap("viridis", max(len(groups), 2))
+    for i, ((layers, tau), group) in enumerate(groups):
+        means = group.groupby(level)["psnr"].mean()
+        label = f"layers {layers}" + (f", tau {tau:g}" if tau != 1 else "")
+        ax.plot(means.index, _capped_psnr(means), marker="o", ms=3, color=cmap(i), label=label)
+    if target is not None:
+        ax.axhline(target, color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("bottom-k share of keys dropped (k)" if level == "k" else "top-p mass kept (p)")
+    ax.set_ylabel("PSNR vs dense (dB, 60 = identical)")
+    ax.set_title("Quality against sparsity")
+    if len(groups) <= 14:
+        ax.legend(fontsize=6, ncol=2)
+    return _png(fig)
+
+
+def sweep_sensitivity(table: pd.DataFrame) -> bytes | None:
+    """Bars per layer: PSNR when only that layer is sparsified, one bar per level."""
+    rows = table[table["scope"] == "per-layer"]
+    if rows.empty:
+        return None
+    method = rows["method"].iloc[0]
+    level = "k" if method == "bottom-k" else "p" if method == "top-p" else "mask"
+    pivot = rows.pivot_table(index="layer", columns=level, values="psnr", aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(pivot) * max(1, pivot.shape[1] / 2) + 2), 3.4))
+    width = 0.8 / pivot.shape[1]
+    for j, column in enumerate(pivot.columns):
+        ax.bar(
+            np.arange(len(pivot)) + j * width,
+            _capped_psnr(pivot[column]),
+            width,
+            label=f"{level} = {column:g}" if isinstance(column, float) else str(column),
+        )
+    ax.set_xticks(np.arange(len(pivot)) + 0.4 - width / 2, [str(i) for i in pivot.index], fontsize=7)
+    ax.set_xlabel("layer sparsified alone")
+    ax.set_ylabel("PSNR vs dense (dB)")
+    ax.set_title("Layer sensitivity (lower = the layer matters more)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def sweep_pareto(table: pd.DataFrame) -> bytes | None:
+    """Every cell's PSNR against the share of attention entries dropped, with the Pareto front."""
+    if table.empty:
+        return None
+    cells = table.groupby(["layers", "mask", "k", "p", "temperature"], dropna=False)[["sparsity", "psnr"]].mean()
+    x, y = cells["sparsity"].to_numpy(), _capped_psnr(cells["psnr"])
+    order = np.argsort(-x)
+    front_x, front_y, best = [], [], -np.inf
+    for i in order:  # sweep from the sparsest: a point is on the front when nothing sparser is better
+        if y[i] > best:
+            best = y[i]
+            front_x.append(x[i])
+            front_y.append(y[i])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.scatter(x, y, s=14, color="#4c78a8", alpha=0.7, label="cells")
+    ax.plot(front_x, front_y, color="#e45756", marker="o", ms=3, label="Pareto front")
+    ax.set_xlabel("share of all self-attention entries dropped")
+    ax.set_ylabel("PSNR vs dense (dB, 60 = identical)")
+    ax.set_title("Quality-sparsity trade-off")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def sweep_temperature(table: pd.DataFrame) -> bytes | None:
+    """PSNR against temperature, one line per sparsity level (temperature sweeps)."""
+    if table.empty or table["temperature"].nunique() < 2:
+        return None
+    level = "k" if table["method"].iloc[0] == "bottom-k" else "p"
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for value, group in table.groupby(level):
+        means = group.groupby("temperature")["psnr"].mean()
+        ax.plot(means.index, _capped_psnr(means), marker="o", ms=3, label=f"{level} = {value:g}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("temperature tau (logits / tau)")
+    ax.set_ylabel("PSNR vs dense (dB, 60 = identical)")
+    ax.set_title("Temperature and sparsity")
+    ax.legend(fontsize=7)
+    return _png(fig)

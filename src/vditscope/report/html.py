@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..analyses.structure import HEAD_RULE, SINK_RATIO, Structure, analyze_structure, first_token_share
 from ..stats.streaming import uniform_locality
+from ..store.map_names import MapName, parse_map_name
 from . import figures
 
 STYLE = """
@@ -56,39 +58,36 @@ def layer_summary(stats: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
+def _figure(data: bytes | None, mime: str, name: str, caption: str = "") -> str:
+    """One figure element (nothing when the figure could not be drawn)."""
+    if data is None:
+        return ""
+    text = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f"<figure data-figure='{html.escape(name)}'>{_img(data, mime, name)}{text}</figure>"
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="–", border=0)
+
+
 def write_report(
     path: Path,
     run: dict[str, Any],
     stats: pd.DataFrame,
     maps: dict[str, torch.Tensor],
     videos: dict[str, np.ndarray],
+    structure: Structure | None = None,
 ) -> None:
-    """Write report.html for a run directory."""
+    """Write report.html for a run directory: one self-contained file (inline PNG/GIF, no scripts)."""
+    structure = structure or analyze_structure(stats, maps, run.get("layout"))
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>vditscope report</title><style>{STYLE}</style>"
-        "</head><body>",
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>vditscope report</title>"
+        f"<style>{STYLE}</style></head><body>",
         "<h1>vditscope attention report</h1>",
     ]
     if run.get("trained") is False:
         parts.append("<p class='note'>This model has <b>random weights</b>: its attention is close to uniform.</p>")
-    overview = {
-        "model": run["model"],
-        "family": run["family"],
-        "layers": run["layers"],
-        "heads": run["heads"],
-        "video grid (frames x h x w tokens)": " x ".join(map(str, run["layout"]["grid"] or [])),
-        "text tokens in self-attention": run["layout"]["text_tokens"],
-        "denoising steps": run["steps"],
-        "prompts": "<br>".join(html.escape(p) for p in run["prompts"]),
-        "seeds": ", ".join(map(str, run["seeds"])),
-        "time (s)": run["seconds"],
-    }
-    parts.append("<h2>Overview</h2><table>")
-    parts += [
-        f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
-        for k, v in overview.items()
-    ]
-    parts.append("</table>")
+    parts += _overview(run, structure)
     for note in run.get("notes", []):
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
 
@@ -96,34 +95,173 @@ def write_report(
     grid = run["layout"]["grid"]
     if grid:
         parts.append(f"<p>Uniform attention would put {1 / grid[0]:.3f} of a video query's mass on its own frame.</p>")
-    parts.append(layer_summary(stats).to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="–"))
+    parts.append(_table(layer_summary(stats)))
 
+    parts += _structure_section(run, maps, structure)
     parts.append("<h2>Entropy by layer and step</h2>")
-    parts.append(_img(figures.entropy_heatmap(stats), "image/png", "entropy heatmap"))
+    parts.append(_figure(figures.entropy_heatmap(stats), "image/png", "entropy heatmap"))
     parts.append("<h2>Frame-to-frame attention</h2>")
-    for prefix in sorted(
-        {name.split(".")[1] + "." + name.split(".")[2] for name in maps if name.startswith("frame_map.")}
-    ):
-        parts.append(f"<h3>{html.escape(prefix)}</h3>")
-        parts.append(_img(figures.frame_maps(maps, prefix), "image/png", f"frame maps {prefix}"))
-    parts.append("<h2>Locality</h2>")
-    if grid:
-        num_tokens = grid[0] * grid[1] * grid[2] + (run["layout"]["text_tokens"] or 0)
-        time_base, space_base = uniform_locality(*grid, num_tokens)
-        parts.append(
-            "<p>Attention mass by distance divided by the mass uniform attention would put there "
-            "(the dashed line is uniform).</p>"
-        )
-        for key, base, xlabel, title in (
-            ("locality_time", time_base, "frame distance |dt|", "Mass by frame distance"),
-            ("locality_space", space_base, "spatial ring max(|dy|,|dx|)", "Same-frame mass by spatial distance"),
-        ):
-            figure = figures.locality_curves(maps, key, base, xlabel, title)
-            parts.append(_img(figure, "image/png", title))
+    for prefix in sorted({str(n.generation) for n in _parsed(maps) if n.key == "frame_map" and n.step is None}):
+        parts.append(_figure(figures.frame_maps(maps, prefix), "image/png", f"frame maps {prefix}", prefix))
+    parts += _locality_section(run, maps)
+    parts += _heads_section(structure)
+    parts += _text_section(structure)
+    parts += _sinks_section(structure)
     parts.append("<h2>Generated videos</h2>")
     for name, frames in videos.items():
-        parts.append(
-            f"<figure>{_img(_gif(frames), 'image/gif', name)}<figcaption>{html.escape(name)}</figcaption></figure>"
-        )
+        index = int(name.split(".")[0][1:]) if name.startswith("p") else -1
+        prompt = run["prompts"][index] if 0 <= index < len(run["prompts"]) else ""
+        parts.append(_figure(_gif(frames), "image/gif", name, f"{name}: {prompt}"))
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
+
+
+def _parsed(maps: dict[str, torch.Tensor]) -> list[MapName]:
+    return [n for n in (parse_map_name(name) for name in maps) if n is not None]
+
+
+def _overview(run: dict[str, Any], structure: Structure) -> list[str]:
+    similarity = run.get("similarity") or {}
+    first = first_token_share(structure.text)
+    overview = {
+        "model": html.escape(str(run["model"])),
+        "family": run["family"],
+        "layers": run["layers"],
+        "heads": run["heads"],
+        "video grid (frames x h x w tokens)": " x ".join(map(str, run["layout"]["grid"] or [])),
+        "text tokens in self-attention": run["layout"]["text_tokens"],
+        "denoising steps (captured)": f"{run['steps']} ({len(run.get('captured_steps', []))})",
+        "prompts": "<br>".join(html.escape(p) for p in run["prompts"]),
+        "seeds": ", ".join(map(str, run["seeds"])),
+        "device, dtype": f"{run.get('device')}, {run.get('dtype')}",
+        "time (s)": run["seconds"],
+    }
+    for axis, value in similarity.items():
+        overview[f"map similarity across {axis} (mean Pearson r)"] = "–" if value != value else f"{value:.3f}"
+    if not first.empty:
+        overview["first text token's share of text attention (mean over layers)"] = (
+            f"{float(first['first_token_share'].mean()):.3f} of {int(first['text_tokens'].iloc[0])} tokens"
+        )
+    if not structure.heads.empty:
+        counts = structure.heads["class"].value_counts()
+        overview["head classes"] = ", ".join(f"{name} {int(n)}" for name, n in counts.items())
+    rows = [
+        f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
+        for k, v in overview.items()
+    ]
+    return ["<h2>Overview</h2><table>", *rows, "</table>"]
+
+
+def _structure_section(run: dict[str, Any], maps: dict[str, torch.Tensor], structure: Structure) -> list[str]:
+    parts = ["<h2>Structure: how similar the attention maps are</h2>"]
+    table = structure.similarity_table()
+    if table.empty:
+        parts.append("<p>One generation and one map step: nothing to compare.</p>")
+    else:
+        source = table["map"].iloc[0].replace("_", " ")
+        parts.append(
+            f"<p>Pearson correlation between {source}s (all heads of a layer together) of different prompts, "
+            "of different seeds with the same prompt, and of different denoising steps of the same generation; "
+            "the mean over pairs. High values across prompts are the paper's finding that attention structure "
+            "is largely shared.</p>"
+        )
+        pivot = table.pivot_table(index="layer", columns="axis", values="mean_similarity").reset_index()
+        pivot.columns.name = None
+        parts.append(_table(pivot))
+        parts.append(_figure(figures.similarity_by_layer(table), "image/png", "similarity by layer"))
+        prompts = structure.similarity["prompts"]
+        labels = [f"p{i}" for i in prompts.labels]
+        parts.append(
+            _figure(
+                figures.similarity_matrices(prompts.matrices, labels, "Prompt x prompt correlation per layer"),
+                "image/png",
+                "prompt similarity matrices",
+                "; ".join(f"p{i}: {p}" for i, p in enumerate(run["prompts"])),
+            )
+        )
+        steps = structure.similarity["steps"]
+        parts.append(
+            _figure(
+                figures.similarity_matrices(steps.matrices, [str(s) for s in steps.labels], "Step x step correlation"),
+                "image/png",
+                "step similarity matrices",
+            )
+        )
+    token_names = [n for n in _parsed(maps) if n.key == "token_map" and n.kind == "self"]
+    if token_names:
+        generation = min(token_names, key=lambda n: (n.prompt, n.seed)).generation
+        steps_here = sorted({n.step for n in token_names if n.generation == generation})
+        tiles = next(iter(maps[str(token_names[0])].shape[1:2]))
+        parts.append(
+            f"<p>Token maps: the video tokens in sequence order (frame, row, column) pooled into {tiles} tiles; "
+            "row = query tile, column = key tile, colour = log10 of the mean mass, mean over heads.</p>"
+        )
+        for step in steps_here:
+            names = sorted(
+                (str(n) for n in token_names if n.generation == generation and n.step == step),
+                key=lambda n: int(n.rsplit("layer", 1)[1]),
+            )
+            title = f"{generation}, step {step}"
+            parts.append(_figure(figures.token_maps(maps, names, f"Token maps, {title}"), "image/png", title, title))
+    return parts
+
+
+def _locality_section(run: dict[str, Any], maps: dict[str, torch.Tensor]) -> list[str]:
+    grid = run["layout"]["grid"]
+    if not grid:
+        return []
+    parts = ["<h2>Locality</h2>"]
+    num_tokens = grid[0] * grid[1] * grid[2] + (run["layout"]["text_tokens"] or 0)
+    time_base, space_base = uniform_locality(*grid, num_tokens)
+    parts.append(
+        "<p>Attention mass by distance divided by the mass uniform attention would put there "
+        "(the dashed line is uniform).</p>"
+    )
+    for key, base, xlabel, title in (
+        ("locality_time", time_base, "frame distance |dt|", "Mass by frame distance"),
+        ("locality_space", space_base, "spatial ring max(|dy|,|dx|)", "Same-frame mass by spatial distance"),
+    ):
+        parts.append(_figure(figures.locality_curves(maps, key, base, xlabel, title), "image/png", title))
+    return parts
+
+
+def _heads_section(structure: Structure) -> list[str]:
+    if structure.heads.empty:
+        return []
+    return [
+        "<h2>Heads: spatial, temporal, mixed, sink-dominated</h2>",
+        f"<p>Rule: {html.escape(HEAD_RULE)}</p>",
+        _figure(figures.head_classes(structure.heads), "image/png", "head classes"),
+        "<details><summary>Per-head masses</summary>",
+        _table(structure.heads),
+        "</details>",
+    ]
+
+
+def _text_section(structure: Structure) -> list[str]:
+    if structure.text.empty:
+        return []
+    parts = [
+        "<h2>Text attention</h2>",
+        "<p>Mass that video queries give each text token (mean over heads, prompts and steps; the first "
+        "text token in red), and the first token's share of all text attention (text-token dominance).</p>",
+        _table(first_token_share(structure.text)),
+    ]
+    for kind in ("self", "cross"):
+        parts.append(_figure(figures.text_attention(structure.text, kind), "image/png", f"text attention {kind}"))
+    return parts
+
+
+def _sinks_section(structure: Structure) -> list[str]:
+    if structure.sinks.empty:
+        return []
+    sinks = structure.sinks.sort_values("sink_ratio", ascending=False)
+    found = int(sinks["sink"].sum())
+    return [
+        "<h2>Attention sinks</h2>",
+        f"<p>The most attended key of each head; it counts as a sink when it receives at least {SINK_RATIO:g}x "
+        f"the median key's mass (sink_ratio). {found} of {len(sinks)} heads have one. consistency = share of "
+        "generations and steps in which the same key is the most attended one; sink_mass = mean mass a query "
+        "puts on it.</p>",
+        _table(sinks.head(24)),
+    ]

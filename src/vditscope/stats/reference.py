@@ -51,6 +51,7 @@ def dense_attention_stats(
     attn_mask: torch.Tensor | None = None,
     is_causal: bool = False,
     dtype: torch.dtype = torch.float64,
+    map_tiles: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Output and statistics of ``attention_stats`` computed from the whole map, in ``dtype``."""
     p = dense_probabilities(q, k, scale=scale, attn_mask=attn_mask, is_causal=is_causal, dtype=dtype)
@@ -81,6 +82,15 @@ def dense_attention_stats(
         else:
             stats["text_mass"] = torch.zeros(p.shape[:2], dtype=dtype)
         stats["locality_time"] = frame_distance_profile(stats["frame_map"])
+        token = torch.arange(layout.num_video)
+        same_position = (token[:, None] % hw == token[None, :] % hw) & (token[:, None] // hw != token[None, :] // hw)
+        stats["same_position_mass"] = (pv[..., video] * same_position.to(dtype)).sum(-1).mean(-1)
+        if map_tiles is not None:
+            size, tiles = layout.tiles(map_tiles)
+            tile = token // size
+            one_hot = torch.nn.functional.one_hot(tile, tiles).to(dtype)  # (Nv, T)
+            tile_mass = pv[..., video] @ one_hot  # (B, H, Nv, T)
+            stats["token_map"] = (one_hot.t() @ tile_mass) / one_hot.sum(0)[:, None]
         # same-frame mass by spatial offset, looping over offsets on the whole map
         vv = pv[..., video].unflatten(-2, (frames, layout.height, layout.width))
         vv = vv.unflatten(-1, (frames, layout.height, layout.width))

@@ -82,6 +82,9 @@ class _HeadAccumulator:
     space_sum: torch.Tensor | None
     text_recv: torch.Tensor | None
     top_sum: torch.Tensor
+    position_sum: torch.Tensor | None = None
+    tile_sum: torch.Tensor | None = None
+    tile_size: int = 0
     valid_rows: int = 0
     sample_mass: list[torch.Tensor] | None = None
     sample_features: list[torch.Tensor] | None = None
@@ -114,6 +117,7 @@ def attention_stats(
     top_mass: TopMassMode = "auto",
     spatial: bool = True,
     compute_output: bool = True,
+    map_tiles: int | None = None,
 ) -> tuple[torch.Tensor | None, AttentionStats]:
     """Attention output and its statistics, computed exactly in query chunks.
 
@@ -130,8 +134,12 @@ def attention_stats(
     (B, H, F) mass at frame distance 0..F-1, ``text_received`` (B, H, Ntext) mass on each text
     token (when the layout has text), and with ``spatial``: ``spatial_offsets``
     (B, H, 2Hp-1, 2Wp-1) same-frame mass by (dy, dx) and ``locality_space`` (B, H, max(Hp, Wp))
-    same-frame mass by Chebyshev ring. Means are over queries with at least one visible key;
-    the layout statistics are means over video queries.
+    same-frame mass by Chebyshev ring, ``same_position_mass`` (B, H) mass on the keys at the
+    query's own spatial position in the other frames; with ``map_tiles`` T: ``token_map``
+    (B, H, T', T'), the video tokens cut in sequence order into T' <= T equal tiles
+    (``TokenLayout.tiles``), row a = mean over the video queries of tile a of the mass on each tile.
+    Means are over queries with at least one visible key; the layout statistics are means over
+    video queries.
     """
     _check_inputs(q, k, v)
     if top_mass not in ("auto", "exact", "estimate", "off"):
@@ -165,11 +173,16 @@ def attention_stats(
     received = torch.zeros(batch, q_heads, num_k, dtype=torch.float32, device=device)
     n_top = len(TOP_FRACTIONS)
     topk_mass = torch.zeros(batch, q_heads, n_top, dtype=torch.float32, device=device)
-    frame_map = text_mass = space = text_received = None
+    frame_map = text_mass = space = text_received = position = token_map = None
+    tile_size = 0
     if layout is not None:
         frames, hw = layout.frames, layout.tokens_per_frame
         frame_map = torch.zeros(batch, q_heads, frames, frames, dtype=torch.float32, device=device)
         text_mass = torch.zeros(batch, q_heads, dtype=torch.float32, device=device)
+        position = torch.zeros(batch, q_heads, dtype=torch.float32, device=device)
+        if map_tiles is not None:
+            tile_size, tiles = layout.tiles(map_tiles)
+            token_map = torch.zeros(batch, q_heads, tiles, tiles, dtype=torch.float32, device=device)
         if layout.text is not None:
             text_received = torch.zeros(batch, q_heads, layout.num_text, dtype=torch.float32, device=device)
         if spatial:
@@ -197,6 +210,9 @@ def attention_stats(
                     space_sum=(torch.zeros(hw, hw, dtype=torch.float32, device=device) if space is not None else None),
                     text_recv=text_received[b, h] if text_received is not None else None,
                     top_sum=topk_mass[b, h],
+                    position_sum=position[b, h : h + 1] if position is not None else None,
+                    tile_sum=token_map[b, h] if token_map is not None else None,
+                    tile_size=tile_size,
                 )
                 if estimating:
                     acc.sample_mass, acc.sample_features = [], []
@@ -225,18 +241,7 @@ def attention_stats(
                     )
                 _finish_head(acc, layout, space, b, h)
 
-    pairs = [(b, hk) for b in range(batch) for hk in range(kv_heads)]
-    workers = min(len(pairs), torch.get_num_threads()) if device.type == "cpu" else 1
-    if num_q * num_k * len(pairs) < THREADED_MIN_SCORES:
-        workers = 1
-    if workers > 1:
-        # on CPU, whole heads per thread with single-threaded ops beat intra-op threading
-        with ThreadPoolExecutor(workers, thread_name_prefix="vditscope-stats") as pool:
-            jobs = [pool.submit(process, pairs[w::workers], True) for w in range(workers)]
-            for job in jobs:
-                job.result()
-    else:
-        process(pairs, False)
+    run_over_heads(process, batch, kv_heads, num_q * num_k, device)
 
     stats = AttentionStats(entropy=entropy, received=received)
     if top_mass != "off":
@@ -246,12 +251,33 @@ def attention_stats(
         stats["frame_map"] = frame_map
         stats["text_mass"] = text_mass
         stats["locality_time"] = frame_distance_profile(frame_map)
+        stats["same_position_mass"] = position
+        if token_map is not None:
+            stats["token_map"] = token_map
         if text_received is not None:
             stats["text_received"] = text_received
         if space is not None:
             stats["spatial_offsets"] = space
             stats["locality_space"] = ring_profile(space, layout.height, layout.width)
     return out, stats
+
+
+def run_over_heads(
+    process: Any, batch: int, kv_heads: int, scores_per_head: int, device: torch.device, name: str = "vditscope"
+) -> None:
+    """Call ``process(pairs, single_thread)`` on the (batch, key head) pairs: on CPU, whole heads per
+    thread with single-threaded ops (which beat intra-op threading); one call on a GPU or for small work."""
+    pairs = [(b, hk) for b in range(batch) for hk in range(kv_heads)]
+    workers = min(len(pairs), torch.get_num_threads()) if device.type == "cpu" else 1
+    if scores_per_head * len(pairs) < THREADED_MIN_SCORES:
+        workers = 1
+    if workers > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix=name) as pool:
+            jobs = [pool.submit(process, pairs[w::workers], True) for w in range(workers)]
+            for job in jobs:
+                job.result()
+    else:
+        process(pairs, False)
 
 
 def _prepare_mask(
@@ -409,6 +435,13 @@ def _layout_step(
     frame_mass = video_keys.sum(dim=2).mul_(inv[local, None])
     query_frame = torch.div(torch.arange(v0, v1, device=probs.device) - layout.video_start, hw, rounding_mode="floor")
     acc.frame_sum.index_add_(0, query_frame, frame_mass)
+    # same spatial position in the other frames: gather each row's own column of every frame
+    query_position = (torch.arange(v0, v1, device=probs.device) - layout.video_start) % hw
+    same_position = video_keys.gather(2, query_position.view(-1, 1, 1).expand(-1, frames, 1)).squeeze(2)
+    same_position.scatter_(1, query_frame.view(-1, 1), 0.0)
+    acc.position_sum += same_position.sum(dim=1).dot(inv[local])
+    if acc.tile_sum is not None:
+        _tile_step(probs[local, layout.video_start : layout.video_stop], inv[local], v0 - layout.video_start, acc)
     if layout.text is not None:
         text_keys = probs[local, layout.text[0] : layout.text[1]]
         acc.text_sum += text_keys.sum(dim=1).dot(inv[local])
@@ -423,6 +456,25 @@ def _layout_step(
         a, z = max(v0, f0), min(v1, f0 + hw)
         block = probs[a - row0 : z - row0, f0 : f0 + hw]
         acc.space_sum[a - f0 : z - f0].addcmul_(block, inv[a - row0 : z - row0, None])
+
+
+def _tile_step(video_keys: torch.Tensor, inv: torch.Tensor, first_query: int, acc: _HeadAccumulator) -> None:
+    """Add the chunk's video rows to the token map: key columns summed per tile, rows added to their tile."""
+    size = acc.tile_size
+    num_video = video_keys.shape[1]
+    full = num_video // size
+    tiles = acc.tile_sum.shape[1]
+    key_tiles = torch.empty(video_keys.shape[0], tiles, dtype=torch.float32, device=video_keys.device)
+    key_tiles[:, :full] = video_keys[:, : full * size].unflatten(1, (full, size)).sum(dim=2)
+    if full < tiles:
+        key_tiles[:, full] = video_keys[:, full * size :].sum(dim=1)
+    key_tiles.mul_(inv[:, None])
+    query_tile = torch.div(
+        torch.arange(first_query, first_query + video_keys.shape[0], device=video_keys.device),
+        size,
+        rounding_mode="floor",
+    )
+    acc.tile_sum.index_add_(0, query_tile, key_tiles)
 
 
 def _finish_head(
@@ -445,6 +497,11 @@ def _finish_head(
         return
     acc.frame_sum.div_(layout.tokens_per_frame)
     acc.text_sum.div_(layout.num_video)
+    acc.position_sum.div_(layout.num_video)
+    if acc.tile_sum is not None:
+        rows = torch.full((acc.tile_sum.shape[0],), float(acc.tile_size), device=acc.tile_sum.device)
+        rows[-1] = layout.num_video - acc.tile_size * (acc.tile_sum.shape[0] - 1)
+        acc.tile_sum.div_(rows[:, None])
     if acc.text_recv is not None:
         acc.text_recv.div_(layout.num_video)
     if space is not None:

@@ -1,0 +1,466 @@
+"""`vditscope sweep sparsity|temperature`: generate under attention edits, cell by cell, and score
+each cell against the dense generation with the same prompt and seed.
+
+A cell is one edit applied to one (prompt, seed). Every finished cell is written atomically to
+``cells/``, and the dense references to ``dense/``, so an interrupted sweep rerun with the same
+command computes only what is missing and yields the same table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..capture.intervene import AttentionEdit, intervene
+from ..errors import VditscopeError
+from ..tiny import DEFAULT_MODEL
+from . import quality
+from .analyze import _generation_kwargs, default_prompts, model_settings
+from .generation import generate
+
+MODES = ("sparsity", "temperature")
+SCOPES = ("global", "per-layer", "leave-out")
+LEVEL_METHODS = ("bottom-k", "top-p")
+MASK_METHODS = ("spatial", "temporal", "tiles", "svg")
+METHODS = LEVEL_METHODS + MASK_METHODS
+PLAN_VERSION = 1
+TABLE_COLUMNS = [
+    "mode",
+    "scope",
+    "method",
+    "mask",
+    "layers",
+    "layer",
+    "k",
+    "p",
+    "temperature",
+    "prompt",
+    "prompt_index",
+    "seed",
+    "psnr",
+    "ssim",
+    "latent_mse",
+    "lpips",
+    "sparsity",
+    "mass_dropped",
+    "edited_sparsity",
+    "model_mass_dropped",
+]
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class SweepRequest:
+    """What to sweep; None fields take the model's defaults."""
+
+    mode: str = "sparsity"
+    scope: str = "per-layer"
+    method: str = "bottom-k"
+    levels: Sequence[float] = (0.5,)  # k for bottom-k, p for top-p
+    temperatures: Sequence[float] = (1.0,)
+    layers: Sequence[int] | None = None
+    leave_out: Sequence[int] | None = None
+    heads: Sequence[int] | None = None
+    steps: tuple[int, int] | None = None
+    dense_first_steps: int = 0
+    branches: Sequence[str] | None = None
+    window: tuple[int, int, int] | None = None
+    model: str | None = None
+    prompts: Sequence[str] = ()
+    seeds: Sequence[int] = (0,)
+    out: Path = Path("runs/sweep")
+    device: str = "auto"
+    dtype: str = "float32"
+    psnr_target: float = 30.0
+    chunk_size: int | None = None
+    generation_overrides: dict[str, Any] = field(default_factory=dict)
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One edit on one prompt and seed, with the labels its table row carries."""
+
+    edit: AttentionEdit
+    layers: str
+    layer: int
+    prompt_index: int
+    seed: int
+
+    def key(self, prompt: str, generation: dict[str, Any], model: str) -> str:
+        """A stable file name for the cell: hash of everything that determines its result."""
+        blob = json.dumps(
+            {
+                "edit": self.edit.to_dict(),
+                "prompt": prompt,
+                "seed": self.seed,
+                "generation": generation,
+                "model": model,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha1(blob.encode()).hexdigest()[:20]
+
+
+def validate(request: SweepRequest) -> None:
+    """Raise VditscopeError for bad settings before anything is loaded or written."""
+    if request.mode not in MODES:
+        raise VditscopeError(f"unknown sweep mode {request.mode!r}; choose {' or '.join(MODES)}")
+    if request.scope not in SCOPES:
+        raise VditscopeError(f"unknown scope {request.scope!r}; choose one of {', '.join(SCOPES)}")
+    if request.method not in METHODS:
+        raise VditscopeError(f"unknown method {request.method!r}; choose {' or '.join(METHODS)}")
+    if not request.levels:
+        raise VditscopeError("no sparsity level given")
+    if request.method in MASK_METHODS and request.mode == "temperature":
+        raise VditscopeError("temperature sweeps combine with bottom-k or top-p levels, not structured masks")
+    if request.window is not None and request.method not in ("spatial", "temporal", "tiles"):
+        raise VditscopeError("--window goes with --method spatial, temporal or tiles")
+    if request.window is not None and (len(request.window) != 3 or min(request.window) < 0):
+        raise VditscopeError("--window is three non-negative half-widths: frames,rows,columns")
+    if request.dense_first_steps < 0 or (request.dense_first_steps and request.steps is not None):
+        raise VditscopeError("--dense-first-steps must be >= 0 and not combined with --edit-steps")
+    for level in request.levels if request.method in LEVEL_METHODS else ():
+        if request.method == "bottom-k" and not 0.0 <= level < 1.0:
+            raise VditscopeError(f"k must be in [0, 1), got {level}")
+        if request.method == "top-p" and not 0.0 < level <= 1.0:
+            raise VditscopeError(f"p must be in (0, 1], got {level}")
+    if not request.temperatures:
+        raise VditscopeError("no temperature given")
+    for tau in request.temperatures:
+        if not (0.0 < tau < math.inf):
+            raise VditscopeError(f"temperature must be positive, got {tau}")
+    for name in ("layers", "leave_out", "heads"):
+        values = getattr(request, name)
+        if values is not None and not values:
+            raise VditscopeError(f"the {name.replace('_', '-')} set is empty")
+    if request.scope == "leave-out" and request.mode == "sparsity" and not request.leave_out:
+        raise VditscopeError("--scope leave-out needs --leave-out LAYERS")
+    if request.branches is not None and not set(request.branches) <= {"cond", "uncond"}:
+        raise VditscopeError(f"branches must be cond and/or uncond, got {', '.join(request.branches)}")
+    if any(not p.strip() for p in request.prompts):
+        raise VditscopeError("empty prompt: every --prompt needs text")
+    if not request.seeds:
+        raise VditscopeError("no seeds given")
+    if request.steps is not None and not 0 <= request.steps[0] < request.steps[1]:
+        raise VditscopeError(f"bad step range {request.steps[0]}:{request.steps[1]}")
+
+
+def _edit(request: SweepRequest, level: float, temperature: float, layers: set[int] | None) -> AttentionEdit:
+    bottom_k = level if request.method == "bottom-k" else 0.0
+    top_p = level if request.method == "top-p" else None
+    structured = request.method in MASK_METHODS
+    return AttentionEdit(
+        bottom_k=bottom_k,
+        top_p=top_p,
+        temperature=temperature,
+        layers=frozenset(layers) if layers is not None else None,
+        heads=frozenset(request.heads) if request.heads is not None else None,
+        steps=request.steps,
+        branches=frozenset(request.branches) if request.branches is not None else None,
+        mask=request.method if structured else None,
+        window=request.window if structured else None,
+    )
+
+
+def plan_cells(request: SweepRequest, num_layers: int, num_prompts: int) -> list[Cell]:
+    """Every cell of the sweep, in the order they are computed (edits outermost, then prompts, seeds)."""
+    every = list(range(num_layers))
+    for layer in [*(request.layers or []), *(request.leave_out or [])]:
+        if not 0 <= layer < num_layers:
+            raise VditscopeError(
+                f"layer {layer} is out of range: the model has {num_layers} layers (0-{num_layers - 1})"
+            )
+    chosen = sorted(set(request.layers)) if request.layers is not None else every
+    if request.method in MASK_METHODS:
+        request = _replace(request, levels=(0.0,))
+    variants: list[tuple[AttentionEdit, str, int]] = []
+    if request.mode == "temperature":
+        label = "all" if chosen == every else ",".join(map(str, chosen))
+        for tau in request.temperatures:
+            for level in request.levels:
+                edit = _edit(request, level, tau, None if chosen == every else set(chosen))
+                variants.append((edit, label, chosen[0] if len(chosen) == 1 else -1))
+    elif request.scope == "per-layer":
+        for layer in chosen:
+            for level in request.levels:
+                for tau in request.temperatures:
+                    variants.append((_edit(request, level, tau, {layer}), str(layer), layer))
+    elif request.scope == "global":
+        label = "all" if chosen == every else ",".join(map(str, chosen))
+        for level in request.levels:
+            for tau in request.temperatures:
+                edit = _edit(request, level, tau, None if chosen == every else set(chosen))
+                variants.append((edit, label, chosen[0] if len(chosen) == 1 else -1))
+    else:  # leave-out: all layers, and all but the given ones, at each level
+        kept = sorted(set(every) - set(request.leave_out or []))
+        if not kept:
+            raise VditscopeError("--leave-out removes every layer")
+        label = "all-but-" + ",".join(map(str, sorted(set(request.leave_out or []))))
+        for level in request.levels:
+            for tau in request.temperatures:
+                variants.append((_edit(request, level, tau, None), "all", -1))
+                variants.append((_edit(request, level, tau, set(kept)), label, -1))
+    return [
+        Cell(edit=edit, layers=label, layer=layer, prompt_index=p, seed=int(seed))
+        for edit, label, layer in variants
+        for p in range(num_prompts)
+        for seed in request.seeds
+    ]
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same directory, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _dense_reference(pipe: Any, path: Path, prompt: str, seed: int, generation: dict, device: str) -> dict:
+    from safetensors.torch import load_file, save_file
+
+    if path.is_file():
+        return load_file(str(path))
+    frames, latents = generate(pipe, prompt, seed, generation, device)
+    tensors = {"frames": torch.from_numpy(frames).contiguous(), "latents": latents.float().contiguous()}
+    _write_atomic(path, lambda p: save_file(tensors, str(p)))
+    return tensors
+
+
+def run_sweep(request: SweepRequest, progress: ProgressFn | None = None) -> Path:
+    """Compute every missing cell, then write sweep.parquet/.csv, figures, plan.json and report.html."""
+    from ..adapters.loading import load_pipeline, resolve_device
+
+    validate(request)
+    device = resolve_device(request.device)
+    pipe, adapter, model_dir = load_pipeline(
+        request.model if request.model is not None else DEFAULT_MODEL, device, request.dtype
+    )
+    settings = model_settings(model_dir)
+    prompts = list(request.prompts) or default_prompts(settings)[:2]
+    generation = _generation_kwargs(request, settings)  # type: ignore[arg-type]
+    total_steps = int(generation.get("num_inference_steps", 0)) or None
+    if request.dense_first_steps:
+        if total_steps is None or request.dense_first_steps >= total_steps:
+            raise VditscopeError(f"--dense-first-steps {request.dense_first_steps} leaves no step to edit")
+        request = _replace(request, steps=(request.dense_first_steps, total_steps))
+    if request.steps is not None and total_steps is not None and request.steps[1] > total_steps:
+        raise VditscopeError(
+            f"step range {request.steps[0]}:{request.steps[1]} is outside the {total_steps}-step schedule"
+        )
+    num_layers = len({site.layer for site in adapter.sites(pipe.transformer) if site.kind == "self"})
+    cells = plan_cells(request, num_layers, len(prompts))
+    if request.heads is not None:
+        # heads are checked on the first edited call; a wrong index would silently edit nothing
+        heads = getattr(pipe.transformer.config, "num_attention_heads", None)
+        if heads is not None and any(not 0 <= h < heads for h in request.heads):
+            raise VditscopeError(f"head index out of range: the model has {heads} heads")
+
+    out = Path(request.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_name = str(model_dir)
+    keys = [cell.key(prompts[cell.prompt_index], generation, model_name) for cell in cells]
+    done = sum((out / "cells" / f"{key}.json").is_file() for key in keys)
+    started = time.perf_counter()
+    for index, (cell, key) in enumerate(zip(cells, keys, strict=True)):
+        path = out / "cells" / f"{key}.json"
+        if progress:
+            progress(f"{cell.layers} k/p={_level(cell.edit)} tau={cell.edit.temperature:g}", index, len(cells))
+        if path.is_file():
+            continue
+        prompt = prompts[cell.prompt_index]
+        dense = _dense_reference(
+            pipe, out / "dense" / f"{_dense_key(prompt, cell.seed, generation, model_name)}.safetensors",
+            prompt, cell.seed, generation, device,
+        )  # fmt: skip
+        row = _run_cell(pipe, cell, prompt, generation, device, dense, request)
+        _write_atomic(path, lambda p, row=row: p.write_text(json.dumps(row, indent=1) + "\n"))
+    if progress:
+        progress("writing the sweep table", len(cells), len(cells))
+    rows = [json.loads((out / "cells" / f"{key}.json").read_text()) for key in keys]
+    table = pd.DataFrame(rows)[TABLE_COLUMNS]
+    _write_outputs(
+        out, request, table, model_name, adapter.family, prompts, generation, done, time.perf_counter() - started
+    )
+    return out
+
+
+def _level(edit: AttentionEdit) -> float | str:
+    if edit.mask is not None:
+        return edit.mask
+    return edit.top_p if edit.top_p is not None else edit.bottom_k
+
+
+def _replace(request: SweepRequest, **changes: Any) -> SweepRequest:
+    from dataclasses import replace
+
+    return replace(request, **changes)
+
+
+def _dense_key(prompt: str, seed: int, generation: dict, model: str) -> str:
+    blob = json.dumps({"prompt": prompt, "seed": seed, "generation": generation, "model": model}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+
+
+def _run_cell(
+    pipe: Any, cell: Cell, prompt: str, generation: dict, device: str, dense: dict, request: SweepRequest
+) -> dict[str, Any]:
+    with intervene(pipe, [cell.edit], chunk_size=request.chunk_size) as session:
+        frames, latents = generate(pipe, prompt, cell.seed, generation, device)
+    edits = session.edit_table()
+    reference = dense["frames"].numpy()
+    return {
+        "mode": request.mode,
+        "scope": request.scope if request.mode == "sparsity" else "temperature",
+        "method": request.method,
+        "mask": cell.edit.mask or "",
+        "layers": cell.layers,
+        "layer": cell.layer,
+        "k": cell.edit.bottom_k if request.method == "bottom-k" else float("nan"),
+        "p": cell.edit.top_p if cell.edit.top_p is not None else float("nan"),
+        "temperature": cell.edit.temperature,
+        "prompt": prompt,
+        "prompt_index": cell.prompt_index,
+        "seed": cell.seed,
+        "psnr": quality.psnr(frames, reference),
+        "ssim": quality.ssim(frames, reference),
+        "latent_mse": quality.latent_mse(latents, dense["latents"]),
+        "lpips": quality.lpips(frames, reference),
+        "sparsity": session.totals.sparsity,
+        "mass_dropped": float(edits["mass_dropped"].mean()) if len(edits) else 0.0,
+        "edited_sparsity": float(edits["entries_dropped"].mean()) if len(edits) else 0.0,
+        "model_mass_dropped": session.totals.mass_dropped,
+    }
+
+
+def sparsity_plan(table: pd.DataFrame, target: float, steps: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Per layer, the largest level whose mean PSNR (over prompts and seeds) stays >= target, from
+    the per-layer rows of a sweep; layers with no such level stay dense (0)."""
+    rows = table[(table["scope"] == "per-layer") & (table["layer"] >= 0)]
+    if rows.empty or rows["method"].iloc[0] not in LEVEL_METHODS:
+        return {}
+    method = str(rows["method"].iloc[0])
+    level = "k" if method == "bottom-k" else "p"
+    means = rows.groupby(["layer", level])["psnr"].mean().reset_index()
+    layers: dict[str, float] = {}
+    for layer, group in means.groupby("layer"):
+        ok = group[group["psnr"] >= target]
+        if method == "bottom-k":
+            layers[str(int(layer))] = float(ok[level].max()) if not ok.empty else 0.0
+        else:  # top-p: smaller p is sparser; 1.0 keeps everything
+            layers[str(int(layer))] = float(ok[level].min()) if not ok.empty else 1.0
+    edits = []
+    for layer, value in layers.items():
+        if (method == "bottom-k" and value > 0) or (method == "top-p" and value < 1):
+            edit = AttentionEdit(
+                bottom_k=value if method == "bottom-k" else 0.0,
+                top_p=value if method == "top-p" else None,
+                layers=frozenset({int(layer)}),
+                steps=steps,
+            )
+            edits.append(edit.to_dict())
+    return {
+        "vditscope_plan": PLAN_VERSION,
+        "method": method,
+        "target_psnr": target,
+        "rule": f"per layer, the largest sparsity whose mean PSNR against dense stays >= {target:g} dB",
+        "layers": layers,
+        "edits": edits,
+    }
+
+
+def load_plan(path: Path) -> list[AttentionEdit]:
+    """The edits of a plan file written by a sweep (clear errors for anything else)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VditscopeError(f"no such plan file: {path}")
+    try:
+        plan = json.loads(path.read_text())
+        if plan.get("vditscope_plan") != PLAN_VERSION:
+            raise VditscopeError(f"{path} is not a vditscope sparsity plan")
+        return [AttentionEdit.from_dict(edit) for edit in plan["edits"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise VditscopeError(f"{path} is not a valid sparsity plan ({exc})") from exc
+
+
+def _write_outputs(
+    out: Path,
+    request: SweepRequest,
+    table: pd.DataFrame,
+    model: str,
+    family: str,
+    prompts: list[str],
+    generation: dict,
+    reused: int,
+    seconds: float,
+) -> None:
+    from ..report.sweep_html import write_sweep_report
+
+    _write_atomic(out / "sweep.parquet", lambda p: table.to_parquet(p, index=False))
+    _write_atomic(out / "sweep.csv", lambda p: table.to_csv(p, index=False))
+    plan = sparsity_plan(table, request.psnr_target, request.steps) if request.mode == "sparsity" else {}
+    if plan:
+        plan["source"] = str(out)
+        _write_atomic(out / "plan.json", lambda p: p.write_text(json.dumps(plan, indent=1) + "\n"))
+    meta = {
+        "model": model,
+        "family": family,
+        "mode": request.mode,
+        "scope": request.scope,
+        "method": request.method,
+        "levels": list(request.levels),
+        "temperatures": list(request.temperatures),
+        "layers": list(request.layers) if request.layers is not None else None,
+        "leave_out": list(request.leave_out) if request.leave_out is not None else None,
+        "heads": list(request.heads) if request.heads is not None else None,
+        "steps": list(request.steps) if request.steps is not None else None,
+        "branches": list(request.branches) if request.branches is not None else None,
+        "prompts": prompts,
+        "seeds": [int(s) for s in request.seeds],
+        "generation": generation,
+        "cells": len(table),
+        "cells_reused": reused,
+        "seconds": round(seconds, 2),
+        "notes": [] if quality.lpips_available() else [quality.LPIPS_NOTE],
+    }
+    _write_atomic(out / "sweep.json", lambda p: p.write_text(json.dumps(meta, indent=1) + "\n"))
+    _write_atomic(out / "report.html", lambda p: write_sweep_report(p, meta, table, plan))
+
+
+def sensitivity_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per layer (rows) and level (columns): mean PSNR over prompts and seeds, from per-layer rows."""
+    rows = table[table["scope"] == "per-layer"]
+    if rows.empty:
+        return pd.DataFrame()
+    level = level_column(rows)
+    pivot = rows.pivot_table(index="layer", columns=level, values="psnr", aggfunc="mean")
+    pivot.columns = [f"psnr@{level}={c:g}" if isinstance(c, float) else f"psnr@{c}" for c in pivot.columns]
+    return pivot.reset_index()
+
+
+def level_column(table: pd.DataFrame) -> str:
+    """The column that holds a sweep's level: k (bottom-k), p (top-p) or mask (structured)."""
+    method = table["method"].iloc[0]
+    return "k" if method == "bottom-k" else "p" if method == "top-p" else "mask"
