@@ -166,6 +166,32 @@ def test_shipped_model_names_and_metrics() -> None:
     assert settings["metrics"]["color_accuracy"] >= 0.8
     with pytest.raises(VditscopeError, match="unknown shipped model"):
         vditscope.tiny_model_dir("tiny-mochi")
+    joint = vditscope.tiny_model_dir("tiny-cogvideox")
+    index = json.loads((joint / "model_index.json").read_text())
+    assert index["_class_name"] == "CogVideoXPipeline" and index["transformer"][1] == "CogVideoXTransformer3DModel"
+    settings = json.loads((joint / "vditscope.json").read_text())
+    assert settings["trained"] is True and settings["metrics"]["color_accuracy"] >= 0.5
+    total = sum(p.stat().st_size for d in (directory, joint) for p in d.rglob("*") if p.is_file())
+    assert total < 25 * 2**20
+
+
+def test_analyze_the_joint_attention_model(tmp_path: Path) -> None:
+    """tiny-cogvideox: text tokens before the video in one self-attention; text attention and sinks."""
+    out = tmp_path / "joint"
+    result = run_cli(
+        "analyze", "--model", "tiny-cogvideox", "--out", str(out), "--seed", "0",
+        "--prompt", "a red square moving left on a black background", *SMALL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["family"] == "cogvideox" and run["layout"]["text_position"] == "before"
+    assert run["layout"]["text_tokens"] == 16
+    text = pd.read_parquet(out / "text_attention.parquet")
+    assert set(text.kind) == {"self"} and list(text.token[:3]) == ["a", "red", "square"]
+    stats = pd.read_parquet(out / "stats.parquet")
+    assert (stats.text_mass > 0).all() and set(stats.kind) == {"self"}
+    sinks = pd.read_parquet(out / "head_sinks.parquet")
+    assert sinks["where"].str.match(r"^(text \d+|video f\d+ y\d+ x\d+)$").all()
 
 
 def test_eval_tiny_prints_accuracies(tmp_path: Path) -> None:

@@ -169,6 +169,7 @@ def test_sweep_table_report_and_plan(tmp_path: Path) -> None:
     assert analyzed.returncode == 0, analyzed.stderr
     run = json.loads((tmp_path / "an" / "run.json").read_text())
     assert len(run["plan_edits"]) == 2
+    assert "sparsity plan applied" in (tmp_path / "an" / "report.html").read_text()
 
 
 def test_structured_sweeps(tmp_path: Path) -> None:

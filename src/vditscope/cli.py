@@ -330,6 +330,87 @@ def generate(
     typer.echo(f"wrote {path}/ (frames.safetensors, preview.gif, metrics.json)")
 
 
+def _edit_request(**values: object) -> object:
+    from .analyses.edit import EditRequest
+
+    return EditRequest(**values)  # type: ignore[arg-type]
+
+
+TransferModeOpt = Annotated[
+    str, typer.Option(help="kv: target queries on the source's keys and values; attention: source's Q and K.")
+]
+
+
+@app.command()
+def edit(
+    source_prompt: Annotated[str, typer.Option(help="Prompt of the source generation.")],
+    target_prompt: Annotated[str, typer.Option(help="Edited prompt.")],
+    layers: Annotated[str | None, typer.Option(help="Self-attention layers to transfer (default all).")] = None,
+    edit_steps: Annotated[str | None, typer.Option("--steps-range", help="Steps to transfer, START:STOP.")] = None,
+    mode: TransferModeOpt = "kv",
+    model: ModelOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the shared initial noise.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/edit"),
+    steps: StepsOpt = None,
+    num_frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Edit by self-attention transfer: source, plain target and edited videos side by side, with metrics."""
+    from .analyses.edit import run_edit
+
+    request = _edit_request(
+        source_prompt=source_prompt, target_prompt=target_prompt, layers=_parse_int_list(layers, "layer"),
+        steps=_parse_step_range(edit_steps), mode=mode, model=model, seed=seed, out=out, num_inference_steps=steps,
+        num_frames=num_frames, height=height, width=width, device=device, dtype=dtype,
+    )  # fmt: skip
+    path, metrics = run_edit(request)  # type: ignore[arg-type]
+    for pair in ("edited_vs_source", "target_vs_source", "edited_vs_target"):
+        typer.echo(f"{pair}: SSIM {metrics[pair]['ssim']:.3f}, PSNR {metrics[pair]['psnr']:.2f} dB")
+    if "colour" in metrics:
+        typer.echo(f"colour read from the frames: {metrics['colour']}")
+        typer.echo(f"track distance to the source (px): {metrics['track_distance_px']}")
+    typer.echo(f"wrote {path}/ (source.mp4, target.mp4, edited.mp4, preview.gif, frames.safetensors, metrics.json)")
+
+
+@app.command("edit-sweep")
+def edit_sweep(
+    source_prompt: Annotated[str, typer.Option(help="Prompt of the source generation.")],
+    target_prompt: Annotated[str, typer.Option(help="Edited prompt.")],
+    window: Annotated[int, typer.Option(help="Consecutive layers transferred together.")] = 1,
+    layers: Annotated[str | None, typer.Option(help="Layers to try (default all).")] = None,
+    edit_steps: Annotated[str | None, typer.Option("--steps-range", help="Steps to transfer, START:STOP.")] = None,
+    mode: TransferModeOpt = "kv",
+    model: ModelOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the shared initial noise.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/edit-sweep"),
+    steps: StepsOpt = None,
+    num_frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Transfer one layer window at a time to find the layers that carry layout (score per layer, figure)."""
+    from .analyses.edit import run_edit_sweep
+
+    request = _edit_request(
+        source_prompt=source_prompt, target_prompt=target_prompt, layers=_parse_int_list(layers, "layer"),
+        steps=_parse_step_range(edit_steps), mode=mode, model=model, seed=seed, out=out, window=window,
+        num_inference_steps=steps, num_frames=num_frames, height=height, width=width, device=device, dtype=dtype,
+    )  # fmt: skip
+    with _progress_bar() as bar:
+        task = bar.add_task("plain target", total=None)
+        path, table = run_edit_sweep(
+            request,  # type: ignore[arg-type]
+            lambda message, done, total: bar.update(task, description=message, completed=done, total=total),
+        )
+    typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    typer.echo(f"wrote {path}/ (edit_sweep.parquet, edit_sweep.csv, edit_sweep.png, report.html)")
+
+
 @app.command()
 def compare(
     run_a: Annotated[Path, typer.Argument(help="First run directory (from vditscope analyze).")],

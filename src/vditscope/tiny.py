@@ -1,8 +1,9 @@
 """The small models that ship with vditscope (diffusers pipeline directories inside the package).
 
-``tiny-wan`` (the default model) was trained on this project's procedural shapes videos with
-``vditscope train-tiny``; its directory holds a ``vditscope.json`` with its generation settings,
-caption vocabulary and evaluation figures.
+``tiny-wan`` (the default model; video-only self-attention, text by cross-attention) and
+``tiny-cogvideox`` (joint text-video self-attention, text first) were trained on this project's
+procedural shapes videos with ``vditscope train-tiny``; each directory holds a ``vditscope.json``
+with its generation settings, caption vocabulary and evaluation figures.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from .errors import VditscopeError
 
 ASSETS = Path(__file__).parent / "assets"
-SHIPPED_MODELS = ("tiny-wan",)
+SHIPPED_MODELS = ("tiny-wan", "tiny-cogvideox")
 DEFAULT_MODEL = "tiny-wan"
 # names the command line accepts for the shipped models
 MODEL_ALIASES = {"tiny": DEFAULT_MODEL, **{name: name for name in SHIPPED_MODELS}}

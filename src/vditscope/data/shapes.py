@@ -140,16 +140,21 @@ class ClipMeasure:
     foreground: float  # mean share of pixels that differ from the background
 
 
+def shape_track(video: np.ndarray, background: str) -> np.ndarray:
+    """Per-frame centroid (y, x) in pixels of what differs from the prompted background: (F, 2)."""
+    bg = np.asarray(BACKGROUNDS[background], dtype=np.float32)
+    weight = np.clip(np.linalg.norm(video - bg, axis=-1) - 0.15, 0, None)  # (F, H, W)
+    total = weight.sum(axis=(1, 2)) + 1e-6
+    ys, xs = np.mgrid[: video.shape[1], : video.shape[2]]
+    return np.stack([(weight * ys).sum(axis=(1, 2)) / total, (weight * xs).sum(axis=(1, 2)) / total], axis=1)
+
+
 def measure_clip(video: np.ndarray, background: str) -> ClipMeasure:
     """Read colour and motion from frames (F, H, W, 3) in [0, 1], knowing the prompted background."""
     bg = np.asarray(BACKGROUNDS[background], dtype=np.float32)
     distance = np.linalg.norm(video - bg, axis=-1)  # (F, H, W)
-    weight = np.clip(distance - 0.15, 0, None)
     share = float((distance > 0.3).mean())
-    total = weight.sum(axis=(1, 2)) + 1e-6
-    ys, xs = np.mgrid[: video.shape[1], : video.shape[2]]
-    cy = (weight * ys).sum(axis=(1, 2)) / total
-    cx = (weight * xs).sum(axis=(1, 2)) / total
+    cy, cx = shape_track(video, background).T
     k = max(1, video.shape[0] // 4)  # average a few frames at each end against noise
     dy = float(cy[-k:].mean() - cy[:k].mean())
     dx = float(cx[-k:].mean() - cx[:k].mean())

@@ -310,3 +310,19 @@ def sweep_temperature(table: pd.DataFrame) -> bytes | None:
     ax.set_title("Temperature and sparsity")
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def edit_sweep_bars(table: pd.DataFrame) -> bytes:
+    """SSIM to the source per transferred layer window, against the plain target (dashed line)."""
+    plain = table[table["layers"] == "none"]
+    rows = table[table["layers"] != "none"]
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(rows) + 2), 3.4))
+    ax.bar(np.arange(len(rows)), rows["ssim_to_source"], color="#4c78a8", label="target with transfer")
+    if not plain.empty:
+        ax.axhline(float(plain["ssim_to_source"].iloc[0]), color="#e45756", ls="--", label="plain target")
+    ax.set_xticks(np.arange(len(rows)), list(rows["layers"]), fontsize=7, rotation=90 if len(rows) > 12 else 0)
+    ax.set_xlabel("transferred layer(s)")
+    ax.set_ylabel("SSIM to the source video")
+    ax.set_title("How much of the source's layout each layer window carries")
+    ax.legend(fontsize=7)
+    return _png(fig)

@@ -136,6 +136,9 @@ def _overview(run: dict[str, Any], structure: Structure) -> list[str]:
         "device, dtype": f"{run.get('device')}, {run.get('dtype')}",
         "time (s)": run["seconds"],
     }
+    if run.get("plan"):
+        layers = sorted({layer for edit in run.get("plan_edits", []) for layer in (edit.get("layers") or [])})
+        overview["sparsity plan applied"] = html.escape(f"{run['plan']} (layers {', '.join(map(str, layers))})")
     for axis, value in similarity.items():
         overview[f"map similarity across {axis} (mean Pearson r)"] = "–" if value != value else f"{value:.3f}"
     if not first.empty:

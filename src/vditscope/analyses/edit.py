@@ -1,0 +1,245 @@
+"""`vditscope edit` and `vditscope edit-sweep`: editing by self-attention transfer.
+
+The source and the target prompt run in lockstep as one batch from the same initial noise (one
+seeded generator per element); in the chosen layers and steps the target takes the source's
+video self-attention (``capture/transfer.py``). A second lockstep run without transfer gives the
+plain target. Layout is scored by SSIM/PSNR of the frames and, for the shapes models, by how far
+the shape's track is from the source's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..capture.transfer import TRANSFER_MODES, TransferConfig, transfer
+from ..data import shapes
+from ..errors import VditscopeError
+from ..tiny import DEFAULT_MODEL
+from . import quality
+from .analyze import _generation_kwargs, model_settings
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class EditRequest:
+    """Source and target prompts, where and how to transfer; None fields take the model's defaults."""
+
+    source_prompt: str = ""
+    target_prompt: str = ""
+    model: str | None = None
+    seed: int = 0
+    layers: Sequence[int] | None = None
+    steps: tuple[int, int] | None = None
+    mode: str = "kv"
+    out: Path = Path("runs/edit")
+    device: str = "auto"
+    dtype: str = "float32"
+    window: int = 1  # edit-sweep: layers transferred together
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    generation_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EditSession:
+    """A loaded pipeline with the settings of one edit request."""
+
+    pipe: Any
+    num_layers: int
+    generation: dict[str, Any]
+    device: str
+    background: str | None
+    model: str
+
+
+def _background(prompt: str, settings: dict[str, Any]) -> str | None:
+    """The shapes background named in a prompt (for the track measure), when the model is a shapes model."""
+    backgrounds = settings.get("vocabulary", {}).get("backgrounds", [])
+    return next((b for b in backgrounds if f"on a {b} background" in prompt), None)
+
+
+def open_session(request: EditRequest) -> EditSession:
+    """Check the request, load the model, resolve the generation settings (clear errors, nothing written)."""
+    from ..adapters.loading import load_pipeline, resolve_device
+
+    if not request.source_prompt.strip() or not request.target_prompt.strip():
+        raise VditscopeError("empty prompt: --source-prompt and --target-prompt need text")
+    if request.mode not in TRANSFER_MODES:
+        raise VditscopeError(f"unknown transfer mode {request.mode}; choose {' or '.join(TRANSFER_MODES)}")
+    if request.window < 1:
+        raise VditscopeError(f"--window must be positive, got {request.window}")
+    device = resolve_device(request.device)
+    pipe, adapter, model_dir = load_pipeline(request.model or DEFAULT_MODEL, device, request.dtype)
+    settings = model_settings(model_dir)
+    generation = _generation_kwargs(request, settings)  # type: ignore[arg-type]
+    num_layers = len({s.layer for s in adapter.sites(pipe.transformer) if s.kind == "self"})
+    bad = [layer for layer in request.layers or [] if not 0 <= layer < num_layers]
+    if bad:
+        raise VditscopeError(f"layer {bad[0]} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
+    total = int(generation.get("num_inference_steps", 0)) or None
+    if request.steps is not None and total is not None and request.steps[1] > total:
+        raise VditscopeError(f"step range {request.steps[0]}:{request.steps[1]} is outside the {total}-step schedule")
+    return EditSession(
+        pipe, num_layers, generation, device, _background(request.source_prompt, settings), str(model_dir)
+    )
+
+
+def lockstep(
+    session: EditSession, request: EditRequest, config: TransferConfig | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(source frames, target frames) of one lockstep run, with the transfer when ``config`` is given."""
+    generators = [torch.Generator(device=session.device).manual_seed(int(request.seed)) for _ in range(2)]
+
+    def run() -> Any:
+        return session.pipe(
+            prompt=[request.source_prompt, request.target_prompt],
+            generator=generators,
+            output_type="np",
+            **session.generation,
+        )
+
+    if config is None:
+        result = run()
+    else:
+        with transfer(session.pipe, config):
+            result = run()
+    frames = np.asarray(result.frames, dtype=np.float32)
+    return frames[0], frames[1]
+
+
+def track(frames: np.ndarray, background: str | None) -> np.ndarray | None:
+    """Per-frame centroid (y, x) of the shape in pixels, for shapes-model videos (else None)."""
+    if background is None:
+        return None
+    return shapes.shape_track(frames, background)
+
+
+def layout_scores(edited: np.ndarray, source: np.ndarray, background: str | None) -> dict[str, float]:
+    """How much of the source's layout a video keeps: SSIM, PSNR and (shapes models) track distance."""
+    scores = {"ssim_to_source": quality.ssim(edited, source), "psnr_to_source": quality.psnr(edited, source)}
+    a, b = track(edited, background), track(source, background)
+    if a is not None and b is not None:
+        scores["track_distance_px"] = float(np.linalg.norm(a - b, axis=-1).mean())
+    return scores
+
+
+def run_edit(request: EditRequest) -> tuple[Path, dict[str, Any]]:
+    """Source, plain target and edited videos; writes mp4s, preview.gif, frames.safetensors, metrics.json."""
+    from safetensors.torch import save_file
+
+    from ..report.html import _gif
+    from ..store import atomic_run_dir
+
+    session = open_session(request)
+    config = TransferConfig(
+        layers=frozenset(request.layers) if request.layers is not None else None, steps=request.steps, mode=request.mode
+    )
+    source, target = lockstep(session, request, None)
+    _, edited = lockstep(session, request, config)
+    metrics: dict[str, Any] = {
+        "source_prompt": request.source_prompt,
+        "target_prompt": request.target_prompt,
+        "seed": request.seed,
+        "model": session.model,
+        "mode": request.mode,
+        "layers": sorted(config.layers) if config.layers is not None else "all",
+        "steps": list(config.steps) if config.steps is not None else "all",
+        "edited_vs_source": {"ssim": quality.ssim(edited, source), "psnr": quality.psnr(edited, source)},
+        "edited_vs_target": {"ssim": quality.ssim(edited, target), "psnr": quality.psnr(edited, target)},
+        "target_vs_source": {"ssim": quality.ssim(target, source), "psnr": quality.psnr(target, source)},
+    }
+    if session.background is not None:
+        measured = {name: shapes.measure_clip(video, session.background) for name, video in
+                    (("source", source), ("target", target), ("edited", edited))}  # fmt: skip
+        metrics["colour"] = {name: m.color for name, m in measured.items()}
+        metrics["track_distance_px"] = {
+            "edited_vs_source": layout_scores(edited, source, session.background)["track_distance_px"],
+            "target_vs_source": layout_scores(target, source, session.background)["track_distance_px"],
+        }
+    videos = {"source": source, "target": target, "edited": edited}
+    with atomic_run_dir(request.out) as staging:
+        save_file({k: torch.from_numpy(v).contiguous() for k, v in videos.items()}, str(staging / "frames.safetensors"))
+        for name, video in videos.items():
+            write_mp4(staging / f"{name}.mp4", video)
+        (staging / "preview.gif").write_bytes(_gif(np.concatenate(list(videos.values()), axis=2)))
+        (staging / "metrics.json").write_text(json.dumps(_finite(metrics), indent=1) + "\n")
+    return Path(request.out), metrics
+
+
+def run_edit_sweep(request: EditRequest, progress: ProgressFn | None = None) -> tuple[Path, Any]:
+    """Transfer one window of ``request.window`` consecutive layers at a time; score how much of the
+    source's layout each keeps. Writes edit_sweep.parquet/.csv, a figure and report.html."""
+    import pandas as pd
+
+    from ..report.figures import edit_sweep_bars
+    from ..report.html import STYLE, _figure, _table
+    from ..store import atomic_run_dir
+
+    session = open_session(request)
+    candidates = sorted(request.layers) if request.layers is not None else list(range(session.num_layers))
+    windows = [candidates[i : i + request.window] for i in range(0, len(candidates) - request.window + 1)]
+    source, target = lockstep(session, request, None)
+    rows = [{"layers": "none", "first_layer": -1, **layout_scores(target, source, session.background)}]
+    for index, window in enumerate(windows):
+        if progress:
+            progress(f"layers {window[0]}-{window[-1]}", index, len(windows))
+        config = TransferConfig(layers=frozenset(window), steps=request.steps, mode=request.mode)
+        _, edited = lockstep(session, request, config)
+        label = ",".join(map(str, window))
+        rows.append({"layers": label, "first_layer": window[0], **layout_scores(edited, source, session.background)})
+    if progress:
+        progress("writing", len(windows), len(windows))
+    table = pd.DataFrame(rows)
+    figure = edit_sweep_bars(table)
+    with atomic_run_dir(request.out) as staging:
+        table.to_parquet(staging / "edit_sweep.parquet", index=False)
+        table.to_csv(staging / "edit_sweep.csv", index=False)
+        (staging / "edit_sweep.png").write_bytes(figure)
+        html = [
+            f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>vditscope edit-sweep</title>"
+            f"<style>{STYLE}</style></head><body><h1>Which layers carry layout</h1>",
+            f"<p>Source: {request.source_prompt!s}<br>Target: {request.target_prompt!s}<br>Transfer mode "
+            f"{request.mode}, {request.window} layer(s) at a time, steps "
+            f"{'all' if request.steps is None else f'{request.steps[0]}:{request.steps[1]}'}. The row 'none' is "
+            "the plain target: a window scores above it when transferring it brings the source's layout back.</p>",
+            _figure(figure, "image/png", "edit sweep"),
+            _table(table),
+            "</body></html>",
+        ]
+        (staging / "report.html").write_text("\n".join(html))
+    return Path(request.out), table
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
+    """An H.264 mp4 (imageio's ffmpeg plugin) of (T, H, W, 3) frames in [0, 1], scaled up by whole
+    pixels to at least 256 px and padded to multiples of 16."""
+    import imageio.v2 as imageio
+
+    video = (np.clip(frames, 0, 1) * 255).astype(np.uint8)
+    scale = max(1, math.ceil(256 / max(video.shape[1], video.shape[2])))
+    video = video.repeat(scale, axis=1).repeat(scale, axis=2)
+    pad_h, pad_w = (-video.shape[1]) % 16, (-video.shape[2]) % 16
+    if pad_h or pad_w:
+        video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    imageio.mimwrite(path, list(video), format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats (identical videos give PSNR inf) become null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
