@@ -411,6 +411,36 @@ def edit_sweep(
     typer.echo(f"wrote {path}/ (edit_sweep.parquet, edit_sweep.csv, edit_sweep.png, report.html)")
 
 
+@app.command("text-ablation")
+def text_ablation(
+    model: ModelOpt = None,
+    prompt: PromptOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    method: Annotated[list[str] | None, typer.Option(help="mask and/or truncate (default both).")] = None,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/text-ablation"),
+    steps: StepsOpt = None,
+    num_frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Generate with only the first text token reaching the video; score against the full prompt."""
+    from .analyses.text_dominance import TextAblationRequest, run_text_ablation
+
+    request = TextAblationRequest(
+        model=model, prompts=list(prompt or []), seed=seed, methods=list(method or ("mask", "truncate")), out=out,
+        num_inference_steps=steps, num_frames=num_frames, height=height, width=width, device=device, dtype=dtype,
+    )  # fmt: skip
+    with _progress_bar() as bar:
+        task = bar.add_task("loading the model", total=None)
+        path, table = run_text_ablation(
+            request, lambda message, done, total: bar.update(task, description=message, completed=done, total=total)
+        )
+    typer.echo(table.drop(columns=["prompt"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    typer.echo(f"wrote {path}/ (text_ablation.parquet, text_ablation.csv, frames.safetensors, report.html)")
+
+
 @app.command()
 def compare(
     run_a: Annotated[Path, typer.Argument(help="First run directory (from vditscope analyze).")],
