@@ -102,10 +102,11 @@ def test_statistics_match_a_dense_reference_of_the_same_call(case: FamilyCase, m
         calls = []
         original_observe = cap._observe
 
-        def spy(site, state, offset, original, q, k, v, attn_mask, *rest):
+        def spy(site, state, start, call):
             if site.kind == "self":
-                calls.append((q.clone(), k.clone(), v.clone(), None if attn_mask is None else attn_mask.clone()))
-            return original_observe(site, state, offset, original, q, k, v, attn_mask, *rest)
+                mask = None if call.attn_mask is None else call.attn_mask.clone()
+                calls.append((call.q.clone(), call.k.clone(), call.v.clone(), mask))
+            return original_observe(site, state, start, call)
 
         monkeypatch.setattr(cap, "_observe", spy)
         assert sdpa_patch._installed >= 1

@@ -7,7 +7,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from ..errors import VditscopeError
 from ..store import atomic_run_dir, write_json, write_table, write_tensors
 from ..store.map_names import MapName
 from ..tiny import DEFAULT_MODEL
+from .options import GenerationOptions
 
 # Per-head token maps are kept while all of a run's token maps fit in this many bytes; above it
 # they are stored as the mean over heads (shape (1, T, T)), which run.json records.
@@ -29,27 +30,18 @@ DEFAULT_PROMPTS = ("a car driving on the highway", "a red car driving on the hig
 
 
 @dataclass
-class AnalyzeRequest:
+class AnalyzeRequest(GenerationOptions):
     """What to analyze; None fields take the model's defaults (vditscope.json, then the pipeline's)."""
 
-    model: str | None = None
     prompts: Sequence[str] = ()
     seeds: Sequence[int] = (0, 1)
     out: Path = Path("runs/analyze")
     layers: Sequence[int] | None = None
     capture_steps: Sequence[int] | None = None
-    height: int | None = None
-    width: int | None = None
-    num_frames: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    device: str = "auto"
-    dtype: str = "float32"
     top_mass: str = "auto"
     map_tiles: int = 256
     map_steps: Sequence[int] | None = None
     plan: Path | None = None
-    generation_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 ProgressFn = Callable[[str, int, int], None]
@@ -92,19 +84,6 @@ def default_map_steps(steps: Sequence[int], count: int = 4) -> list[int]:
     return [steps[i] for i in sorted(set(picks.tolist()))]
 
 
-def _generation_kwargs(request: AnalyzeRequest, settings: dict[str, Any]) -> dict[str, Any]:
-    generation = dict(settings.get("generation", {}))
-    for key in ("height", "width", "num_frames", "num_inference_steps", "guidance_scale"):
-        value = getattr(request, key)
-        if value is not None:
-            generation[key] = value
-    generation.update(request.generation_overrides)
-    for key in ("height", "width", "num_frames", "num_inference_steps"):
-        if key in generation and int(generation[key]) < 1:
-            raise VditscopeError(f"{key} must be positive, got {generation[key]}")
-    return generation
-
-
 def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None) -> Path:
     """Generate each prompt and seed with capture; write the run directory; return its path."""
     from ..adapters.loading import load_pipeline, resolve_device
@@ -120,7 +99,7 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None) -> 
     pipe, adapter, model_dir = load_pipeline(model_dir_arg, device, request.dtype)
     settings = model_settings(model_dir)
     prompts = prompts or default_prompts(settings)
-    generation = _generation_kwargs(request, settings)
+    generation = request.generation_kwargs(settings)
     # capture() checks the layer set (range, emptiness) before anything runs or is written
     num_layers = len({site.layer for site in adapter.sites(pipe.transformer)})
     total_steps = int(generation.get("num_inference_steps", 0)) or None

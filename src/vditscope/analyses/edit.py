@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +24,24 @@ from ..data import shapes
 from ..errors import VditscopeError
 from ..tiny import DEFAULT_MODEL
 from . import quality
-from .analyze import _generation_kwargs, model_settings
+from .analyze import model_settings
+from .options import GenerationOptions
 
 ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass
-class EditRequest:
+class EditRequest(GenerationOptions):
     """Source and target prompts, where and how to transfer; None fields take the model's defaults."""
 
     source_prompt: str = ""
     target_prompt: str = ""
-    model: str | None = None
     seed: int = 0
     layers: Sequence[int] | None = None
     steps: tuple[int, int] | None = None
     mode: str = "kv"
     out: Path = Path("runs/edit")
-    device: str = "auto"
-    dtype: str = "float32"
     window: int = 1  # edit-sweep: layers transferred together
-    height: int | None = None
-    width: int | None = None
-    num_frames: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    generation_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,7 +75,7 @@ def open_session(request: EditRequest) -> EditSession:
     device = resolve_device(request.device)
     pipe, adapter, model_dir = load_pipeline(request.model or DEFAULT_MODEL, device, request.dtype)
     settings = model_settings(model_dir)
-    generation = _generation_kwargs(request, settings)  # type: ignore[arg-type]
+    generation = request.generation_kwargs(settings)
     num_layers = len({s.layer for s in adapter.sites(pipe.transformer) if s.kind == "self"})
     bad = [layer for layer in request.layers or [] if not 0 <= layer < num_layers]
     if bad:

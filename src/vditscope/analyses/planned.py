@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +15,20 @@ from ..capture.intervene import intervene
 from ..errors import VditscopeError
 from ..tiny import DEFAULT_MODEL
 from . import quality
-from .analyze import _generation_kwargs, default_prompts, model_settings
+from .analyze import default_prompts, model_settings
 from .generation import generate
+from .options import GenerationOptions
 from .sweep import load_plan
 
 
 @dataclass
-class GenerateRequest:
+class GenerateRequest(GenerationOptions):
     """A prompt, a seed and an optional plan; None fields take the model's defaults."""
 
     plan: Path | None = None
-    model: str | None = None
     prompt: str | None = None
     seed: int = 0
     out: Path = Path("runs/generate")
-    device: str = "auto"
-    dtype: str = "float32"
-    height: int | None = None
-    width: int | None = None
-    num_frames: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    generation_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def run_generate(request: GenerateRequest) -> tuple[Path, dict[str, Any]]:
@@ -55,7 +47,7 @@ def run_generate(request: GenerateRequest) -> tuple[Path, dict[str, Any]]:
     pipe, adapter, model_dir = load_pipeline(request.model or DEFAULT_MODEL, device, request.dtype)
     settings = model_settings(model_dir)
     prompt = request.prompt or default_prompts(settings)[0]
-    generation = _generation_kwargs(request, settings)  # type: ignore[arg-type]
+    generation = request.generation_kwargs(settings)
     num_layers = len({site.layer for site in adapter.sites(pipe.transformer) if site.kind == "self"})
     for edit in edits:
         if edit.layers is not None and max(edit.layers) >= num_layers:

@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ from ..capture.intervene import AttentionEdit, intervene
 from ..errors import VditscopeError
 from ..tiny import DEFAULT_MODEL
 from . import quality
-from .analyze import _generation_kwargs, default_prompts, model_settings
+from .analyze import default_prompts, model_settings
 from .generation import generate
+from .options import GenerationOptions
 
 MODES = ("sparsity", "temperature")
 SCOPES = ("global", "per-layer", "leave-out")
@@ -62,7 +63,7 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass
-class SweepRequest:
+class SweepRequest(GenerationOptions):
     """What to sweep; None fields take the model's defaults."""
 
     mode: str = "sparsity"
@@ -77,19 +78,11 @@ class SweepRequest:
     dense_first_steps: int = 0
     branches: Sequence[str] | None = None
     window: tuple[int, int, int] | None = None
-    model: str | None = None
     prompts: Sequence[str] = ()
     seeds: Sequence[int] = (0,)
     out: Path = Path("runs/sweep")
-    device: str = "auto"
-    dtype: str = "float32"
     psnr_target: float = 30.0
     chunk_size: int | None = None
-    generation_overrides: dict[str, Any] = field(default_factory=dict)
-    height: int | None = None
-    width: int | None = None
-    num_frames: int | None = None
-    num_inference_steps: int | None = None
     guidance_scale: float | None = None
 
 
@@ -260,7 +253,7 @@ def run_sweep(request: SweepRequest, progress: ProgressFn | None = None) -> Path
     )
     settings = model_settings(model_dir)
     prompts = list(request.prompts) or default_prompts(settings)[:2]
-    generation = _generation_kwargs(request, settings)  # type: ignore[arg-type]
+    generation = request.generation_kwargs(settings)
     total_steps = int(generation.get("num_inference_steps", 0)) or None
     if request.dense_first_steps:
         if total_steps is None or request.dense_first_steps >= total_steps:

@@ -7,9 +7,8 @@ out of attention, or the embedding truncated); the ablated video is scored again
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,29 +19,21 @@ from ..data import shapes
 from ..errors import VditscopeError
 from ..tiny import DEFAULT_MODEL
 from . import quality
-from .analyze import _generation_kwargs, default_prompts, model_settings
+from .analyze import default_prompts, model_settings
 from .generation import generate
+from .options import GenerationOptions
 
 ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass
-class TextAblationRequest:
+class TextAblationRequest(GenerationOptions):
     """Prompts, seed and ablation methods; None fields take the model's defaults."""
 
-    model: str | None = None
     prompts: Sequence[str] = ()
     seed: int = 0
     methods: Sequence[str] = ABLATIONS
     out: Path = Path("runs/text-ablation")
-    device: str = "auto"
-    dtype: str = "float32"
-    height: int | None = None
-    width: int | None = None
-    num_frames: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    generation_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None = None) -> tuple[Path, pd.DataFrame]:
@@ -63,7 +54,7 @@ def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None 
     pipe, adapter, model_dir = load_pipeline(request.model or DEFAULT_MODEL, device, request.dtype)
     settings = model_settings(model_dir)
     prompts = list(request.prompts) or default_prompts(settings)
-    generation = _generation_kwargs(request, settings)  # type: ignore[arg-type]
+    generation = request.generation_kwargs(settings)
     backgrounds = settings.get("vocabulary", {}).get("backgrounds", [])
     rows, videos = [], {}
     total = len(prompts) * (1 + len(request.methods))

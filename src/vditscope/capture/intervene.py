@@ -19,7 +19,7 @@ from torch import nn
 from ..adapters import AttentionSite, FamilyAdapter, adapter_for
 from ..stats.sparsify import check_sparsity, sparse_attention
 from ..stats.structured import check_window, structured_attention
-from .session import Capture, ForwardState, _check_layers, _transformers_of, attached
+from .session import Capture, ForwardState, SdpaCall, _check_layers, _transformers_of, attached
 
 BRANCHES = ("cond", "uncond")
 
@@ -168,39 +168,21 @@ class Intervention(Capture):
                 return None if edit.is_identity else edit
         return None
 
-    def _observe(
-        self,
-        site: AttentionSite,
-        state: ForwardState,
-        offset: list[int],
-        original: Any,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-        dropout_p: float,
-        is_causal: bool,
-        scale: float | None,
-        enable_gqa: bool,
-    ) -> torch.Tensor:
-        kwargs = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal, "scale": scale}
-        if enable_gqa:
-            kwargs["enable_gqa"] = True
-        start = offset[0]
-        offset[0] += q.shape[0] if q.ndim == 4 else 0
+    def _observe(self, site: AttentionSite, state: ForwardState, start: int, call: SdpaCall) -> torch.Tensor:
+        q, k, v, attn_mask, scale = call.q, call.k, call.v, call.attn_mask, call.scale
         if site.kind != "self" or q.ndim != 4:
-            return original(q, k, v, **kwargs)
+            return call.run()
         batch, heads, num_q = q.shape[:3]
         self.totals.entries += float(batch * heads * num_q * k.shape[2])
         self.totals.rows += float(batch * heads * num_q)
-        labels = [state.labels[(start + i) % len(state.labels)] for i in range(batch)]
+        labels = call.labels(state, start)
         edits = [self._edit_for(site.layer, state.step, branch) for branch, _ in labels]
         if not any(edits):
-            return original(q, k, v, **kwargs)
-        if dropout_p > 0 or is_causal or (torch.is_grad_enabled() and q.requires_grad):
+            return call.run()
+        if call.dropout_p > 0 or call.is_causal or (torch.is_grad_enabled() and q.requires_grad):
             self._note(f"{site.name}: an edit needs inference without dropout or a causal mask; call left unedited")
-            return original(q, k, v, **kwargs)
-        out = original(q, k, v, **kwargs).clone()
+            return call.run()
+        out = call.run().clone()
         group = heads // k.shape[1]
         for b, edit in enumerate(edits):
             if edit is None:

@@ -43,6 +43,38 @@ _forward: ContextVar[ForwardState | None] = ContextVar("vditscope_forward", defa
 
 
 @dataclass
+class SdpaCall:
+    """One routed torch SDPA call: its tensors and options, and the SDPA to run it with."""
+
+    original: Callable[..., torch.Tensor]
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    attn_mask: torch.Tensor | None
+    dropout_p: float
+    is_causal: bool
+    scale: float | None
+    enable_gqa: bool
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The options as SDPA keyword arguments."""
+        kwargs = {"attn_mask": self.attn_mask, "dropout_p": self.dropout_p, "is_causal": self.is_causal}
+        kwargs["scale"] = self.scale
+        if self.enable_gqa:
+            kwargs["enable_gqa"] = True
+        return kwargs
+
+    def run(self) -> torch.Tensor:
+        """The call as the model made it."""
+        return self.original(self.q, self.k, self.v, **self.kwargs)
+
+    def labels(self, state: ForwardState, start: int) -> list[tuple[str, int]]:
+        """(branch, sample) of each batch element, the call's first element being batch row ``start``."""
+        return [state.labels[(start + i) % len(state.labels)] for i in range(self.q.shape[0])]
+
+
+@dataclass
 class StepClock:
     """Denoising step and generation counters, driven by the scheduler when a pipeline is given."""
 
@@ -166,58 +198,42 @@ class Capture:
             offset = [0]
 
             def handler(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa):
-                return self._observe(
-                    site, state, offset, original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa
-                )
+                call = SdpaCall(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+                start = offset[0]
+                offset[0] += q.shape[0] if q.ndim == 4 else 0
+                return self._observe(site, state, start, call)
 
             with sdpa_handler(handler):
                 return forward(*args, **kwargs)
 
         return around
 
-    def _observe(
-        self,
-        site: AttentionSite,
-        state: ForwardState,
-        offset: list[int],
-        original: Callable[..., torch.Tensor],
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-        dropout_p: float,
-        is_causal: bool,
-        scale: float | None,
-        enable_gqa: bool,
-    ) -> torch.Tensor:
-        """Run one SDPA call of an observed site and record its statistics."""
-        kwargs = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal, "scale": scale}
-        if enable_gqa:
-            kwargs["enable_gqa"] = True
-        if dropout_p > 0 or q.ndim != 4:
+    def _observe(self, site: AttentionSite, state: ForwardState, start: int, call: SdpaCall) -> torch.Tensor:
+        """Run one SDPA call of an observed site and record its statistics (``start``: the call's first
+        batch row within the forward, for the CFG labels)."""
+        q, k, v = call.q, call.k, call.v
+        if call.dropout_p > 0 or q.ndim != 4:
             self._note(f"{site.name}: SDPA call with dropout or non-4D inputs is not observed")
-            return original(q, k, v, **kwargs)
+            return call.run()
         layout = self.adapter.layout(state.grid, k.shape[2]) if site.kind == "self" else None
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         fused = self.fused and not needs_grad
-        out = None if fused else original(q, k, v, **kwargs)
+        out = None if fused else call.run()
         with torch.no_grad():
             fused_out, stats = attention_stats(
                 q.detach(),
                 k.detach(),
                 v.detach(),
-                scale=scale,
+                scale=call.scale,
                 layout=layout,
                 chunk_size=self.chunk_size,
-                attn_mask=attn_mask,
-                is_causal=is_causal,
+                attn_mask=call.attn_mask,
+                is_causal=call.is_causal,
                 top_mass=self.top_mass,
                 compute_output=fused,
                 map_tiles=self._tiles_at(state.step) if layout is not None else None,
             )
-        start = offset[0]
-        offset[0] += q.shape[0]
-        labels = [state.labels[(start + i) % len(state.labels)] for i in range(q.shape[0])]
+        labels = call.labels(state, start)
         self.records.extend(records_from_stats(stats, site, state, labels, layout, keep_maps=self.keep_maps))
         return fused_out if fused else out
 

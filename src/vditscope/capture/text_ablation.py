@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..adapters import AttentionSite, FamilyAdapter, adapter_for
-from .session import Capture, ForwardState, _transformers_of, attached
+from .session import Capture, ForwardState, SdpaCall, _transformers_of, attached
 
 ABLATIONS = ("mask", "truncate")
 
@@ -33,31 +33,16 @@ class FirstTextTokenMask(Capture):
         )
         self.masked_calls = 0
 
-    def _observe(
-        self,
-        site: AttentionSite,
-        state: ForwardState,
-        offset: list[int],
-        original: Any,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-        dropout_p: float,
-        is_causal: bool,
-        scale: float | None,
-        enable_gqa: bool,
-    ) -> torch.Tensor:
-        kwargs = {"dropout_p": dropout_p, "is_causal": is_causal, "scale": scale}
-        if enable_gqa:
-            kwargs["enable_gqa"] = True
+    def _observe(self, site: AttentionSite, state: ForwardState, start: int, call: SdpaCall) -> torch.Tensor:
+        k, v, attn_mask = call.k, call.v, call.attn_mask
+        kwargs = {name: value for name, value in call.kwargs.items() if name != "attn_mask"}
         num = k.shape[2]
         if site.kind == "cross":
             keep = torch.tensor([0], device=k.device)
         else:
             layout = self.adapter.layout(state.grid, num)
             if layout.text is None or layout.num_text < 2:
-                return original(q, k, v, attn_mask=attn_mask, **kwargs)
+                return call.run()
             hidden = torch.zeros(num, dtype=torch.bool, device=k.device)
             hidden[layout.text[0] + 1 : layout.text[1]] = True
             keep = (~hidden).nonzero().flatten()
@@ -66,7 +51,7 @@ class FirstTextTokenMask(Capture):
                 attn_mask = attn_mask.unsqueeze(0)
             attn_mask = attn_mask[..., keep] if attn_mask.shape[-1] == num else attn_mask
         self.masked_calls += 1
-        return original(q, k[:, :, keep], v[:, :, keep], attn_mask=attn_mask, **kwargs)
+        return call.original(call.q, k[:, :, keep], v[:, :, keep], attn_mask=attn_mask, **kwargs)
 
 
 def _keep_first_token(_module: nn.Module, _args: Any, output: Any) -> Any:

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..adapters import AttentionSite, FamilyAdapter, adapter_for
 from ..layout import TokenLayout
-from .session import Capture, ForwardState, _check_layers, _transformers_of, attached
+from .session import Capture, ForwardState, SdpaCall, _check_layers, _transformers_of, attached
 
 TRANSFER_MODES = ("attention", "kv")
 
@@ -73,36 +73,18 @@ class Transfer(Capture):
         self.config = config
         self.transferred_calls = 0
 
-    def _observe(
-        self,
-        site: AttentionSite,
-        state: ForwardState,
-        offset: list[int],
-        original: Any,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-        dropout_p: float,
-        is_causal: bool,
-        scale: float | None,
-        enable_gqa: bool,
-    ) -> torch.Tensor:
-        kwargs = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal, "scale": scale}
-        if enable_gqa:
-            kwargs["enable_gqa"] = True
-        start = offset[0]
-        offset[0] += q.shape[0] if q.ndim == 4 else 0
-        out = original(q, k, v, **kwargs)
+    def _observe(self, site: AttentionSite, state: ForwardState, start: int, call: SdpaCall) -> torch.Tensor:
+        q, k, v = call.q, call.k, call.v
+        out = call.run()
         if site.kind != "self" or q.ndim != 4 or not self.config.matches(site.layer, state.step):
             return out
-        if attn_mask is not None or is_causal or dropout_p > 0 or k.shape[1] != q.shape[1]:
+        if call.attn_mask is not None or call.is_causal or call.dropout_p > 0 or k.shape[1] != q.shape[1]:
             self._note(f"{site.name}: transfer needs unmasked, non-grouped self-attention; call left as is")
             return out
-        labels = [state.labels[(start + i) % len(state.labels)] for i in range(q.shape[0])]
+        labels = call.labels(state, start)
         where = {label: i for i, label in enumerate(labels)}
         layout = self.adapter.layout(state.grid, k.shape[2])
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        scale = 1.0 / math.sqrt(q.shape[-1]) if call.scale is None else call.scale
         out = out.clone()
         for (branch, sample), target in where.items():
             source = where.get((branch, 0))
@@ -111,7 +93,7 @@ class Transfer(Capture):
             src = (q[source : source + 1], k[source : source + 1], v[source : source + 1])
             tgt = (q[target : target + 1], k[target : target + 1], v[target : target + 1])
             out[target : target + 1] = transferred(
-                original, src, tgt, layout, scale, self.config.mode, out[target : target + 1]
+                call.original, src, tgt, layout, scale, self.config.mode, out[target : target + 1]
             )
             self.transferred_calls += 1
         return out
