@@ -330,12 +330,6 @@ def generate(
     typer.echo(f"wrote {path}/ (frames.safetensors, preview.gif, metrics.json)")
 
 
-def _edit_request(**values: object) -> object:
-    from .analyses.edit import EditRequest
-
-    return EditRequest(**values)  # type: ignore[arg-type]
-
-
 TransferModeOpt = Annotated[
     str, typer.Option(help="kv: target queries on the source's keys and values; attention: source's Q and K.")
 ]
@@ -359,14 +353,14 @@ def edit(
     dtype: DtypeOpt = "float32",
 ) -> None:
     """Edit by self-attention transfer: source, plain target and edited videos side by side, with metrics."""
-    from .analyses.edit import run_edit
+    from .analyses.edit import EditRequest, run_edit
 
-    request = _edit_request(
+    request = EditRequest(
         source_prompt=source_prompt, target_prompt=target_prompt, layers=_parse_int_list(layers, "layer"),
         steps=_parse_step_range(edit_steps), mode=mode, model=model, seed=seed, out=out, num_inference_steps=steps,
         num_frames=num_frames, height=height, width=width, device=device, dtype=dtype,
     )  # fmt: skip
-    path, metrics = run_edit(request)  # type: ignore[arg-type]
+    path, metrics = run_edit(request)
     for pair in ("edited_vs_source", "target_vs_source", "edited_vs_target"):
         typer.echo(f"{pair}: SSIM {metrics[pair]['ssim']:.3f}, PSNR {metrics[pair]['psnr']:.2f} dB")
     if "colour" in metrics:
@@ -394,9 +388,9 @@ def edit_sweep(
     dtype: DtypeOpt = "float32",
 ) -> None:
     """Transfer one layer window at a time to find the layers that carry layout (score per layer, figure)."""
-    from .analyses.edit import run_edit_sweep
+    from .analyses.edit import EditRequest, run_edit_sweep
 
-    request = _edit_request(
+    request = EditRequest(
         source_prompt=source_prompt, target_prompt=target_prompt, layers=_parse_int_list(layers, "layer"),
         steps=_parse_step_range(edit_steps), mode=mode, model=model, seed=seed, out=out, window=window,
         num_inference_steps=steps, num_frames=num_frames, height=height, width=width, device=device, dtype=dtype,
@@ -404,7 +398,7 @@ def edit_sweep(
     with _progress_bar() as bar:
         task = bar.add_task("plain target", total=None)
         path, table = run_edit_sweep(
-            request,  # type: ignore[arg-type]
+            request,
             lambda message, done, total: bar.update(task, description=message, completed=done, total=total),
         )
     typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))

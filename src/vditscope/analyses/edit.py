@@ -22,6 +22,7 @@ import torch
 from ..capture.transfer import TRANSFER_MODES, TransferConfig, transfer
 from ..data import shapes
 from ..errors import VditscopeError
+from ..store import json_safe
 from ..tiny import DEFAULT_MODEL
 from . import quality
 from .analyze import model_settings
@@ -56,12 +57,6 @@ class EditSession:
     model: str
 
 
-def _background(prompt: str, settings: dict[str, Any]) -> str | None:
-    """The shapes background named in a prompt (for the track measure), when the model is a shapes model."""
-    backgrounds = settings.get("vocabulary", {}).get("backgrounds", [])
-    return next((b for b in backgrounds if f"on a {b} background" in prompt), None)
-
-
 def open_session(request: EditRequest) -> EditSession:
     """Check the request, load the model, resolve the generation settings (clear errors, nothing written)."""
     from ..adapters.loading import load_pipeline, resolve_device
@@ -84,7 +79,7 @@ def open_session(request: EditRequest) -> EditSession:
     if request.steps is not None and total is not None and request.steps[1] > total:
         raise VditscopeError(f"step range {request.steps[0]}:{request.steps[1]} is outside the {total}-step schedule")
     return EditSession(
-        pipe, num_layers, generation, device, _background(request.source_prompt, settings), str(model_dir)
+        pipe, num_layers, generation, device, shapes.prompt_background(request.source_prompt, settings), str(model_dir)
     )
 
 
@@ -131,7 +126,7 @@ def run_edit(request: EditRequest) -> tuple[Path, dict[str, Any]]:
     """Source, plain target and edited videos; writes mp4s, preview.gif, frames.safetensors, metrics.json."""
     from safetensors.torch import save_file
 
-    from ..report.html import _gif
+    from ..report.html import gif_bytes
     from ..store import atomic_run_dir
 
     session = open_session(request)
@@ -165,8 +160,8 @@ def run_edit(request: EditRequest) -> tuple[Path, dict[str, Any]]:
         save_file({k: torch.from_numpy(v).contiguous() for k, v in videos.items()}, str(staging / "frames.safetensors"))
         for name, video in videos.items():
             write_mp4(staging / f"{name}.mp4", video)
-        (staging / "preview.gif").write_bytes(_gif(np.concatenate(list(videos.values()), axis=2)))
-        (staging / "metrics.json").write_text(json.dumps(_finite(metrics), indent=1) + "\n")
+        (staging / "preview.gif").write_bytes(gif_bytes(np.concatenate(list(videos.values()), axis=2)))
+        (staging / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1) + "\n")
     return Path(request.out), metrics
 
 
@@ -176,7 +171,7 @@ def run_edit_sweep(request: EditRequest, progress: ProgressFn | None = None) -> 
     import pandas as pd
 
     from ..report.figures import edit_sweep_bars
-    from ..report.html import STYLE, _figure, _table
+    from ..report.study_html import write_edit_sweep_report
     from ..store import atomic_run_dir
 
     session = open_session(request)
@@ -199,18 +194,16 @@ def run_edit_sweep(request: EditRequest, progress: ProgressFn | None = None) -> 
         table.to_parquet(staging / "edit_sweep.parquet", index=False)
         table.to_csv(staging / "edit_sweep.csv", index=False)
         (staging / "edit_sweep.png").write_bytes(figure)
-        html = [
-            f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>vditscope edit-sweep</title>"
-            f"<style>{STYLE}</style></head><body><h1>Which layers carry layout</h1>",
-            f"<p>Source: {request.source_prompt!s}<br>Target: {request.target_prompt!s}<br>Transfer mode "
-            f"{request.mode}, {request.window} layer(s) at a time, steps "
-            f"{'all' if request.steps is None else f'{request.steps[0]}:{request.steps[1]}'}. The row 'none' is "
-            "the plain target: a window scores above it when transferring it brings the source's layout back.</p>",
-            _figure(figure, "image/png", "edit sweep"),
-            _table(table),
-            "</body></html>",
-        ]
-        (staging / "report.html").write_text("\n".join(html))
+        write_edit_sweep_report(
+            staging / "report.html",
+            request.source_prompt,
+            request.target_prompt,
+            request.mode,
+            request.window,
+            request.steps,
+            table,
+            figure,
+        )
     return Path(request.out), table
 
 
@@ -226,12 +219,3 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
     if pad_h or pad_w:
         video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
     imageio.mimwrite(path, list(video), format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe copy: non-finite floats (identical videos give PSNR inf) become null."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

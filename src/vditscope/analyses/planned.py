@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,8 @@ def run_generate(request: GenerateRequest) -> tuple[Path, dict[str, Any]]:
     from safetensors.torch import save_file
 
     from ..adapters.loading import load_pipeline, resolve_device
-    from ..report.html import _gif
-    from ..store import atomic_run_dir
+    from ..report.html import gif_bytes
+    from ..store import atomic_run_dir, json_safe
 
     if request.prompt is not None and not request.prompt.strip():
         raise VditscopeError("empty prompt: --prompt needs text")
@@ -67,7 +66,6 @@ def run_generate(request: GenerateRequest) -> tuple[Path, dict[str, Any]]:
         }
     with atomic_run_dir(request.out) as staging:
         save_file({k: torch.from_numpy(v).contiguous() for k, v in frames.items()}, str(staging / "frames.safetensors"))
-        (staging / "preview.gif").write_bytes(_gif(np.concatenate(list(frames.values()), axis=2)))
-        finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-        (staging / "metrics.json").write_text(json.dumps(finite, indent=1) + "\n")
+        (staging / "preview.gif").write_bytes(gif_bytes(np.concatenate(list(frames.values()), axis=2)))
+        (staging / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1) + "\n")
     return Path(request.out), metrics

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import torch
 
 from ..capture.intervene import AttentionEdit, intervene
 from ..errors import VditscopeError
+from ..store import write_atomic
 from ..tiny import DEFAULT_MODEL
 from . import quality
 from .analyze import default_prompts, model_settings
@@ -218,19 +217,6 @@ def plan_cells(request: SweepRequest, num_layers: int, num_prompts: int) -> list
     ]
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def _dense_reference(pipe: Any, path: Path, prompt: str, seed: int, generation: dict, device: str) -> dict:
     from safetensors.torch import load_file, save_file
 
@@ -238,7 +224,7 @@ def _dense_reference(pipe: Any, path: Path, prompt: str, seed: int, generation: 
         return load_file(str(path))
     frames, latents = generate(pipe, prompt, seed, generation, device)
     tensors = {"frames": torch.from_numpy(frames).contiguous(), "latents": latents.float().contiguous()}
-    _write_atomic(path, lambda p: save_file(tensors, str(p)))
+    write_atomic(path, lambda p: save_file(tensors, str(p)))
     return tensors
 
 
@@ -289,7 +275,7 @@ def run_sweep(request: SweepRequest, progress: ProgressFn | None = None) -> Path
             prompt, cell.seed, generation, device,
         )  # fmt: skip
         row = _run_cell(pipe, cell, prompt, generation, device, dense, request)
-        _write_atomic(path, lambda p, row=row: p.write_text(json.dumps(row, indent=1) + "\n"))
+        write_atomic(path, lambda p, row=row: p.write_text(json.dumps(row, indent=1) + "\n"))
     if progress:
         progress("writing the sweep table", len(cells), len(cells))
     rows = [json.loads((out / "cells" / f"{key}.json").read_text()) for key in keys]
@@ -355,7 +341,7 @@ def sparsity_plan(table: pd.DataFrame, target: float, steps: tuple[int, int] | N
     if rows.empty or rows["method"].iloc[0] not in LEVEL_METHODS:
         return {}
     method = str(rows["method"].iloc[0])
-    level = "k" if method == "bottom-k" else "p"
+    level = level_column(rows)
     means = rows.groupby(["layer", level])["psnr"].mean().reset_index()
     layers: dict[str, float] = {}
     for layer, group in means.groupby("layer"):
@@ -411,12 +397,12 @@ def _write_outputs(
 ) -> None:
     from ..report.sweep_html import write_sweep_report
 
-    _write_atomic(out / "sweep.parquet", lambda p: table.to_parquet(p, index=False))
-    _write_atomic(out / "sweep.csv", lambda p: table.to_csv(p, index=False))
+    write_atomic(out / "sweep.parquet", lambda p: table.to_parquet(p, index=False))
+    write_atomic(out / "sweep.csv", lambda p: table.to_csv(p, index=False))
     plan = sparsity_plan(table, request.psnr_target, request.steps) if request.mode == "sparsity" else {}
     if plan:
         plan["source"] = str(out)
-        _write_atomic(out / "plan.json", lambda p: p.write_text(json.dumps(plan, indent=1) + "\n"))
+        write_atomic(out / "plan.json", lambda p: p.write_text(json.dumps(plan, indent=1) + "\n"))
     meta = {
         "model": model,
         "family": family,
@@ -438,8 +424,8 @@ def _write_outputs(
         "seconds": round(seconds, 2),
         "notes": [] if quality.lpips_available() else [quality.LPIPS_NOTE],
     }
-    _write_atomic(out / "sweep.json", lambda p: p.write_text(json.dumps(meta, indent=1) + "\n"))
-    _write_atomic(out / "report.html", lambda p: write_sweep_report(p, meta, table, plan))
+    write_atomic(out / "sweep.json", lambda p: p.write_text(json.dumps(meta, indent=1) + "\n"))
+    write_atomic(out / "report.html", lambda p: write_sweep_report(p, meta, table, plan))
 
 
 def sensitivity_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -42,7 +42,7 @@ def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None 
     from safetensors.torch import save_file
 
     from ..adapters.loading import load_pipeline, resolve_device
-    from ..report.html import STYLE, _figure, _gif, _table
+    from ..report.study_html import write_text_ablation_report
     from ..store import atomic_run_dir
 
     if any(not p.strip() for p in request.prompts):
@@ -55,7 +55,6 @@ def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None 
     settings = model_settings(model_dir)
     prompts = list(request.prompts) or default_prompts(settings)
     generation = request.generation_kwargs(settings)
-    backgrounds = settings.get("vocabulary", {}).get("backgrounds", [])
     rows, videos = [], {}
     total = len(prompts) * (1 + len(request.methods))
     for p, prompt in enumerate(prompts):
@@ -63,7 +62,7 @@ def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None 
             progress(f"prompt {p + 1}/{len(prompts)}", p * (1 + len(request.methods)), total)
         full, _ = generate(pipe, prompt, request.seed, generation, device)
         videos[f"p{p}.full"] = full
-        background = next((b for b in backgrounds if f"on a {b} background" in prompt), None)
+        background = shapes.prompt_background(prompt, settings)
         for method in request.methods:
             with first_text_token_only(pipe, method):
                 ablated, _ = generate(pipe, prompt, request.seed, generation, device)
@@ -84,18 +83,14 @@ def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None 
         table.to_parquet(staging / "text_ablation.parquet", index=False)
         table.to_csv(staging / "text_ablation.csv", index=False)
         save_file({k: torch.from_numpy(v).contiguous() for k, v in videos.items()}, str(staging / "frames.safetensors"))
-        parts = [
-            f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>vditscope text ablation</title>"
-            f"<style>{STYLE}</style></head><body><h1>Text-token dominance: the first token alone</h1>",
-            f"<p>Model {model_dir} ({adapter.family}), seed {request.seed}. mask: all text keys but the first are "
-            "removed from every attention call; truncate: the text encoder's output keeps only its first token. "
-            "Scores compare each ablated video with the full-prompt one.</p>",
-            _table(table),
-        ]
-        for p, prompt in enumerate(prompts):
-            strip = np.concatenate([videos[f"p{p}.full"], *(videos[f"p{p}.{m}"] for m in request.methods)], axis=2)
-            caption = f"{prompt}: full, " + ", ".join(request.methods)
-            parts.append(_figure(_gif(strip), "image/gif", f"p{p}", caption))
-        parts.append("</body></html>")
-        (staging / "report.html").write_text("\n".join(parts))
+        write_text_ablation_report(
+            staging / "report.html",
+            str(model_dir),
+            adapter.family,
+            request.seed,
+            prompts,
+            request.methods,
+            table,
+            videos,
+        )
     return Path(request.out), table

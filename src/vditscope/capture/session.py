@@ -59,8 +59,12 @@ class SdpaCall:
     @property
     def kwargs(self) -> dict[str, Any]:
         """The options as SDPA keyword arguments."""
-        kwargs = {"attn_mask": self.attn_mask, "dropout_p": self.dropout_p, "is_causal": self.is_causal}
-        kwargs["scale"] = self.scale
+        kwargs = {
+            "attn_mask": self.attn_mask,
+            "dropout_p": self.dropout_p,
+            "is_causal": self.is_causal,
+            "scale": self.scale,
+        }
         if self.enable_gqa:
             kwargs["enable_gqa"] = True
         return kwargs

@@ -140,6 +140,13 @@ class ClipMeasure:
     foreground: float  # mean share of pixels that differ from the background
 
 
+def prompt_background(prompt: str, settings: dict) -> str | None:
+    """The background a shapes caption names, among a model's vocabulary (vditscope.json); None when the
+    model has no shapes vocabulary or the prompt names none."""
+    backgrounds = settings.get("vocabulary", {}).get("backgrounds", [])
+    return next((b for b in backgrounds if f"on a {b} background" in prompt), None)
+
+
 def shape_track(video: np.ndarray, background: str) -> np.ndarray:
     """Per-frame centroid (y, x) in pixels of what differs from the prompted background: (F, 2)."""
     bg = np.asarray(BACKGROUNDS[background], dtype=np.float32)

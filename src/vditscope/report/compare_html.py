@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .html import STYLE, _figure, _table
+from .html import figure_html, page, table_html
 
 if TYPE_CHECKING:
     from ..analyses.compare import Comparison
@@ -22,16 +22,12 @@ def write_compare_report(path: Path, comparison: Comparison, figure: bytes) -> N
         for label, data in (("A", a), ("B", b))
     )
     parts = [
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>vditscope compare</title>"
-        f"<style>{STYLE}</style></head><body>",
-        "<h1>vditscope: attention maps of two runs</h1>",
         f"<table><tr><th>run</th><th>directory</th><th>model</th></tr>{rows}</table>",
         *(f"<p class='note'>{html.escape(note)}</p>" for note in comparison.notes),
         "<p>similarity = mean Pearson correlation between the maps of the same prompt, seed and step "
         f"({html.escape(comparison.table['map'].iloc[0].replace('_', ' '))}s; per head when shapes agree, "
         "else head means pooled to a common size); within_a = run A's own similarity across its prompts.</p>",
-        _table(comparison.table),
-        _figure(figure, "image/png", "comparison"),
-        "</body></html>",
+        table_html(comparison.table),
+        figure_html(figure, "image/png", "comparison"),
     ]
-    path.write_text("\n".join(parts))
+    path.write_text(page("vditscope compare", "vditscope: attention maps of two runs", parts))

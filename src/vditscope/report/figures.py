@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..analyses.sweep import level_column
+
 
 def _png(fig: plt.Figure) -> bytes:
     buffer = io.BytesIO()
@@ -229,7 +231,7 @@ def sweep_quality(table: pd.DataFrame, target: float | None = None) -> bytes | N
     """PSNR against the sparsity level: one line per layer set (mean over prompts and seeds)."""
     if table.empty or table["method"].iloc[0] not in ("bottom-k", "top-p"):
         return None
-    level = "k" if table["method"].iloc[0] == "bottom-k" else "p"
+    level = level_column(table)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     groups = list(table.groupby(["layers", "temperature"]))
     cmap = plt.get_cmap("viridis", max(len(groups), 2))
@@ -252,8 +254,7 @@ def sweep_sensitivity(table: pd.DataFrame) -> bytes | None:
     rows = table[table["scope"] == "per-layer"]
     if rows.empty:
         return None
-    method = rows["method"].iloc[0]
-    level = "k" if method == "bottom-k" else "p" if method == "top-p" else "mask"
+    level = level_column(rows)
     pivot = rows.pivot_table(index="layer", columns=level, values="psnr", aggfunc="mean")
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(pivot) * max(1, pivot.shape[1] / 2) + 2), 3.4))
     width = 0.8 / pivot.shape[1]
@@ -299,7 +300,7 @@ def sweep_temperature(table: pd.DataFrame) -> bytes | None:
     """PSNR against temperature, one line per sparsity level (temperature sweeps)."""
     if table.empty or table["temperature"].nunique() < 2:
         return None
-    level = "k" if table["method"].iloc[0] == "bottom-k" else "p"
+    level = level_column(table)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for value, group in table.groupby(level):
         means = group.groupby("temperature")["psnr"].mean()

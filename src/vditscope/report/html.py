@@ -34,7 +34,8 @@ def _img(data: bytes | None, mime: str, alt: str) -> str:
     return f'<img class="figure" alt="{html.escape(alt)}" src="data:{mime};base64,{encoded}">'
 
 
-def _gif(frames: np.ndarray) -> bytes:
+def gif_bytes(frames: np.ndarray) -> bytes:
+    """An animated GIF of (T, H, W, 3) frames in [0, 1], scaled up by whole pixels to about 128 px."""
     import imageio.v3 as iio
 
     video = (np.clip(frames, 0, 1) * 255).astype(np.uint8)
@@ -58,7 +59,7 @@ def layer_summary(stats: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
-def _figure(data: bytes | None, mime: str, name: str, caption: str = "") -> str:
+def figure_html(data: bytes | None, mime: str, name: str, caption: str = "") -> str:
     """One figure element (nothing when the figure could not be drawn)."""
     if data is None:
         return ""
@@ -66,8 +67,16 @@ def _figure(data: bytes | None, mime: str, name: str, caption: str = "") -> str:
     return f"<figure data-figure='{html.escape(name)}'>{_img(data, mime, name)}{text}</figure>"
 
 
-def _table(frame: pd.DataFrame) -> str:
+def table_html(frame: pd.DataFrame) -> str:
+    """A DataFrame as an HTML table (3 decimals, a dash for missing values)."""
     return frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="–", border=0)
+
+
+def page(title: str, heading: str, parts: list[str]) -> str:
+    """A whole self-contained HTML page: head with the shared style, a heading, the parts."""
+    head = f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return "\n".join([f"{head}<style>{STYLE}</style></head><body>", f"<h1>{html.escape(heading)}</h1>", *parts,
+                      "</body></html>"])  # fmt: skip
 
 
 def write_report(
@@ -80,11 +89,7 @@ def write_report(
 ) -> None:
     """Write report.html for a run directory: one self-contained file (inline PNG/GIF, no scripts)."""
     structure = structure or analyze_structure(stats, maps, run.get("layout"))
-    parts = [
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>vditscope report</title>"
-        f"<style>{STYLE}</style></head><body>",
-        "<h1>vditscope attention report</h1>",
-    ]
+    parts = []
     if run.get("trained") is False:
         parts.append("<p class='note'>This model has <b>random weights</b>: its attention is close to uniform.</p>")
     parts += _overview(run, structure)
@@ -95,14 +100,14 @@ def write_report(
     grid = run["layout"]["grid"]
     if grid:
         parts.append(f"<p>Uniform attention would put {1 / grid[0]:.3f} of a video query's mass on its own frame.</p>")
-    parts.append(_table(layer_summary(stats)))
+    parts.append(table_html(layer_summary(stats)))
 
     parts += _structure_section(run, maps, structure)
     parts.append("<h2>Entropy by layer and step</h2>")
-    parts.append(_figure(figures.entropy_heatmap(stats), "image/png", "entropy heatmap"))
+    parts.append(figure_html(figures.entropy_heatmap(stats), "image/png", "entropy heatmap"))
     parts.append("<h2>Frame-to-frame attention</h2>")
     for prefix in sorted({str(n.generation) for n in _parsed(maps) if n.key == "frame_map" and n.step is None}):
-        parts.append(_figure(figures.frame_maps(maps, prefix), "image/png", f"frame maps {prefix}", prefix))
+        parts.append(figure_html(figures.frame_maps(maps, prefix), "image/png", f"frame maps {prefix}", prefix))
     parts += _locality_section(run, maps)
     parts += _heads_section(structure)
     parts += _text_section(structure)
@@ -111,9 +116,8 @@ def write_report(
     for name, frames in videos.items():
         index = int(name.split(".")[0][1:]) if name.startswith("p") else -1
         prompt = run["prompts"][index] if 0 <= index < len(run["prompts"]) else ""
-        parts.append(_figure(_gif(frames), "image/gif", name, f"{name}: {prompt}"))
-    parts.append("</body></html>")
-    path.write_text("\n".join(parts))
+        parts.append(figure_html(gif_bytes(frames), "image/gif", name, f"{name}: {prompt}"))
+    path.write_text(page("vditscope report", "vditscope attention report", parts))
 
 
 def _parsed(maps: dict[str, torch.Tensor]) -> list[MapName]:
@@ -170,12 +174,12 @@ def _structure_section(run: dict[str, Any], maps: dict[str, torch.Tensor], struc
         )
         pivot = table.pivot_table(index="layer", columns="axis", values="mean_similarity").reset_index()
         pivot.columns.name = None
-        parts.append(_table(pivot))
-        parts.append(_figure(figures.similarity_by_layer(table), "image/png", "similarity by layer"))
+        parts.append(table_html(pivot))
+        parts.append(figure_html(figures.similarity_by_layer(table), "image/png", "similarity by layer"))
         prompts = structure.similarity["prompts"]
         labels = [f"p{i}" for i in prompts.labels]
         parts.append(
-            _figure(
+            figure_html(
                 figures.similarity_matrices(prompts.matrices, labels, "Prompt x prompt correlation per layer"),
                 "image/png",
                 "prompt similarity matrices",
@@ -184,7 +188,7 @@ def _structure_section(run: dict[str, Any], maps: dict[str, torch.Tensor], struc
         )
         steps = structure.similarity["steps"]
         parts.append(
-            _figure(
+            figure_html(
                 figures.similarity_matrices(steps.matrices, [str(s) for s in steps.labels], "Step x step correlation"),
                 "image/png",
                 "step similarity matrices",
@@ -205,7 +209,9 @@ def _structure_section(run: dict[str, Any], maps: dict[str, torch.Tensor], struc
                 key=lambda n: int(n.rsplit("layer", 1)[1]),
             )
             title = f"{generation}, step {step}"
-            parts.append(_figure(figures.token_maps(maps, names, f"Token maps, {title}"), "image/png", title, title))
+            parts.append(
+                figure_html(figures.token_maps(maps, names, f"Token maps, {title}"), "image/png", title, title)
+            )
     return parts
 
 
@@ -224,7 +230,7 @@ def _locality_section(run: dict[str, Any], maps: dict[str, torch.Tensor]) -> lis
         ("locality_time", time_base, "frame distance |dt|", "Mass by frame distance"),
         ("locality_space", space_base, "spatial ring max(|dy|,|dx|)", "Same-frame mass by spatial distance"),
     ):
-        parts.append(_figure(figures.locality_curves(maps, key, base, xlabel, title), "image/png", title))
+        parts.append(figure_html(figures.locality_curves(maps, key, base, xlabel, title), "image/png", title))
     return parts
 
 
@@ -234,9 +240,9 @@ def _heads_section(structure: Structure) -> list[str]:
     return [
         "<h2>Heads: spatial, temporal, mixed, sink-dominated</h2>",
         f"<p>Rule: {html.escape(HEAD_RULE)}</p>",
-        _figure(figures.head_classes(structure.heads), "image/png", "head classes"),
+        figure_html(figures.head_classes(structure.heads), "image/png", "head classes"),
         "<details><summary>Per-head masses</summary>",
-        _table(structure.heads),
+        table_html(structure.heads),
         "</details>",
     ]
 
@@ -248,10 +254,10 @@ def _text_section(structure: Structure) -> list[str]:
         "<h2>Text attention</h2>",
         "<p>Mass that video queries give each text token (mean over heads, prompts and steps; the first "
         "text token in red), and the first token's share of all text attention (text-token dominance).</p>",
-        _table(first_token_share(structure.text)),
+        table_html(first_token_share(structure.text)),
     ]
     for kind in ("self", "cross"):
-        parts.append(_figure(figures.text_attention(structure.text, kind), "image/png", f"text attention {kind}"))
+        parts.append(figure_html(figures.text_attention(structure.text, kind), "image/png", f"text attention {kind}"))
     return parts
 
 
@@ -266,5 +272,5 @@ def _sinks_section(structure: Structure) -> list[str]:
         f"the median key's mass (sink_ratio). {found} of {len(sinks)} heads have one. consistency = share of "
         "generations and steps in which the same key is the most attended one; sink_mass = mean mass a query "
         "puts on it.</p>",
-        _table(sinks.head(24)),
+        table_html(sinks.head(24)),
     ]

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from . import figures
-from .html import STYLE, _figure, _table
+from .html import figure_html, page, table_html
 
 
 def write_sweep_report(path: Path, meta: dict[str, Any], table: pd.DataFrame, plan: dict[str, Any]) -> None:
@@ -34,25 +34,22 @@ def write_sweep_report(path: Path, meta: dict[str, Any], table: pd.DataFrame, pl
         for k, v in settings.items()
     )
     parts = [
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>vditscope sweep</title>"
-        f"<style>{STYLE}</style></head><body>",
-        "<h1>vditscope sweep: sparsity and temperature</h1>",
         f"<h2>Settings</h2><table>{rows}</table>",
         *(f"<p class='note'>{html.escape(note)}</p>" for note in meta.get("notes", [])),
         "<h2>Quality against sparsity</h2>",
         "<p>Every cell is scored against the dense generation with the same prompt and seed: PSNR and SSIM of the "
         "decoded frames, MSE of the final latents. sparsity = share of all self-attention entries dropped in the "
         "generation; mass_dropped = mean attention mass dropped per edited query row.</p>",
-        _figure(figures.sweep_quality(table, plan.get("target_psnr") if plan else None), "image/png", "quality"),
-        _figure(figures.sweep_pareto(table), "image/png", "pareto"),
-        _figure(figures.sweep_temperature(table), "image/png", "temperature"),
+        figure_html(figures.sweep_quality(table, plan.get("target_psnr") if plan else None), "image/png", "quality"),
+        figure_html(figures.sweep_pareto(table), "image/png", "pareto"),
+        figure_html(figures.sweep_temperature(table), "image/png", "temperature"),
     ]
     sensitivity = sensitivity_table(table)
     if not sensitivity.empty:
         parts += [
             "<h2>Layer sensitivity</h2>",
-            _figure(figures.sweep_sensitivity(table), "image/png", "sensitivity"),
-            _table(sensitivity),
+            figure_html(figures.sweep_sensitivity(table), "image/png", "sensitivity"),
+            table_html(sensitivity),
         ]
     if plan:
         parts += [
@@ -62,5 +59,5 @@ def write_sweep_report(path: Path, meta: dict[str, Any], table: pd.DataFrame, pl
             "with a generation before relying on it.</p>",
             f"<pre>{html.escape(json.dumps(plan['layers'], indent=1))}</pre>",
         ]
-    parts += ["<h2>Every cell</h2>", _table(table), "</body></html>"]
-    path.write_text("\n".join(parts))
+    parts += ["<h2>Every cell</h2>", table_html(table)]
+    path.write_text(page("vditscope sweep", "vditscope sweep: sparsity and temperature", parts))
