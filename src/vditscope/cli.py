@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +23,8 @@ err = Console(stderr=True)
 
 
 def _progress_bar() -> Progress:
-    """The progress bar every long command shows on stderr: description, bar, count, elapsed, ETA."""
+    """The progress bar every long command shows on stderr: description, bar, count, elapsed, ETA.
+    Off a terminal (logs, pipes) its last state is not printed, so an error stays the only line."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -30,6 +32,7 @@ def _progress_bar() -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,
+        transient=not err.is_terminal,
     )
 
 
@@ -50,6 +53,15 @@ def _parse_int_list(text: str | None, what: str) -> list[int] | None:
     if not values:
         raise VditscopeError(f"the {what} list is empty")
     return values
+
+
+ExecutorOpt = Annotated[
+    str, typer.Option(help="Where generations run: local (this process) or ray (the workers of a Ray cluster).")
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(help="With --executor ray: auto (a running cluster) or HOST:PORT of its head (default: this node)."),
+]
 
 
 @app.command()
@@ -80,6 +92,8 @@ def analyze(
     plan: Annotated[
         Path | None, typer.Option(help="Apply a sparsity plan (plan.json of a sweep) while analyzing.")
     ] = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """Generate with attention capture and write run.json, stats.parquet, maps.safetensors, report.html."""
     from .analyses.analyze import AnalyzeRequest, run_analyze
@@ -104,6 +118,8 @@ def analyze(
         map_tiles=map_tiles,
         map_steps=_parse_int_list(map_steps, "map step"),
         plan=plan,
+        executor=executor,
+        address=address,
     )
     if model is None:
         err.print("[dim]model: tiny-wan, the small Wan model that ships with vditscope[/dim]")
@@ -240,6 +256,8 @@ def sweep_sparsity(
     width: WidthOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """Sparsify attention (bottom-k or top-p) per layer, globally, or in all layers but some; score each cell."""
     from .analyses.sweep import SweepRequest
@@ -261,6 +279,8 @@ def sweep_sparsity(
         window=tuple(_parse_int_list(window, "window") or ()) or None,  # type: ignore[arg-type]
         branches=branch,
         psnr_target=psnr_target,
+        executor=executor,
+        address=address,
         **_sweep_common(model, prompt, seed, out, steps, num_frames, height, width, device, dtype),
     )
     _run_sweep_command(request)
@@ -284,6 +304,8 @@ def sweep_temperature(
     width: WidthOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """A temperature x bottom-k grid on chosen layers, each cell scored against dense."""
     from .analyses.sweep import SweepRequest
@@ -297,6 +319,8 @@ def sweep_temperature(
         heads=_parse_int_list(heads, "head"),
         steps=_parse_step_range(edit_steps),
         branches=branch,
+        executor=executor,
+        address=address,
         **_sweep_common(model, prompt, seed, out, steps, num_frames, height, width, device, dtype),
     )
     _run_sweep_command(request)
@@ -485,6 +509,35 @@ def train_tiny(
         typer.echo(f"pipeline saved to {export}/")
 
 
+@app.command("train-tiny-lm")
+def train_tiny_lm(
+    out: Annotated[Path, typer.Option(help="Training run directory (checkpoints; rerun to resume).")] = Path(
+        "runs/train-tiny-lm"
+    ),
+    steps: Annotated[int, typer.Option(help="Total optimizer steps.")] = 4000,
+    minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after this many minutes.")] = None,
+    eval_every: Annotated[int, typer.Option(help="Held-out losses every this many steps (0: none).")] = 1000,
+    export: Annotated[Path | None, typer.Option(help="Also save the transformers model directory here.")] = None,
+) -> None:
+    """Train the small language model of the sink comparison (tiny-lm) on Python's docs and sources."""
+    from .training.tiny_lm import TinyLMConfig, export_tiny_lm
+    from .training.tiny_lm import train_tiny_lm as run_training
+
+    if steps < 1:
+        raise VditscopeError("--steps must be positive")
+    with _progress_bar() as bar:
+        task = bar.add_task("training", total=steps)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, description=f"training (loss {loss:.4f})")
+
+        run_training(out, steps, TinyLMConfig(), minutes=minutes, eval_every=eval_every, progress=progress)
+    typer.echo(f"checkpoint in {out}/")
+    if export is not None:
+        export_tiny_lm(out, export)
+        typer.echo(f"model saved to {export}/")
+
+
 @app.command("eval-tiny")
 def eval_tiny(
     model: Annotated[str, typer.Option(help="Shapes pipeline directory (default: the shipped tiny Wan).")] = "tiny",
@@ -509,6 +562,110 @@ def eval_tiny(
         typer.echo(f"  layer {layer}: {ratio:.2f}x")
     if json_out is not None:
         json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+
+
+@app.command()
+def sinks(
+    model: Annotated[
+        str | None,
+        typer.Option(help="Video pipeline or transformers text model directory, or a shipped name (tiny-lm)."),
+    ] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="Video prompt (repeat; default: 3 from the model).")] = None,
+    text: Annotated[list[str] | None, typer.Option(help="Text for a text model (repeat; default: built in).")] = None,
+    lm: Annotated[
+        str | None, typer.Option(help="A transformers text model to compare with, side by side (e.g. tiny-lm).")
+    ] = None,
+    lm_text: Annotated[list[str] | None, typer.Option(help="Text for the --lm model (repeat).")] = None,
+    out: Annotated[Path, typer.Option(help="Run directory to write.")] = Path("runs/sinks"),
+    seed: SeedOpt = None,
+    layers: Annotated[str | None, typer.Option(help="Layers to observe, e.g. 0,2,5-7 (default all).")] = None,
+    capture_steps: Annotated[str | None, typer.Option(help="Denoising steps to observe (default all).")] = None,
+    threshold: Annotated[float, typer.Option(help="Sink: received >= this many times the median key's.")] = 10.0,
+    top_keys: Annotated[int, typer.Option(help="Keys kept per head and call (video models).")] = 16,
+    ablation: Annotated[bool, typer.Option(help="Measure removing the sinks against removing random keys.")] = True,
+    ablation_layers: Annotated[str | None, typer.Option(help="Layers to ablate (default: where sinks are).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Text models: tokens per text (longer texts are cut).")] = 512,
+    steps: StepsOpt = None,
+    num_frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Find attention sinks (per layer, head and step), where they sit, their key/value norms, what removing
+    them does; on a video pipeline or a language model, or both side by side (--lm)."""
+    from .analyses.sinks import SinksRequest, run_sinks
+
+    if prompt and text:
+        raise VditscopeError("give --prompt (video model) or --text (text model), not both")
+    request = SinksRequest(
+        model=model, prompts=list(prompt or text or []), seeds=list(seed) if seed else [0], out=out,
+        layers=_parse_int_list(layers, "layer"), capture_steps=_parse_int_list(capture_steps, "step"),
+        threshold=threshold, top_keys=top_keys, ablation=ablation,
+        ablation_layers=_parse_int_list(ablation_layers, "ablation layer"), lm=lm, lm_texts=list(lm_text or []),
+        max_tokens=max_tokens, num_inference_steps=steps, num_frames=num_frames, height=height, width=width,
+        device=device, dtype=dtype,
+    )  # fmt: skip
+    with _progress_bar() as bar:
+        task = bar.add_task("loading the model", total=None)
+        path = run_sinks(
+            request, lambda message, done, total: bar.update(task, description=message, completed=done, total=total)
+        )
+    typer.echo(f"wrote {path}/ (sinks.parquet, sink_layers.parquet, sink_where.parquet, report.html)")
+
+
+@app.command()
+def retrain(
+    model: ModelOpt = None,
+    blocks: Annotated[str, typer.Option(help="Blocks to re-initialize and train, e.g. -2,-1 (the last two).")] = "-1",
+    mode: Annotated[str, typer.Option(help="distill (from the original, no data) or flow (on --data).")] = "distill",
+    data: Annotated[Path | None, typer.Option(help="flow mode: folder of *.mp4/*.gif, .txt captions.")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="distill mode: prompts to distill on (repeat).")] = None,
+    train_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
+    batch: Annotated[int, typer.Option(help="Videos (or noise samples) per step.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the re-initialization and of the training stream.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
+    out: Annotated[Path, typer.Option(help="Run directory (rerun to resume).")] = Path("runs/retrain"),
+    study: Annotated[bool, typer.Option(help="Then compare sinks, sparsity and quality before/after.")] = True,
+    levels: Annotated[list[str] | None, typer.Option(help="Study: bottom-k levels to sweep (repeat).")] = None,
+    steps: StepsOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Re-initialize chosen transformer blocks and train only them (rest frozen); then before/after study."""
+    from .analyses.retrain_study import RetrainStudyRequest, run_retrain_study
+    from .training.retrain import RetrainRequest
+    from .training.retrain import retrain as run_retrain
+
+    request = RetrainRequest(
+        model=model or "tiny-wan", blocks=_parse_int_list(blocks, "block") or [], mode=mode, data=data,
+        prompts=list(prompt or []), steps=train_steps, lr=lr, batch=batch, seed=seed,
+        checkpoint_every=checkpoint_every, out=out, device=device,
+    )  # fmt: skip
+    study_levels = _parse_float_list(levels, "level") or [0.5, 0.8, 0.9]
+    with _progress_bar() as bar:
+        task = bar.add_task("loading the model", total=None)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, description=f"retraining, loss {loss:.4f}", completed=step, total=total)
+
+        model_dir = run_retrain(request, progress)
+    typer.echo(f"wrote {model_dir}/ (the retrained pipeline), {out}/loss.png")
+    if not study:
+        return
+    info = json.loads((model_dir / "vditscope.json").read_text()).get("retrained", {})
+    with _progress_bar() as bar:
+        task = bar.add_task("study", total=None)
+        tables = run_retrain_study(
+            RetrainStudyRequest(
+                original=model or "tiny-wan", retrained=model_dir, layers=info.get("blocks", []), out=out,
+                prompts=list(prompt or [])[:2], levels=study_levels, device=device, num_inference_steps=steps,
+            ),
+            lambda message, done, total: bar.update(task, description=message, completed=done, total=total),
+        )  # fmt: skip
+    typer.echo(tables["sinks"][tables["sinks"]["retrained"]][["model", "layer", "sink_heads", "max_ratio"]]
+               .to_string(index=False, float_format=lambda x: f"{x:.2f}"))  # fmt: skip
+    typer.echo(f"wrote {out}/study.html (study_sinks, study_sparsity, study_quality .parquet)")
 
 
 @app.command()

@@ -42,6 +42,8 @@ class FamilyAdapter:
     # how a pipeline batches classifier-free guidance: "separate" calls or one "batched" call
     # (uncond first); the pipeline's cache_context name says which, this is documentation
     cfg_mode: ClassVar[Literal["separate", "batched"]] = "separate"
+    # the model's attributes holding its transformer blocks (ModuleLists), in execution order
+    block_attributes: ClassVar[tuple[str, ...]]
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -50,6 +52,10 @@ class FamilyAdapter:
     def sites(self, model: nn.Module) -> list[AttentionSite]:
         """The attention modules of the video layers, in execution order."""
         raise NotImplementedError
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The transformer blocks in execution order (what "layer i" of a retraining or edit means)."""
+        return [block for attr in self.block_attributes for block in getattr(model, attr, None) or []]
 
     def video_grid(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int, int]:
         """Video token grid (frames, height, width) of one transformer forward call."""

@@ -14,6 +14,7 @@ class CogVideoXAdapter(FamilyAdapter):
     model_classes = ("CogVideoXTransformer3DModel",)
     text_position = "before"
     cfg_mode = "batched"
+    block_attributes = ("transformer_blocks",)
 
     def sites(self, model: nn.Module) -> list[AttentionSite]:
         return blocks_sites(model, "transformer_blocks", {"attn1": "self"})

@@ -17,6 +17,7 @@ class HunyuanVideoAdapter(FamilyAdapter):
     model_classes = ("HunyuanVideoTransformer3DModel",)
     text_position = "after"
     cfg_mode = "separate"
+    block_attributes = ("transformer_blocks", "single_transformer_blocks")
 
     def sites(self, model: nn.Module) -> list[AttentionSite]:
         dual = blocks_sites(model, "transformer_blocks", {"attn": "self"})

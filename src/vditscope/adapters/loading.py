@@ -67,7 +67,7 @@ def check_supported(index: dict[str, Any], model_dir: Path) -> None:
 
 
 @contextmanager
-def _quiet_loading() -> Iterator[None]:
+def quiet_loading() -> Iterator[None]:
     """Hide the per-component loading bars and load-time warnings (vditscope shows its own progress)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -102,7 +102,7 @@ def load_pipeline(model: str | Path, device: str = "cpu", dtype: str = "float32"
     index = read_model_index(model_dir)
     check_supported(index, model_dir)
     try:
-        with _quiet_loading():
+        with quiet_loading():
             pipe = DiffusionPipeline.from_pretrained(model_dir, dtype=DTYPES[dtype], local_files_only=True)
     except Exception as exc:
         raise VditscopeError(f"could not load the pipeline in {model_dir}: {str(exc).splitlines()[0]}") from exc

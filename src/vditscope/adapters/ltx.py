@@ -14,6 +14,7 @@ class LTXVideoAdapter(FamilyAdapter):
     model_classes = ("LTXVideoTransformer3DModel",)
     text_position = None
     cfg_mode = "batched"
+    block_attributes = ("transformer_blocks",)
 
     def sites(self, model: nn.Module) -> list[AttentionSite]:
         return blocks_sites(model, "transformer_blocks", {"attn1": "self", "attn2": "cross"})

@@ -14,6 +14,7 @@ class MochiAdapter(FamilyAdapter):
     model_classes = ("MochiTransformer3DModel",)
     text_position = "after"
     cfg_mode = "batched"
+    block_attributes = ("transformer_blocks",)
 
     def sites(self, model: nn.Module) -> list[AttentionSite]:
         return blocks_sites(model, "transformer_blocks", {"attn1": "self"})

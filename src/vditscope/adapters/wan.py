@@ -14,6 +14,7 @@ class WanAdapter(FamilyAdapter):
     model_classes = ("WanTransformer3DModel",)
     text_position = None
     cfg_mode = "separate"
+    block_attributes = ("blocks",)
 
     def sites(self, model: nn.Module) -> list[AttentionSite]:
         return blocks_sites(model, "blocks", {"attn1": "self", "attn2": "cross"})

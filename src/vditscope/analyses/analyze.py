@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +15,11 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..capture import capture
-from ..capture.intervene import intervene
 from ..errors import VditscopeError
+from ..executors import Executor, Job, ModelSpec, Pool, checked_model_dir, executor_for
 from ..store import atomic_run_dir, write_json, write_table, write_tensors
-from ..store.map_names import MapName
 from ..tiny import DEFAULT_MODEL
+from .captured import CaptureCache, Captured, CaptureJob, token_labels, writable
 from .options import GenerationOptions
 
 # Per-head token maps are kept while all of a run's token maps fit in this many bytes; above it
@@ -42,6 +41,8 @@ class AnalyzeRequest(GenerationOptions):
     map_tiles: int = 256
     map_steps: Sequence[int] | None = None
     plan: Path | None = None
+    executor: str = "local"  # or "ray": generations run on the workers of a Ray cluster
+    address: str | None = None  # the Ray cluster (None: this node's, started when there is none)
 
 
 ProgressFn = Callable[[str, int, int], None]
@@ -84,9 +85,11 @@ def default_map_steps(steps: Sequence[int], count: int = 4) -> list[int]:
     return [steps[i] for i in sorted(set(picks.tolist()))]
 
 
-def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None) -> Path:
-    """Generate each prompt and seed with capture; write the run directory; return its path."""
-    from ..adapters.loading import load_pipeline, resolve_device
+def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, executor: Executor | None = None) -> Path:
+    """Generate each prompt and seed with capture; write the run directory; return its path.
+
+    The generations run on ``executor`` (default: the one ``request.executor`` names); finished ones
+    are kept beside the run directory until it is written, so an interrupted analysis resumes."""
     from ..report import write_report
 
     prompts = list(request.prompts)
@@ -94,80 +97,77 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None) -> 
         raise VditscopeError("empty prompt: every --prompt needs text")
     if not request.seeds:
         raise VditscopeError("no seeds given")
-    model_dir_arg = request.model if request.model is not None else DEFAULT_MODEL
-    device = resolve_device(request.device)
-    pipe, adapter, model_dir = load_pipeline(model_dir_arg, device, request.dtype)
+    if request.map_tiles < 1:
+        raise VditscopeError(f"--map-tiles must be positive, got {request.map_tiles}")
+    executor = executor or executor_for(request.executor, request.address)
+    model = request.model if request.model is not None else DEFAULT_MODEL
+    model_dir = checked_model_dir(model)
     settings = model_settings(model_dir)
     prompts = prompts or default_prompts(settings)
     generation = request.generation_kwargs(settings)
-    # capture() checks the layer set (range, emptiness) before anything runs or is written
-    num_layers = len({site.layer for site in adapter.sites(pipe.transformer)})
     total_steps = int(generation.get("num_inference_steps", 0)) or None
     if request.capture_steps is not None and total_steps is not None:
         bad = [s for s in request.capture_steps if not 0 <= s < total_steps]
         if bad:
             raise VditscopeError(f"step {bad[0]} is out of range: the schedule has {total_steps} steps")
-
-    if request.map_tiles < 1:
-        raise VditscopeError(f"--map-tiles must be positive, got {request.map_tiles}")
     captured = list(request.capture_steps) if request.capture_steps is not None else list(range(total_steps or 0))
     map_steps = list(request.map_steps) if request.map_steps is not None else default_map_steps(captured)
     bad = [s for s in map_steps if s not in captured]
     if bad and total_steps is not None:
         raise VditscopeError(f"map step {bad[0]} is not a captured step")
-
     edits = []
     if request.plan is not None:
         from .sweep import load_plan
 
         edits = load_plan(request.plan)
+
+    runs = [(p, s) for p in range(len(prompts)) for s in request.seeds]
+    with executor.start(ModelSpec.of(model, request.device, request.dtype)) as pool:
+        facts = pool.facts
+        # capture() checks the layer set (range, emptiness) before anything runs or is written
+        num_layers = facts.layers
         bad_layers = [layer for edit in edits for layer in (edit.layers or ()) if layer >= num_layers]
         if bad_layers:
             raise VditscopeError(f"the plan edits layer {bad_layers[0]}, but the model has {num_layers} layers")
-
-    runs = [(p, s) for p in range(len(prompts)) for s in request.seeds]
-    tables, maps, videos, notes = [], {}, {}, []
-    with ExitStack() as stack:
-        if edits:
-            stack.enter_context(intervene(pipe, edits))
-        started = time.perf_counter()
-        grid = text_tokens = None
-        token_heads = "all"
-        for index, (p, seed) in enumerate(runs):
-            if progress:
-                progress(f"prompt {p + 1}/{len(prompts)}, seed {seed}", index, len(runs))
-            generator = torch.Generator(device=device).manual_seed(int(seed))
-            with capture(
-                pipe,
-                layers=request.layers,
-                steps=request.capture_steps,
+        _check_capture_layers(request.layers, num_layers)
+        jobs = [
+            CaptureJob(
+                index=index,
+                prompt_index=p,
+                prompt=prompts[p],
+                seed=int(seed),
+                generation=generation,
+                layers=tuple(request.layers) if request.layers is not None else None,
+                capture_steps=tuple(request.capture_steps) if request.capture_steps is not None else None,
                 top_mass=request.top_mass,
                 map_tiles=request.map_tiles,
-                map_steps=map_steps,
-            ) as cap:
-                result = pipe(prompt=prompts[p], generator=generator, output_type="np", **generation)
-            notes.extend(n for n in cap.notes if n not in notes)
-            table = cap.table()
-            table.insert(0, "prompt", p)
-            table.insert(1, "seed", int(seed))
-            table["generation"] = index
-            tables.append(table)
-            pooled = _pooled_maps(cap.records, p, int(seed))
-            if index == 0:
-                per_generation = sum(t.numel() * t.element_size() for n, t in pooled.items() if "token_map" in n)
-                token_heads = "all" if per_generation * len(runs) <= TOKEN_MAP_BUDGET else "mean"
-            if token_heads == "mean":
-                pooled = {n: t.mean(0, keepdim=True) if n.startswith("token_map.") else t for n, t in pooled.items()}
-            maps.update(pooled)
-            videos[f"p{p}.s{seed}"] = np.asarray(result.frames[0], dtype=np.float32)
-            for record in cap.records:
-                if record.kind == "self" and record.layout is not None:
-                    grid = record.layout.grid
-                    text_tokens = record.layout.num_text
-                    break
+                map_steps=tuple(map_steps),
+                edits=tuple(edits),
+            )
+            for index, (p, seed) in enumerate(runs)
+        ]
+        started = time.perf_counter()
+        results = _run_generations(pool, jobs, CaptureCache(request.out), str(model_dir), request.dtype, progress)
     if progress:
         progress("writing the run directory", len(runs), len(runs))
     elapsed = time.perf_counter() - started
+
+    tables, maps, videos, notes = [], {}, {}, []
+    grid = text_tokens = None
+    token_heads = "all"
+    for index, ((p, seed), result) in enumerate(zip(runs, results, strict=True)):
+        notes.extend(n for n in result.notes if n not in notes)
+        tables.append(result.table)
+        pooled = result.maps
+        if index == 0:
+            per_generation = sum(t.numel() * t.element_size() for n, t in pooled.items() if "token_map" in n)
+            token_heads = "all" if per_generation * len(runs) <= TOKEN_MAP_BUDGET else "mean"
+        if token_heads == "mean":
+            pooled = {n: t.mean(0, keepdim=True) if n.startswith("token_map.") else t for n, t in pooled.items()}
+        maps.update(pooled)
+        videos[f"p{p}.s{seed}"] = writable(result.video)
+        if result.grid is not None:
+            grid, text_tokens = result.grid, result.text_tokens
 
     import pandas as pd
 
@@ -175,13 +175,15 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None) -> 
 
     stats = pd.concat(tables, ignore_index=True)
     heads = int(stats["head"].max()) + 1 if len(stats) else 0
-    layout = {"grid": list(grid) if grid else None, "text_tokens": text_tokens, "text_position": adapter.text_position}
-    labels = {i: _token_labels(pipe, prompt, _text_length(maps)) for i, prompt in enumerate(prompts)}
+    layout = {"grid": list(grid) if grid else None, "text_tokens": text_tokens, "text_position": facts.text_position}
+    labels: dict[int, list[str]] = {}
+    for (p, _), result in zip(runs, results, strict=True):
+        labels.setdefault(p, result.labels)
     structure = analyze_structure(stats, maps, layout, labels)
     similarity = structure.similarity_table()
     run = {
         "model": str(model_dir),
-        "family": adapter.family,
+        "family": facts.family,
         "trained": settings.get("trained"),
         "layers": num_layers,
         "captured_layers": sorted(set(stats["layer"].tolist())) if len(stats) else [],
@@ -193,7 +195,7 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None) -> 
         "steps": total_steps,
         "captured_steps": sorted(set(stats["step"].tolist())) if len(stats) else [],
         "generation": generation,
-        "device": device,
+        "device": facts.device,
         "dtype": request.dtype,
         "top_mass": request.top_mass,
         "map_tiles": request.map_tiles,
@@ -206,6 +208,7 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None) -> 
             for axis in sorted(set(similarity["axis"]))
         },
         "seconds": round(elapsed, 2),
+        "executor": executor.name,
         "notes": notes,
         "versions": _versions(),
     }
@@ -219,44 +222,49 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None) -> 
         write_table(staging / "text_attention.parquet", structure.text)
         write_table(staging / "head_sinks.parquet", structure.sinks)
         write_report(staging / "report.html", run, stats, maps, videos, structure)
+    CaptureCache(request.out).remove()
     return Path(request.out)
 
 
-def _pooled_maps(records: list, prompt: int, seed: int) -> dict[str, torch.Tensor]:
-    """Per-layer maps of the cond branch: name -> (heads, ...). Token maps are kept per step (float16);
-    the other maps are averaged over the captured steps."""
-    sums: dict[str, list[torch.Tensor]] = {}
-    per_step: dict[str, torch.Tensor] = {}
-    for record in records:
-        if record.branch != "cond" or record.sample != 0:
-            continue
-        for key, tensor in record.maps.items():
-            if key == "token_map":
-                name = MapName(key, prompt, seed, record.kind, record.layer, record.step)
-                per_step[str(name)] = tensor.to(torch.float16)
-            else:
-                name = MapName(key, prompt, seed, record.kind, record.layer)
-                sums.setdefault(str(name), []).append(tensor.to(torch.float32))
-    pooled = {name: torch.stack(items).mean(0) for name, items in sums.items()}
-    return pooled | per_step
+def _run_generations(
+    pool: Pool, jobs: list[CaptureJob], cache: CaptureCache, model: str, dtype: str, progress: ProgressFn | None
+) -> list[Captured]:
+    """Every job's result in job order: from the cache when an earlier run finished it, else from the
+    pool; each new result is cached (atomically, by this driver alone) as soon as it arrives."""
+    keys = [job.key(model, dtype) for job in jobs]
+    results: dict[int, Captured] = {i: cache.load(key) for i, key in enumerate(keys) if cache.has(key)}
+    waiting = deque(Job(key=keys[i], task=job) for i, job in enumerate(jobs) if i not in results)
+
+    def report() -> None:
+        if progress:
+            workers = pool.worker_summary()
+            message = f"generations {len(results)}/{len(jobs)}" + (f" | {workers}" if workers else "")
+            progress(message, len(results), len(jobs))
+
+    report()
+    while waiting or pool.pending:
+        while waiting and pool.pending < pool.capacity:
+            pool.submit(waiting.popleft())
+        job, result = pool.next_result()
+        assert isinstance(job.task, CaptureJob)
+        cache.save(job.key, result)
+        results[job.task.index] = result
+        report()
+    return [results[i] for i in range(len(jobs))]
 
 
-def _text_length(maps: dict[str, torch.Tensor]) -> int:
-    """Number of text keys the captured text attention covers (0 when none)."""
-    return max((int(t.shape[-1]) for n, t in maps.items() if n.startswith("text_received.")), default=0)
+def _check_capture_layers(layers: Sequence[int] | None, num_layers: int) -> None:
+    """The --layers set names existing layers (checked here so that no worker starts on a bad set)."""
+    if layers is None:
+        return
+    if not layers:
+        raise VditscopeError("the layer set is empty")
+    bad = sorted(layer for layer in layers if not 0 <= layer < num_layers)
+    if bad:
+        raise VditscopeError(f"layer {bad[0]} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
 
 
-def _token_labels(pipe: Any, prompt: str, length: int) -> list[str]:
-    """The text tokens of a prompt as the pipeline's tokenizer pads them to ``length`` (best effort:
-    pipelines that add a template before the prompt get labels that may be shifted; [] on failure)."""
-    tokenizer = getattr(pipe, "tokenizer", None)
-    if tokenizer is None or length < 1:
-        return []
-    try:
-        ids = tokenizer(prompt, max_length=length, padding="max_length", truncation=True)["input_ids"]
-        return [str(t) for t in tokenizer.convert_ids_to_tokens(list(ids))][:length]
-    except Exception:  # labels are decoration: a tokenizer failure must not stop the run
-        return []
+_token_labels = token_labels  # the name other analyses import
 
 
 def _versions() -> dict[str, str]:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,11 @@ from typing import Any
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..capture.intervene import AttentionEdit, intervene
 from ..errors import VditscopeError
+from ..executors import Executor, Job, ModelSpec, Pool, Workbench, checked_model_dir, executor_for
 from ..store import write_atomic
 from ..tiny import DEFAULT_MODEL
 from . import quality
@@ -83,6 +86,8 @@ class SweepRequest(GenerationOptions):
     psnr_target: float = 30.0
     chunk_size: int | None = None
     guidance_scale: float | None = None
+    executor: str = "local"  # or "ray": cells run on the workers of a Ray cluster
+    address: str | None = None  # the Ray cluster (None: this node's, started when there is none)
 
 
 @dataclass(frozen=True)
@@ -217,26 +222,42 @@ def plan_cells(request: SweepRequest, num_layers: int, num_prompts: int) -> list
     ]
 
 
-def _dense_reference(pipe: Any, path: Path, prompt: str, seed: int, generation: dict, device: str) -> dict:
-    from safetensors.torch import load_file, save_file
+@dataclass(frozen=True)
+class DenseJob:
+    """The dense (unedited) generation a cell is scored against: frames and final latents."""
 
-    if path.is_file():
-        return load_file(str(path))
-    frames, latents = generate(pipe, prompt, seed, generation, device)
-    tensors = {"frames": torch.from_numpy(frames).contiguous(), "latents": latents.float().contiguous()}
-    write_atomic(path, lambda p: save_file(tensors, str(p)))
-    return tensors
+    prompt: str
+    seed: int
+    generation: dict[str, Any]
+
+    def __call__(self, bench: Workbench) -> dict[str, torch.Tensor]:
+        frames, latents = generate(bench.pipe, self.prompt, self.seed, self.generation, bench.device)
+        return {"frames": torch.from_numpy(frames).contiguous(), "latents": latents.float().contiguous()}
 
 
-def run_sweep(request: SweepRequest, progress: ProgressFn | None = None) -> Path:
-    """Compute every missing cell, then write sweep.parquet/.csv, figures, plan.json and report.html."""
-    from ..adapters.loading import load_pipeline, resolve_device
+@dataclass(frozen=True)
+class CellJob:
+    """One cell: the edited generation, scored against its dense reference (the job's one input)."""
+
+    cell: Cell
+    prompt: str
+    generation: dict[str, Any]
+    request: SweepRequest
+
+    def __call__(self, bench: Workbench, dense: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return _run_cell(bench.pipe, self.cell, self.prompt, self.generation, bench.device, dense, self.request)
+
+
+def run_sweep(request: SweepRequest, progress: ProgressFn | None = None, executor: Executor | None = None) -> Path:
+    """Compute every missing cell, then write sweep.parquet/.csv, figures, plan.json and report.html.
+
+    The cells run on ``executor`` (default: the one ``request.executor`` names); this driver alone
+    writes them, one file per cell, as their results arrive."""
 
     validate(request)
-    device = resolve_device(request.device)
-    pipe, adapter, model_dir = load_pipeline(
-        request.model if request.model is not None else DEFAULT_MODEL, device, request.dtype
-    )
+    executor = executor or executor_for(request.executor, request.address)
+    model = request.model if request.model is not None else DEFAULT_MODEL
+    model_dir = checked_model_dir(model)
     settings = model_settings(model_dir)
     prompts = list(request.prompts) or default_prompts(settings)[:2]
     generation = request.generation_kwargs(settings)
@@ -249,41 +270,137 @@ def run_sweep(request: SweepRequest, progress: ProgressFn | None = None) -> Path
         raise VditscopeError(
             f"step range {request.steps[0]}:{request.steps[1]} is outside the {total_steps}-step schedule"
         )
-    num_layers = len({site.layer for site in adapter.sites(pipe.transformer) if site.kind == "self"})
-    cells = plan_cells(request, num_layers, len(prompts))
-    if request.heads is not None:
+    spec = ModelSpec.of(model, request.device, request.dtype)
+    with executor.start(spec) as pool:
+        facts = pool.facts
+        cells = plan_cells(request, facts.self_layers, len(prompts))
         # heads are checked on the first edited call; a wrong index would silently edit nothing
-        heads = getattr(pipe.transformer.config, "num_attention_heads", None)
-        if heads is not None and any(not 0 <= h < heads for h in request.heads):
-            raise VditscopeError(f"head index out of range: the model has {heads} heads")
+        if (
+            request.heads is not None
+            and facts.heads is not None
+            and any(not 0 <= h < facts.heads for h in request.heads)
+        ):
+            raise VditscopeError(f"head index out of range: the model has {facts.heads} heads")
 
-    out = Path(request.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model_name = str(model_dir)
-    keys = [cell.key(prompts[cell.prompt_index], generation, model_name) for cell in cells]
-    done = sum((out / "cells" / f"{key}.json").is_file() for key in keys)
-    started = time.perf_counter()
-    for index, (cell, key) in enumerate(zip(cells, keys, strict=True)):
-        path = out / "cells" / f"{key}.json"
+        out = Path(request.out)
+        out.mkdir(parents=True, exist_ok=True)
+        model_name = str(model_dir)
+        keys = [cell.key(prompts[cell.prompt_index], generation, model_name) for cell in cells]
+        started = time.perf_counter()
+        run = _CellRun(out, pool, cells, keys, prompts, generation, model_name, request, progress)
+        run.compute()
         if progress:
-            progress(f"{cell.layers} k/p={_level(cell.edit)} tau={cell.edit.temperature:g}", index, len(cells))
-        if path.is_file():
-            continue
-        prompt = prompts[cell.prompt_index]
-        dense = _dense_reference(
-            pipe, out / "dense" / f"{_dense_key(prompt, cell.seed, generation, model_name)}.safetensors",
-            prompt, cell.seed, generation, device,
+            progress("writing the sweep table", len(cells), len(cells))
+        rows = [json.loads((out / "cells" / f"{key}.json").read_text()) for key in keys]
+        table = pd.DataFrame(rows)[TABLE_COLUMNS]
+        execution = {
+            "executor": executor.name,
+            "workers": pool.worker_summary() or "this process",
+            "cells_computed": run.computed,
+            "retries": pool.retries,
+        }
+        _write_outputs(
+            out, request, table, model_name, facts.family, prompts, generation, run.reused,
+            time.perf_counter() - started, execution,
         )  # fmt: skip
-        row = _run_cell(pipe, cell, prompt, generation, device, dense, request)
-        write_atomic(path, lambda p, row=row: p.write_text(json.dumps(row, indent=1) + "\n"))
-    if progress:
-        progress("writing the sweep table", len(cells), len(cells))
-    rows = [json.loads((out / "cells" / f"{key}.json").read_text()) for key in keys]
-    table = pd.DataFrame(rows)[TABLE_COLUMNS]
-    _write_outputs(
-        out, request, table, model_name, adapter.family, prompts, generation, done, time.perf_counter() - started
-    )
     return out
+
+
+class _CellRun:
+    """The driver's side of a sweep: hands missing cells (and the dense references they need) to a
+    pool, a few at a time and grouped by prompt and seed, and writes each result once, atomically."""
+
+    def __init__(
+        self,
+        out: Path,
+        pool: Pool,
+        cells: list[Cell],
+        keys: list[str],
+        prompts: list[str],
+        generation: dict[str, Any],
+        model: str,
+        request: SweepRequest,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.out, self.pool, self.generation, self.request, self.progress = out, pool, generation, request, progress
+        self.total = len(cells)
+        self.reused = sum((out / "cells" / f"{key}.json").is_file() for key in keys)
+        self.done = self.reused
+        self.computed = 0
+        # missing cells grouped by their dense reference, in plan order
+        self.groups: dict[str, list[Job]] = {}
+        self.group_of: dict[str, str] = {}
+        for cell, key in zip(cells, keys, strict=True):
+            if (out / "cells" / f"{key}.json").is_file():
+                continue
+            prompt = prompts[cell.prompt_index]
+            dense_key = self.group_of[key] = _dense_key(prompt, cell.seed, generation, model)
+            self.groups.setdefault(dense_key, []).append(Job(key=key, task=CellJob(cell, prompt, generation, request)))
+        self.unopened = deque(self.groups)
+        self.ready: deque[Job] = deque()
+        self.left = {dense_key: len(jobs) for dense_key, jobs in self.groups.items()}
+        self.handles: dict[str, Any] = {}  # shared dense references of the open groups
+
+    def compute(self) -> None:
+        self._report("")
+        self._fill()
+        while self.pool.pending:
+            job, result = self.pool.next_result()
+            if isinstance(job.task, DenseJob):
+                self._dense_done(job.key, result)
+            else:
+                self._cell_done(job, result)
+            self._fill()
+
+    def _fill(self) -> None:
+        """Keep the pool busy: ready cells first, else open the next prompt and seed."""
+        while self.pool.pending < self.pool.capacity:
+            if self.ready:
+                self.pool.submit(self.ready.popleft())
+            elif self.unopened:
+                dense_key = self.unopened.popleft()
+                path = self._dense_path(dense_key)
+                if path.is_file():
+                    self._open(dense_key, load_file(str(path)))
+                else:
+                    task = self.groups[dense_key][0].task
+                    assert isinstance(task, CellJob)
+                    self.pool.submit(Job(key=dense_key, task=DenseJob(task.prompt, task.cell.seed, self.generation)))
+            else:
+                return
+
+    def _open(self, dense_key: str, dense: dict[str, torch.Tensor]) -> None:
+        handle = self.pool.share(dense)
+        self.handles[dense_key] = handle
+        self.ready.extend(Job(job.key, job.task, (handle,)) for job in self.groups.pop(dense_key))
+
+    def _dense_path(self, dense_key: str) -> Path:
+        return self.out / "dense" / f"{dense_key}.safetensors"
+
+    def _dense_done(self, dense_key: str, tensors: dict[str, torch.Tensor]) -> None:
+        write_atomic(self._dense_path(dense_key), lambda p: save_file(tensors, str(p)))
+        self._open(dense_key, tensors)
+
+    def _cell_done(self, job: Job, row: dict[str, Any]) -> None:
+        path = self.out / "cells" / f"{job.key}.json"
+        if path.is_file():  # never written twice: a cell's first result stands
+            raise VditscopeError(f"cell {job.key} came back twice")
+        write_atomic(path, lambda p: p.write_text(json.dumps(row, indent=1) + "\n"))
+        self.done += 1
+        self.computed += 1
+        dense_key = self.group_of[job.key]
+        self.left[dense_key] -= 1
+        if not self.left[dense_key]:
+            self.handles.pop(dense_key, None)  # the last cell of this prompt and seed: free its reference
+        assert isinstance(job.task, CellJob)
+        cell = job.task.cell
+        self._report(f"{cell.layers} k/p={_level(cell.edit)} tau={cell.edit.temperature:g}")
+
+    def _report(self, label: str) -> None:
+        if self.progress:
+            workers = self.pool.worker_summary()
+            message = f"cells {self.done}/{self.total}" + (f" {label}" if label else "")
+            self.progress(message + (f" | {workers}" if workers else ""), self.done, self.total)
 
 
 def _level(edit: AttentionEdit) -> float | str:
@@ -394,6 +511,7 @@ def _write_outputs(
     generation: dict,
     reused: int,
     seconds: float,
+    execution: dict[str, Any],
 ) -> None:
     from ..report.sweep_html import write_sweep_report
 
@@ -422,6 +540,7 @@ def _write_outputs(
         "cells": len(table),
         "cells_reused": reused,
         "seconds": round(seconds, 2),
+        **execution,
         "notes": [] if quality.lpips_available() else [quality.LPIPS_NOTE],
     }
     write_atomic(out / "sweep.json", lambda p: p.write_text(json.dumps(meta, indent=1) + "\n"))

@@ -10,6 +10,7 @@ import torch
 
 from ..layout import TokenLayout
 from ..stats import TOP_FRACTIONS, AttentionStats
+from ..stats.key_stats import median_received
 
 if TYPE_CHECKING:
     from ..adapters import AttentionSite
@@ -70,10 +71,8 @@ class CallRecord:
 
 def sink_ratios(received: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(max / median over keys with any mass, argmax) along the last axis; masked keys get no mass."""
-    visible = torch.where(received > 0, received, torch.full_like(received, float("nan")))
-    median = visible.nanmedian(dim=-1).values
     peak, index = received.max(dim=-1)
-    return peak / median, index
+    return peak / median_received(received), index
 
 
 def records_from_stats(

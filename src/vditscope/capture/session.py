@@ -280,6 +280,23 @@ def _check_layers(layers: Iterable[int] | None, sites: list[AttentionSite]) -> s
     return chosen
 
 
+def self_attention_sites(
+    model_or_pipeline: Any, layers: Iterable[int] | None
+) -> tuple[list[nn.Module], Any, FamilyAdapter, list[AttentionSite]]:
+    """(transformers, scheduler, adapter, the self-attention sites of the chosen layers) of a model or
+    pipeline; a layer out of range raises ValueError."""
+    models, scheduler = _transformers_of(model_or_pipeline)
+    adapter = adapter_for(models[0])
+    chosen = _check_layers(layers, adapter.sites(models[0]))
+    sites = [
+        site
+        for model in models
+        for site in adapter.sites(model)
+        if site.kind == "self" and (chosen is None or site.layer in chosen)
+    ]
+    return models, scheduler, adapter, sites
+
+
 @contextmanager
 def _native_attention(sites: list[AttentionSite], note: Callable[[str], None]) -> Iterator[None]:
     """Make the observed modules use diffusers' native backend (the only one that calls torch SDPA)."""

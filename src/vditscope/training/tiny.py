@@ -18,13 +18,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..data import shapes
-from .recipes import recipe_for
+from .checkpoint import (
+    CHECKPOINT,
+    STATE,
+    load_checkpoint,
+    optimizer_step,
+    optimizer_tensors,
+    restore_optimizer,
+    save_checkpoint,
+)
+from .recipes import denoising_loss, recipe_for
 
-CHECKPOINT = "checkpoint.safetensors"
-STATE = "state.json"
+__all__ = ["CHECKPOINT", "STATE", "TinyConfig", "build_pipeline", "export_pipeline", "load_trained_pipeline", "train"]
 
 
 @dataclass(frozen=True)
@@ -126,37 +133,13 @@ def _save_checkpoint(
     directory: Path, pipe: Any, optimizer: torch.optim.Optimizer, step: int, config: TinyConfig, history: list[dict]
 ) -> None:
     """Weights and optimizer moments as safetensors, the rest as JSON; written atomically."""
-    tensors: dict[str, torch.Tensor] = {}
-    for name, module in _trainable(pipe).items():
-        for key, value in module.state_dict().items():
-            tensors[f"model/{name}/{key}"] = value.detach().clone()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for i, param in enumerate(params):
-        state = optimizer.state.get(param, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                tensors[f"optim/{i}/{key}"] = state[key].detach().clone()
-    tmp = directory / (CHECKPOINT + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(directory / CHECKPOINT)
-    state_tmp = directory / (STATE + ".tmp")
-    state_tmp.write_text(json.dumps({"step": step, "config": asdict(config), "history": history}, indent=1))
-    state_tmp.replace(directory / STATE)
-
-
-def _load_checkpoint(directory: Path, pipe: Any, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    state = json.loads((directory / STATE).read_text())
-    tensors = load_file(str(directory / CHECKPOINT))
-    _load_weights(pipe, tensors)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for i, param in enumerate(params):
-        if f"optim/{i}/exp_avg" in tensors:
-            optimizer.state[param] = {
-                "step": torch.tensor(float(state["step"])),
-                "exp_avg": tensors[f"optim/{i}/exp_avg"],
-                "exp_avg_sq": tensors[f"optim/{i}/exp_avg_sq"],
-            }
-    return int(state["step"]), list(state["history"])
+    tensors = {
+        f"model/{name}/{key}": value.detach().clone()
+        for name, module in _trainable(pipe).items()
+        for key, value in module.state_dict().items()
+    }
+    tensors.update(optimizer_tensors(optimizer))
+    save_checkpoint(directory, tensors, {"step": step, "config": asdict(config), "history": history})
 
 
 def train(
@@ -177,11 +160,14 @@ def train(
     params = [p for module in _trainable(pipe).values() for p in module.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
     step, history = 0, []
-    if (out / STATE).is_file() and (out / CHECKPOINT).is_file():
-        saved = TinyConfig(**json.loads((out / STATE).read_text())["config"])
-        if saved != config:
+    loaded = load_checkpoint(out)
+    if loaded is not None:
+        tensors, state = loaded
+        if TinyConfig(**state["config"]) != config:
             raise ValueError(f"{out} holds a run with another configuration; use another directory")
-        step, history = _load_checkpoint(out, pipe, optimizer)
+        step, history = int(state["step"]), list(state["history"])
+        _load_weights(pipe, tensors)
+        restore_optimizer(optimizer, tensors, step)
     for module in _trainable(pipe).values():
         module.train()
     started = time.perf_counter()
@@ -197,16 +183,10 @@ def train(
             device=torch.device("cpu"),
         )
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        loss = recipe.loss(pipe, latents, embeds, generator, config)
+        loss = denoising_loss(recipe, pipe, latents, embeds, generator, config.shift)
         lr = config.lr * min(1.0, (step + 1) / config.warmup) * (0.5 * (1 + math.cos(math.pi * min(step / steps, 1))))
-        for group in optimizer.param_groups:
-            group["lr"] = max(lr, config.lr * 0.05)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        losses.append(optimizer_step(optimizer, loss, params, max(lr, config.lr * 0.05)))
         step += 1
-        losses.append(loss.item())
         if progress:
             progress(step, steps, float(np.mean(losses[-50:])))
         timed_out = minutes is not None and time.perf_counter() - started > minutes * 60
@@ -222,10 +202,13 @@ def train(
 
 def load_trained_pipeline(run_dir: Path) -> Any:
     """The pipeline of a training run directory, at its last checkpoint."""
-    state = json.loads((Path(run_dir) / STATE).read_text())
+    loaded = load_checkpoint(Path(run_dir))
+    if loaded is None:
+        raise FileNotFoundError(f"{run_dir} holds no training checkpoint")
+    tensors, state = loaded
     config = TinyConfig(**state["config"])
     pipe = build_pipeline(config)
-    _load_weights(pipe, load_file(str(Path(run_dir) / CHECKPOINT)))
+    _load_weights(pipe, tensors)
     for module in _trainable(pipe).values():
         module.eval()
     return pipe, config

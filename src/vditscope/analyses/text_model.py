@@ -1,0 +1,165 @@
+"""Language models for the sink comparison: load a Hugging Face transformers text model from a local
+directory, and read the per-key statistics of each of its attention layers on one text.
+
+The model runs with ``attn_implementation="sdpa"``, so every layer's attention reaches torch SDPA
+with its final q, k, v (after RoPE, grouped-query heads as they are); the routed SDPA hands each
+call to the statistics in call order, which is the layer order of one forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..capture.sdpa_patch import routed_sdpa, sdpa_handler
+from ..capture.session import SdpaCall
+from ..capture.sink_ablation import ablate_call
+from ..errors import VditscopeError
+from ..stats.key_stats import KeyStats, key_stats
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+DEFAULT_TEXT = (
+    "The history of the city begins in the early middle ages, when a small market grew around the "
+    "bridge. Merchants came from the north and the south; they traded wool, salt and wine. By 1400 "
+    "the town had a wall, three churches and a school."
+)
+
+
+@dataclass
+class TextModel:
+    """A loaded text model with its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    directory: Path
+    causal: bool
+
+    @property
+    def num_layers(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0))
+
+    def special_tokens(self) -> set[str]:
+        return set(getattr(self.tokenizer, "all_special_tokens", []) or [])
+
+
+def is_text_model_dir(path: Path) -> bool:
+    """A transformers model directory (config.json, no diffusers model_index.json)."""
+    return (path / "config.json").is_file() and not (path / "model_index.json").is_file()
+
+
+def load_text_model(directory: Path, device: str = "cpu", dtype: str = "float32") -> TextModel:
+    """Load a causal LM or encoder from a local directory, offline, with SDPA attention."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from ..adapters.loading import DTYPES, quiet_loading
+
+    if not any(next(directory.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise VditscopeError(f"{directory} has a config.json but no model weights (*.safetensors or pytorch_model.bin)")
+    try:
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    except Exception as exc:
+        raise VditscopeError(f"could not read the model config in {directory}: {str(exc).splitlines()[0]}") from exc
+    architectures = list(getattr(config, "architectures", None) or [])
+    causal = any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
+    loader = AutoModelForCausalLM if causal else AutoModel
+    try:
+        with quiet_loading():
+            model = loader.from_pretrained(
+                directory, attn_implementation="sdpa", local_files_only=True, dtype=DTYPES.get(dtype, torch.float32)
+            )
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except Exception as exc:
+        raise VditscopeError(f"could not load the text model in {directory}: {str(exc).splitlines()[0]}") from exc
+    model.to(device).eval()
+    return TextModel(model, tokenizer, directory, causal)
+
+
+def _encode(text_model: TextModel, text: str, max_tokens: int) -> dict[str, torch.Tensor]:
+    if not text.strip():
+        raise VditscopeError("the text is empty")
+    device = next(text_model.model.parameters()).device
+    encoded = text_model.tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens)
+    return {name: value.to(device) for name, value in encoded.items() if name in ("input_ids", "attention_mask")}
+
+
+def _run_routed(text_model: TextModel, inputs: dict[str, torch.Tensor], handler: Callable[..., torch.Tensor]) -> Any:
+    with torch.no_grad(), routed_sdpa(), sdpa_handler(handler):
+        return text_model.model(**inputs)
+
+
+def text_key_stats(
+    text_model: TextModel, text: str, *, max_tokens: int = 512, chunk_size: int | None = None
+) -> tuple[list[KeyStats], list[str]]:
+    """Per layer (call order), the key statistics of one forward pass on ``text``; and its tokens."""
+    inputs = _encode(text_model, text, max_tokens)
+    per_layer: list[KeyStats] = []
+
+    def handler(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+        call = SdpaCall(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        per_layer.append(
+            key_stats(q, k, v, scale=scale, attn_mask=attn_mask, is_causal=is_causal, chunk_size=chunk_size)
+        )
+        return call.run()
+
+    _run_routed(text_model, inputs, handler)
+    if not per_layer:
+        raise VditscopeError(
+            f"the attention of {text_model.directory.name} does not go through torch SDPA "
+            "(its transformers class has no sdpa attention); vditscope sinks cannot observe it"
+        )
+    tokens = [str(t) for t in text_model.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0].tolist())]
+    return per_layer, tokens
+
+
+def text_ablation(
+    text_model: TextModel,
+    text: str,
+    layers: set[int],
+    *,
+    path: str,
+    selection: str,
+    threshold: float,
+    seed: int = 0,
+    max_tokens: int = 512,
+) -> dict[str, float]:
+    """Sinks (or random keys) removed in ``layers``: next-token loss (causal models) and the relative
+    change of the model's last output, against the unchanged forward pass."""
+    inputs = _encode(text_model, text, max_tokens)
+    counter = [0]
+    removed: list[float] = []
+
+    def plain(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+        return SdpaCall(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa).run()
+
+    def ablating(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+        call = SdpaCall(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        layer = counter[0]
+        counter[0] += 1
+        if layer not in layers:
+            return call.run()
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + layer)
+        out, chosen, _ = ablate_call(call, path=path, selection=selection, threshold=threshold, generator=generator)
+        removed.append(float(chosen.float().sum(-1).mean()))
+        return out
+
+    dense = _run_routed(text_model, inputs, plain)
+    edited = _run_routed(text_model, inputs, ablating)
+    result = {"keys_per_head": float(sum(removed) / len(removed)) if removed else 0.0}
+    out_dense, out_edited = _main_output(dense), _main_output(edited)
+    result["output_change"] = float((out_edited - out_dense).norm() / out_dense.norm().clamp(min=1e-12))
+    if text_model.causal:
+        labels = inputs["input_ids"][0, 1:]
+        result["loss"] = float(torch.nn.functional.cross_entropy(out_edited[0, :-1].float(), labels))
+        result["loss_dense"] = float(torch.nn.functional.cross_entropy(out_dense[0, :-1].float(), labels))
+    return result
+
+
+def _main_output(output: Any) -> torch.Tensor:
+    """Logits of a causal LM, else the last hidden state."""
+    logits = getattr(output, "logits", None)
+    return logits if logits is not None else output.last_hidden_state

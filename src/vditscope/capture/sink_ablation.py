@@ -1,0 +1,207 @@
+"""`ablate_sinks`: remove the attention sinks of chosen layers during a generation, or as many
+random keys as a control, to measure what the sinks carry.
+
+Two paths: "mask" hides the chosen keys from every query (their scores get -inf, the rest of the
+attention renormalizes; the score path) and "zero-values" keeps the attention weights but zeroes
+the chosen keys' value vectors (the value path: the mass the sinks received now adds nothing).
+Sinks are found per call, head and batch element as keys whose received attention (per query
+that can see them) is at least ``threshold`` times the median key's; the random control draws the
+same number of keys per head among the visible non-sink keys, seeded by (seed, generation, step,
+layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapters import AttentionSite, FamilyAdapter
+from ..stats.key_stats import KeyStats, key_stats
+from .session import Capture, ForwardState, SdpaCall, attached, self_attention_sites
+
+PATHS = ("mask", "zero-values")
+SELECTIONS = ("sinks", "random")
+DEFAULT_THRESHOLD = 10.0
+
+
+def check_ablation(path: str, selection: str, threshold: float) -> None:
+    if path not in PATHS:
+        raise ValueError(f"unknown ablation path {path!r}; choose {' or '.join(PATHS)}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"unknown key selection {selection!r}; choose {' or '.join(SELECTIONS)}")
+    if not threshold > 1:
+        raise ValueError(f"the sink threshold is a ratio to the median key and must be > 1, got {threshold}")
+
+
+def choose_keys(stats: KeyStats, threshold: float, selection: str, generator: torch.Generator) -> torch.Tensor:
+    """(B, H, Nk) bool: the sink keys (ratio >= threshold), or as many random visible non-sink keys.
+
+    One visible key per head is always kept so that no query loses every key."""
+    sinks = stats.sinks(threshold)
+    seen = stats.received > 0
+    chosen = torch.zeros_like(sinks)
+    batch, heads, _ = sinks.shape
+    for b in range(batch):
+        for h in range(heads):
+            visible = int(seen[b, h].sum())
+            count = min(int(sinks[b, h].sum()), max(visible - 1, 0))
+            if count == 0:
+                continue
+            if selection == "sinks":
+                order = stats.received[b, h].argsort(descending=True)[:count]
+            else:
+                pool = torch.nonzero(seen[b, h] & ~sinks[b, h]).flatten()
+                order = pool[torch.randperm(len(pool), generator=generator)[:count]]
+            chosen[b, h, order] = True
+    return chosen
+
+
+def ablated_attention(call: SdpaCall, chosen: torch.Tensor, path: str) -> torch.Tensor:
+    """The call's attention with the chosen keys (B, H, Nk) hidden ("mask") or their values zeroed."""
+    q, k, v = call.q, call.k, call.v
+    heads = q.shape[1]
+    group = heads // k.shape[1]
+    chosen = chosen.to(q.device)
+    if path == "zero-values":
+        k = k.repeat_interleave(group, dim=1) if group > 1 else k
+        v = v.repeat_interleave(group, dim=1) if group > 1 else v
+        v = v * (~chosen).unsqueeze(-1).to(v.dtype)
+        return call.original(q, k, v, attn_mask=call.attn_mask, is_causal=call.is_causal, scale=call.scale)
+    hide = chosen[:, :, None, :]  # (B, H, 1, Nk): broadcast over queries
+    mask = call.attn_mask
+    if call.is_causal:
+        causal = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        mask = causal if mask is None else _as_bool(mask) & causal
+    if mask is None:
+        combined: torch.Tensor = ~hide
+    elif mask.dtype == torch.bool:
+        combined = mask & ~hide
+        # a query that could see only hidden keys (e.g. the first one of a causal model) keeps its row
+        combined = torch.where(combined.any(-1, keepdim=True), combined, mask)
+    else:
+        mask = mask.to(q.dtype)
+        combined = mask.masked_fill(hide, float("-inf"))
+        combined = torch.where(torch.isinf(combined).all(-1, keepdim=True), mask, combined)
+    kwargs: dict[str, Any] = {"attn_mask": combined, "scale": call.scale}
+    if call.enable_gqa:
+        kwargs["enable_gqa"] = True
+    return call.original(q, k, v, **kwargs)
+
+
+def _as_bool(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.dtype == torch.bool else mask > float("-inf")
+
+
+@dataclass
+class AblationRecord:
+    """What one ablated call removed, per batch element (means over heads)."""
+
+    generation: int
+    step: int
+    branch: str
+    layer: int
+    keys: float  # keys hidden or zeroed per head
+    mass: float  # attention mass those keys received per query (before the ablation)
+
+
+def ablate_call(
+    call: SdpaCall,
+    *,
+    path: str,
+    selection: str,
+    threshold: float,
+    generator: torch.Generator,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, KeyStats]:
+    """(ablated output, chosen keys (B, H, Nk), the call's key statistics) of one SDPA call."""
+    with torch.no_grad():
+        stats = key_stats(
+            call.q.detach(),
+            call.k.detach(),
+            call.v.detach(),
+            scale=call.scale,
+            attn_mask=call.attn_mask,
+            is_causal=call.is_causal,
+            chunk_size=chunk_size,
+        )
+        chosen = choose_keys(stats, threshold, selection, generator)
+    return ablated_attention(call, chosen, path), chosen, stats
+
+
+class SinkAblation(Capture):
+    """Hooks that compute the observed self-attention calls with sinks (or random keys) removed."""
+
+    hook_name = "vditscope_sink_ablation"
+
+    def __init__(
+        self,
+        models: list[nn.Module],
+        adapter: FamilyAdapter,
+        sites: list[AttentionSite],
+        *,
+        path: str,
+        selection: str,
+        threshold: float,
+        seed: int,
+        chunk_size: int | None,
+    ) -> None:
+        super().__init__(
+            models, adapter, sites, steps=None, top_mass="off", fused=False, chunk_size=chunk_size, keep_maps=False
+        )
+        self.path, self.selection, self.threshold, self.seed = path, selection, threshold, seed
+        self.records: list[AblationRecord] = []  # type: ignore[assignment]
+
+    def _observe(self, site: AttentionSite, state: ForwardState, start: int, call: SdpaCall) -> torch.Tensor:
+        if call.q.ndim != 4 or call.dropout_p > 0:
+            return call.run()
+        generator = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + state.generation * 10_007 + state.step * 101 + site.layer) % 2**63
+        )
+        out, chosen, stats = ablate_call(
+            call,
+            path=self.path,
+            selection=self.selection,
+            threshold=self.threshold,
+            generator=generator,
+            chunk_size=self.chunk_size,
+        )
+        mass = (stats.received * chosen).sum(-1).mean(-1)
+        keys = chosen.float().sum(-1).mean(-1)
+        for b, (branch, _) in enumerate(call.labels(state, start)):
+            self.records.append(
+                AblationRecord(state.generation, state.step, branch, site.layer, float(keys[b]), float(mass[b]))
+            )
+        return out
+
+    def ablation_table(self) -> Any:
+        """pandas DataFrame: one row per ablated call and batch element."""
+        import pandas as pd
+
+        return pd.DataFrame([asdict(r) for r in self.records], columns=list(AblationRecord.__dataclass_fields__))
+
+
+@contextmanager
+def ablate_sinks(
+    model_or_pipeline: Any,
+    layers: Iterable[int] | None = None,
+    *,
+    path: str = "mask",
+    selection: str = "sinks",
+    threshold: float = DEFAULT_THRESHOLD,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> Iterator[SinkAblation]:
+    """Remove the sinks (or as many random keys) of every self-attention call of the chosen layers
+    (None = all) made inside the block. Hooks are removed on exit, also on errors."""
+    check_ablation(path, selection, threshold)
+    models, scheduler, adapter, sites = self_attention_sites(model_or_pipeline, layers)
+    session = SinkAblation(
+        models, adapter, sites, path=path, selection=selection, threshold=threshold, seed=seed, chunk_size=chunk_size
+    )
+    with attached(session, models, scheduler):
+        yield session

@@ -1,0 +1,90 @@
+"""report.html of `vditscope sinks`: a video model's sinks, and a language model's beside them."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from . import sink_figures
+from .html import figure_html, page, table_html
+
+if TYPE_CHECKING:
+    from ..analyses.sinks import SinkResult
+
+TOP_ROWS = 12
+
+
+def _name(result: SinkResult) -> str:
+    return f"{Path(result.model).name} ({result.family}, {result.kind})"
+
+
+def _top_sinks(keys: pd.DataFrame) -> pd.DataFrame:
+    columns = ["layer", "head", "token_index", "token", "place", "token_kind", "ratio", "received",
+               "key_norm_ratio", "value_norm_ratio"]  # fmt: skip
+    return keys[keys["sink"]].sort_values("ratio", ascending=False).head(TOP_ROWS)[columns]
+
+
+def _section(result: SinkResult, threshold: float) -> list[str]:
+    name = _name(result)
+    summary = result.layers
+    total_heads = int(summary["heads"].sum()) if len(summary) else 0
+    sink_heads = int(summary["sink_heads"].sum()) if len(summary) else 0
+    parts = [
+        f"<h2>{html.escape(name)}</h2>",
+        f"<p>{sink_heads} of {total_heads} heads have at least one sink (a key receiving >= {threshold:g}x "
+        "the median key's attention, averaged over the observed steps and prompts for a video model).</p>",
+        figure_html(sink_figures.ratio_heatmap(result.keys, name, threshold), "image/png", f"ratios {name}"),
+        "<h3>Per layer</h3>",
+        table_html(summary),
+        "<h3>Where the sinks sit</h3>",
+        table_html(result.where) if not result.where.empty else "<p>No sinks.</p>",
+        "<h3>Strongest sinks</h3>",
+        table_html(_top_sinks(result.keys)) if result.keys["sink"].any() else "<p>No sinks.</p>",
+    ]
+    if not result.ablation.empty:
+        metric, label = (
+            ("psnr", "PSNR against unchanged (dB)") if result.kind == "video" else ("loss", "next-token loss")
+        )
+        if metric not in result.ablation:
+            metric, label = "output_change", "relative output change"
+        parts += [
+            "<h3>Ablation: sinks against as many random keys</h3>",
+            "<p>mask: the keys are hidden from every query (scores); zero-values: the attention stays, their "
+            "values are zeroed.</p>",
+            figure_html(sink_figures.ablation_bars(result.ablation, metric, label), "image/png", f"ablation {name}"),
+            table_html(result.ablation.drop(columns=["prompt"], errors="ignore")),
+        ]
+    return parts
+
+
+def write_sinks_report(
+    path: Path, run: dict[str, Any], primary: SinkResult, lm: SinkResult | None, calls: pd.DataFrame | None = None
+) -> None:
+    """One self-contained page: the comparison figures first, then one section per model (with the
+    per-step detection of a video model from its ``calls`` table)."""
+    results = [primary] + ([lm] if lm is not None else [])
+    threshold = float(run["threshold"])
+    intro = (
+        f"<p>Model {html.escape(primary.model)} ({html.escape(primary.family)}). A sink is a key whose "
+        f"received attention (mean over queries) is at least {threshold:g}x the median key's of the same layer "
+        "and head. Key and value norms are relative to the median key of that head.</p>"
+    )
+    parts = [
+        intro,
+        figure_html(sink_figures.depth_profile({_name(r): r.layers for r in results}), "image/png", "depth profile"),
+        figure_html(sink_figures.norm_scatter({_name(r): r.keys for r in results}), "image/png", "value norms"),
+        figure_html(
+            sink_figures.consistency_bars({_name(r): r.consistency for r in results}), "image/png", "consistency"
+        ),
+        "<p>Consistency: mean Jaccard overlap of each head's sink set between denoising steps of a generation and "
+        "between prompts (or texts) at the same step; sets are capped at the captured top keys per head.</p>",
+    ]
+    for result in results:
+        parts += _section(result, threshold)
+        if result is primary and calls is not None and not calls.empty:
+            figure = sink_figures.step_heatmap(calls, threshold)
+            parts += ["<h3>Per denoising step</h3>", figure_html(figure, "image/png", "sinks per step")]
+    path.write_text(page("vditscope sinks", "Attention sinks", parts))
