@@ -19,8 +19,8 @@ from ..errors import VditscopeError
 from ..executors import Executor, Job, ModelSpec, Pool, checked_model_dir, executor_for
 from ..store import atomic_run_dir, write_json, write_table, write_tensors
 from ..tiny import DEFAULT_MODEL
-from .captured import CaptureCache, Captured, CaptureJob, token_labels, writable
-from .options import GenerationOptions
+from .captured import CaptureCache, Captured, CaptureJob, writable
+from .options import GenerationOptions, checked_layers
 
 # Per-head token maps are kept while all of a run's token maps fit in this many bytes; above it
 # they are stored as the mean over heads (shape (1, T, T)), which run.json records.
@@ -129,7 +129,7 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, exe
         bad_layers = [layer for edit in edits for layer in (edit.layers or ()) if layer >= num_layers]
         if bad_layers:
             raise VditscopeError(f"the plan edits layer {bad_layers[0]}, but the model has {num_layers} layers")
-        _check_capture_layers(request.layers, num_layers)
+        checked_layers(request.layers, num_layers)  # here, so that no worker starts on a bad set
         jobs = [
             CaptureJob(
                 index=index,
@@ -251,20 +251,6 @@ def _run_generations(
         results[job.task.index] = result
         report()
     return [results[i] for i in range(len(jobs))]
-
-
-def _check_capture_layers(layers: Sequence[int] | None, num_layers: int) -> None:
-    """The --layers set names existing layers (checked here so that no worker starts on a bad set)."""
-    if layers is None:
-        return
-    if not layers:
-        raise VditscopeError("the layer set is empty")
-    bad = sorted(layer for layer in layers if not 0 <= layer < num_layers)
-    if bad:
-        raise VditscopeError(f"layer {bad[0]} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
-
-
-_token_labels = token_labels  # the name other analyses import
 
 
 def _versions() -> dict[str, str]:

@@ -3,6 +3,7 @@ schedule (None = the model's vditscope.json, then the pipeline's own defaults)."
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,3 +36,17 @@ class GenerationOptions:
             if key in generation and int(generation[key]) < 1:
                 raise VditscopeError(f"{key} must be positive, got {generation[key]}")
         return generation
+
+
+def checked_layers(layers: Iterable[int] | None, num_layers: int, what: str = "layer") -> set[int] | None:
+    """The chosen layer indices as a set (None = all), checked against the model's ``num_layers``
+    before anything is generated or written."""
+    if layers is None:
+        return None
+    chosen = {int(layer) for layer in layers}
+    if not chosen:
+        raise VditscopeError(f"the {what} set is empty")
+    bad = sorted(layer for layer in chosen if not 0 <= layer < num_layers)
+    if bad:
+        raise VditscopeError(f"layer {bad[0]} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
+    return chosen

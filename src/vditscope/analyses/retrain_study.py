@@ -19,8 +19,9 @@ from ..store import write_json, write_table
 from . import quality
 from .analyze import default_prompts, model_settings
 from .generation import generate
+from .options import GenerationOptions
 from .sinks import SinksRequest, video_sinks
-from .sweep import SweepRequest, run_sweep
+from .sweep import SweepRequest, level_column, run_sweep
 
 ProgressFn = Callable[[str, int, int], None]
 MODELS = ("original", "retrained")
@@ -88,7 +89,7 @@ def run_retrain_study(request: RetrainStudyRequest, progress: ProgressFn | None 
 
     device = resolve_device(request.device)
     pipes = {name: load_pipeline(model, device)[0] for name, model in models.items()}
-    generation = _generation(settings, request)
+    generation = GenerationOptions(num_inference_steps=request.num_inference_steps).generation_kwargs(settings)
     rows: list[dict[str, Any]] = []
     videos: dict[str, Any] = {}
     for prompt in prompts:
@@ -128,17 +129,9 @@ def _sweep_progress(progress: ProgressFn | None, name: str) -> ProgressFn | None
     return lambda message, done, total: progress(f"study: sweep of the {name} model ({message})", done, total)
 
 
-def _generation(settings: dict[str, Any], request: RetrainStudyRequest) -> dict[str, Any]:
-    generation = dict(settings.get("generation", {}))
-    if request.num_inference_steps is not None:
-        generation["num_inference_steps"] = request.num_inference_steps
-    return generation
-
-
 def _sensitivity(table: pd.DataFrame) -> pd.DataFrame:
     """Per model, layer and level: mean PSNR/SSIM against that model's own dense video."""
-    level = "p" if table["method"].iloc[0] == "top-p" else "k"
-    grouped = table.groupby(["model", "layer", level], as_index=False)
+    grouped = table.groupby(["model", "layer", level_column(table)], as_index=False)
     return grouped.agg(psnr=("psnr", "mean"), ssim=("ssim", "mean"), mass_dropped=("mass_dropped", "mean"))
 
 

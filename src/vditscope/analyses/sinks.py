@@ -16,15 +16,16 @@ from typing import Any
 
 import pandas as pd
 
-from ..capture.sink_ablation import PATHS, SELECTIONS, ablate_sinks, check_ablation
+from ..capture.sink_ablation import PATHS, SELECTIONS, ablate_sinks
 from ..capture.sink_capture import sink_capture
 from ..errors import VditscopeError
 from ..store import atomic_run_dir, write_json, write_table
 from ..tiny import DEFAULT_MODEL
 from . import quality
-from .analyze import _token_labels, _versions, default_prompts, model_settings
+from .analyze import _versions, default_prompts, model_settings
+from .captured import token_labels
 from .generation import generate
-from .options import GenerationOptions
+from .options import GenerationOptions, checked_layers
 from .sink_tables import (
     SINK_THRESHOLD,
     consistency,
@@ -85,7 +86,6 @@ def validate(request: SinksRequest) -> None:
         raise VditscopeError("a prompt or text is empty")
     if not request.seeds:
         raise VditscopeError("the seed list is empty")
-    check_ablation(PATHS[0], SELECTIONS[0], request.threshold)
 
 
 def model_kind(model: str | None) -> tuple[str, Path]:
@@ -102,20 +102,8 @@ def model_kind(model: str | None) -> tuple[str, Path]:
     )
 
 
-def _check_layer_list(layers: Sequence[int] | None, num_layers: int, what: str) -> set[int] | None:
-    if layers is None:
-        return None
-    chosen = {int(layer) for layer in layers}
-    if not chosen:
-        raise VditscopeError(f"the {what} layer list is empty")
-    bad = sorted(layer for layer in chosen if not 0 <= layer < num_layers)
-    if bad:
-        raise VditscopeError(f"layer {bad[0]} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
-    return chosen
-
-
 def _ablation_layers(request: SinksRequest, summary: pd.DataFrame, num_layers: int) -> list[int]:
-    chosen = _check_layer_list(request.ablation_layers, num_layers, "ablation")
+    chosen = checked_layers(request.ablation_layers, num_layers, "ablation layer")
     if chosen is not None:
         return sorted(chosen)
     return sorted(int(row.layer) for row in summary.itertuples() if row.sink_heads > 0)
@@ -133,7 +121,7 @@ def video_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> Si
     generation = request.generation_kwargs(settings)
     sites = [site for site in adapter.sites(pipe.transformer) if site.kind == "self"]
     num_layers = len({site.layer for site in sites})
-    layers = _check_layer_list(request.layers, num_layers, "")
+    layers = checked_layers(request.layers, num_layers)
     total = len(prompts) * len(request.seeds)
     dense: dict[str, Any] = {}
     with sink_capture(
@@ -152,7 +140,7 @@ def video_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> Si
     num_keys = int(next(iter(session.totals.values())).received.shape[1])
     layout = adapter.layout(session.grid, num_keys) if session.grid else None
     special = set(getattr(getattr(pipe, "tokenizer", None), "all_special_tokens", []) or [])
-    tokens = _token_labels(pipe, prompts[0], layout.num_text) if layout is not None and layout.text else []
+    tokens = token_labels(pipe, prompts[0], layout.num_text) if layout is not None and layout.text else []
     labels = video_labels(layout, num_keys, tokens, special)
     keys = pd.concat(
         [
@@ -235,9 +223,11 @@ def text_sinks(
 ) -> SinkResult:
     """One forward pass per text: every key of every layer and head for the first text; sink-set
     overlap across texts; the ablation's loss change."""
-    text_model = load_text_model(directory, device=_text_device(request.device), dtype=request.dtype)
+    from ..adapters.loading import resolve_device
+
+    text_model = load_text_model(directory, device=resolve_device(request.device), dtype=request.dtype)
     texts = list(texts) or [DEFAULT_TEXT]
-    layers = _check_layer_list(request.layers, text_model.num_layers, "")
+    layers = checked_layers(request.layers, text_model.num_layers)
     special = text_model.special_tokens()
     keys = pd.DataFrame()
     call_rows = []
@@ -270,12 +260,6 @@ def text_sinks(
             "causal": text_model.causal}  # fmt: skip
     family = str(getattr(text_model.model.config, "model_type", "text"))
     return SinkResult("text", str(directory), family, keys, summary, where_table(keys), overlap, ablation, info)
-
-
-def _text_device(device: str) -> str:
-    from ..adapters.loading import resolve_device
-
-    return resolve_device(device)
 
 
 def _text_ablation(
