@@ -40,3 +40,23 @@ def test_retrain_command_rejects_blocks_out_of_range(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "block 7" in lines[0] and "4 blocks" in lines[0], result.stderr
     assert not out.exists()
+
+
+def test_render_clips_writes_a_flow_data_folder(tmp_path):
+    from vditscope.training.clips import find_clips, read_clip
+
+    out = tmp_path / "clips"
+    result = subprocess.run(
+        [sys.executable, "-m", "vditscope.cli", "render-clips", "--count", "3", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    clips = find_clips(out)
+    assert len(clips) == 3 and all(caption.startswith("a ") for _, caption in clips)
+    assert read_clip(clips[0][0], 32, 32, 17).shape == (3, 17, 32, 32)  # every frame kept
+    bad = subprocess.run(
+        [sys.executable, "-m", "vditscope.cli", "render-clips", "--count", "0", "--out", str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "positive" in bad.stderr
+    assert not (tmp_path / "none").exists()

@@ -538,6 +538,20 @@ def train_tiny_lm(
         typer.echo(f"model saved to {export}/")
 
 
+@app.command("render-clips")
+def render_clips(
+    out: Annotated[Path, typer.Option(help="Folder to write clipNNNN.mp4 and .txt captions into.")] = Path(
+        "runs/shape-clips"
+    ),
+    count: Annotated[int, typer.Option(help="Number of clips.")] = 640,
+    seed: Annotated[int, typer.Option(help="Seed of the caption draw and the motion.")] = 0,
+) -> None:
+    """Render captioned shapes clips: a --data folder for `retrain --mode flow` on the tiny models."""
+    from .training.clips import write_shape_clips
+
+    typer.echo(f"wrote {count} clips to {write_shape_clips(out, count, seed=seed)}/")
+
+
 @app.command("eval-tiny")
 def eval_tiny(
     model: Annotated[str, typer.Option(help="Shapes pipeline directory (default: the shipped tiny Wan).")] = "tiny",

@@ -73,3 +73,24 @@ def read_clip(path: Path, height: int, width: int, num_frames: int) -> torch.Ten
 def load_clips(folder: Path, height: int, width: int, num_frames: int) -> list[Clip]:
     """Every captioned video of ``folder``, read and resized."""
     return [Clip(read_clip(path, height, width, num_frames), caption) for path, caption in find_clips(folder)]
+
+
+def write_shape_clips(folder: Path, count: int, *, seed: int = 0, frames: int = 17, size: int = 32) -> Path:
+    """Render ``count`` captioned shapes clips (training caption combinations only) into ``folder`` as
+    ``clipNNNN.mp4`` + ``.txt``: a data folder for ``retrain --mode flow`` on the tiny models. MP4,
+    not GIF: GIF writers merge repeated frames and would shorten a clip."""
+    import imageio.v3 as iio
+
+    from ..data import shapes
+
+    if count < 1:
+        raise VditscopeError(f"the clip count must be positive, got {count}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    train, _ = shapes.split_specs(seed)
+    rng = np.random.default_rng(seed)
+    for i, spec in enumerate(shapes.sample_specs(count, rng, train)):
+        video = (shapes.render_clip(spec, frames=frames, size=size, rng=rng) * 255).round().astype(np.uint8)
+        iio.imwrite(folder / f"clip{i:04d}.mp4", video, fps=8, quality=10, macro_block_size=16)
+        (folder / f"clip{i:04d}.txt").write_text(spec.caption)
+    return folder
