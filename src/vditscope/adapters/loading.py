@@ -14,6 +14,7 @@ from ..errors import VditscopeError
 from ..tiny import MODEL_ALIASES, tiny_model_dir
 from . import ADAPTERS, adapter_for
 from .base import FamilyAdapter, UnsupportedModelError
+from .model_files import check_pipeline_weights, vet_pipeline_dir
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -93,7 +94,13 @@ def resolve_device(device: str) -> str:
 
 
 def load_pipeline(model: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, FamilyAdapter, Path]:
-    """Load a diffusers video pipeline offline; returns (pipeline, adapter, directory)."""
+    """Load a diffusers video pipeline offline; returns (pipeline, adapter, directory).
+
+    The directory is untrusted input: before any weight is loaded, ``model_files`` refuses pickled
+    weights, components from modules other than diffusers, transformers and vditscope's own models,
+    code shipped with the model, and a config that does not fit its weights; diffusers then reads
+    safetensors only and runs no code from the directory.
+    """
     from diffusers import DiffusionPipeline
 
     if dtype not in DTYPES:
@@ -101,9 +108,19 @@ def load_pipeline(model: str | Path, device: str = "cpu", dtype: str = "float32"
     model_dir = resolve_model_dir(model)
     index = read_model_index(model_dir)
     check_supported(index, model_dir)
+    vet_pipeline_dir(model_dir, index)
     try:
         with quiet_loading():
-            pipe = DiffusionPipeline.from_pretrained(model_dir, dtype=DTYPES[dtype], local_files_only=True)
+            check_pipeline_weights(model_dir, index)
+            pipe = DiffusionPipeline.from_pretrained(
+                model_dir,
+                dtype=DTYPES[dtype],
+                local_files_only=True,
+                use_safetensors=True,
+                trust_remote_code=False,
+            )
+    except VditscopeError:
+        raise
     except Exception as exc:
         raise VditscopeError(f"could not load the pipeline in {model_dir}: {str(exc).splitlines()[0]}") from exc
     try:

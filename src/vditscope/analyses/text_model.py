@@ -21,7 +21,8 @@ from ..capture.sink_ablation import ablate_call
 from ..errors import VditscopeError
 from ..stats.key_stats import KeyStats, key_stats
 
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+# safetensors only: a pickled checkpoint (pytorch_model.bin) can run code while it loads
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
 DEFAULT_TEXT = (
     "The history of the city begins in the early middle ages, when a small market grew around the "
     "bridge. Merchants came from the north and the south; they traded wool, salt and wine. By 1400 "
@@ -57,11 +58,15 @@ def load_text_model(directory: Path, device: str = "cpu", dtype: str = "float32"
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     from ..adapters.loading import DTYPES, quiet_loading
+    from ..adapters.model_files import check_weights_match_config, vet_text_model_dir
 
+    # the directory is untrusted input: no code shipped with it (auto_map, *.py), safetensors only,
+    # all checked before transformers reads anything
+    vet_text_model_dir(directory)
     if not any(next(directory.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
-        raise VditscopeError(f"{directory} has a config.json but no model weights (*.safetensors or pytorch_model.bin)")
+        raise VditscopeError(f"{directory} has a config.json but no model weights (*.safetensors)")
     try:
-        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        config = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise VditscopeError(f"could not read the model config in {directory}: {str(exc).splitlines()[0]}") from exc
     architectures = list(getattr(config, "architectures", None) or [])
@@ -69,10 +74,18 @@ def load_text_model(directory: Path, device: str = "cpu", dtype: str = "float32"
     loader = AutoModelForCausalLM if causal else AutoModel
     try:
         with quiet_loading():
+            check_weights_match_config(directory, lambda: loader.from_config(config, trust_remote_code=False))
             model = loader.from_pretrained(
-                directory, attn_implementation="sdpa", local_files_only=True, dtype=DTYPES.get(dtype, torch.float32)
+                directory,
+                attn_implementation="sdpa",
+                local_files_only=True,
+                dtype=DTYPES.get(dtype, torch.float32),
+                trust_remote_code=False,
+                use_safetensors=True,
             )
-            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+    except VditscopeError:
+        raise
     except Exception as exc:
         raise VditscopeError(f"could not load the text model in {directory}: {str(exc).splitlines()[0]}") from exc
     model.to(device).eval()
