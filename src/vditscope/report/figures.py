@@ -12,15 +12,27 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.text import Text
 
 from ..analyses.sweep import level_column
 
+# Labels carry prompts, token strings, model and directory names: draw every text as it is, never as
+# mathtext or TeX, where a pair of dollar signs would be parsed (and a bad formula raises).
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+
 
 def _png(fig: plt.Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    """The figure as PNG bytes, every text drawn literally (see LITERAL_TEXT); closes the figure."""
+    try:
+        for text in fig.findobj(Text):  # the texts made so far took their settings from rcParams then
+            text.set_parse_math(False)
+            text.set_usetex(False)
+        buffer = io.BytesIO()
+        with matplotlib.rc_context(LITERAL_TEXT):  # and tick labels made while drawing take them now
+            fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        return buffer.getvalue()
+    finally:
+        plt.close(fig)
 
 
 def entropy_heatmap(stats: pd.DataFrame) -> bytes | None:

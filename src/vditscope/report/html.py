@@ -1,10 +1,18 @@
-"""A self-contained HTML report: tables and inline images (PNG figures, GIF videos), readable offline."""
+"""A self-contained HTML report: tables and inline images (PNG figures, GIF videos), readable offline.
+
+Escaping is the default: reports show prompts, token strings, model paths, notes and run.json fields
+of runs received from someone else, so every value given to ``page``, ``figure_html``,
+``key_value_table`` or as an argument of ``format_html`` is text and is escaped. Only ``Markup`` (the
+report code's own literal HTML, and what these helpers return) is inserted as it is.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import string
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +35,46 @@ img{max-width:100%}
 """
 
 
-def _img(data: bytes | None, mime: str, alt: str) -> str:
-    if data is None:
-        return ""
+class Markup(str):
+    """Trusted HTML, inserted into a page as it is: the report code's own literals and the fragments the
+    helpers below build. Any other string given to them is text and gets escaped."""
+
+    __slots__ = ()
+
+    def __html__(self) -> Markup:
+        """The markupsafe/Jinja protocol: this is already HTML."""
+        return self
+
+    def join(self, items: Iterable[object]) -> Markup:  # type: ignore[override]
+        """The items, each escaped unless it is Markup, with this markup between them."""
+        return Markup(str.join(self, (escape(item) for item in items)))
+
+
+def escape(value: object) -> Markup:
+    """A value as HTML text: &, <, > and both quotes escaped (safe in text and in quoted attributes).
+    Markup passes unchanged, so nothing is escaped twice."""
+    if isinstance(value, Markup):
+        return value
+    return Markup(html.escape(str(value), quote=True))
+
+
+class _HtmlFormatter(string.Formatter):
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, Markup):
+            return value
+        return html.escape(format(value, format_spec), quote=True)
+
+
+def format_html(template: str, /, *args: object, **kwargs: object) -> Markup:
+    """``template.format(...)`` for HTML: the template is trusted markup (a literal of the report
+    code, never built from data); every argument is formatted with its spec, then escaped unless it
+    is Markup."""
+    return Markup(_HtmlFormatter().vformat(template, args, kwargs))
+
+
+def _img(data: bytes, mime: str, alt: str) -> Markup:
     encoded = base64.b64encode(data).decode()
-    return f'<img class="figure" alt="{html.escape(alt)}" src="data:{mime};base64,{encoded}">'
+    return format_html('<img class="figure" alt="{}" src="data:{};base64,{}">', alt, mime, encoded)
 
 
 def gif_bytes(frames: np.ndarray) -> bytes:
@@ -59,24 +102,37 @@ def layer_summary(stats: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
-def figure_html(data: bytes | None, mime: str, name: str, caption: str = "") -> str:
-    """One figure element (nothing when the figure could not be drawn)."""
+def figure_html(data: bytes | None, mime: str, name: str, caption: str = "") -> Markup:
+    """One figure element (nothing when the figure could not be drawn); name and caption are text."""
     if data is None:
-        return ""
-    text = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return f"<figure data-figure='{html.escape(name)}'>{_img(data, mime, name)}{text}</figure>"
+        return Markup()
+    text = format_html("<figcaption>{}</figcaption>", caption) if caption else Markup()
+    return format_html("<figure data-figure='{}'>{}{}</figure>", name, _img(data, mime, name), text)
 
 
-def table_html(frame: pd.DataFrame) -> str:
-    """A DataFrame as an HTML table (3 decimals, a dash for missing values)."""
-    return frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="–", border=0)
+def table_html(frame: pd.DataFrame) -> Markup:
+    """A DataFrame as an HTML table (3 decimals, a dash for missing values), headers and cells escaped."""
+    return Markup(frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="–", border=0, escape=True))
 
 
-def page(title: str, heading: str, parts: list[str]) -> str:
-    """A whole self-contained HTML page: head with the shared style, a heading, the parts."""
-    head = f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-    return "\n".join([f"{head}<style>{STYLE}</style></head><body>", f"<h1>{html.escape(heading)}</h1>", *parts,
-                      "</body></html>"])  # fmt: skip
+def key_value_table(rows: Mapping[object, object]) -> Markup:
+    """A two-column table, a header cell and a value per row, both escaped unless Markup."""
+    cells = Markup("").join(
+        format_html("<tr><th style='text-align:left'>{}</th><td style='text-align:left'>{}</td></tr>", key, value)
+        for key, value in rows.items()
+    )
+    return format_html("<table>{}</table>", cells)
+
+
+def page(title: str, heading: str, parts: Iterable[object]) -> str:
+    """A whole self-contained HTML page: head with the shared style, a heading, the parts. Title and
+    heading are text; so is every part that is not Markup (it shows up escaped, never as markup)."""
+    head = format_html(
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{}</title><style>{}</style></head><body>",
+        title,
+        Markup(STYLE),
+    )
+    return "\n".join([head, format_html("<h1>{}</h1>", heading), *(escape(part) for part in parts), "</body></html>"])
 
 
 def write_report(
@@ -89,30 +145,36 @@ def write_report(
 ) -> None:
     """Write report.html for a run directory: one self-contained file (inline PNG/GIF, no scripts)."""
     structure = structure or analyze_structure(stats, maps, run.get("layout"))
-    parts = []
+    parts: list[Markup] = []
     if run.get("trained") is False:
-        parts.append("<p class='note'>This model has <b>random weights</b>: its attention is close to uniform.</p>")
+        parts.append(
+            Markup("<p class='note'>This model has <b>random weights</b>: its attention is close to uniform.</p>")
+        )
     parts += _overview(run, structure)
     for note in run.get("notes", []):
-        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+        parts.append(format_html("<p class='note'>{}</p>", note))
 
-    parts.append("<h2>Per-layer summary</h2>")
+    parts.append(Markup("<h2>Per-layer summary</h2>"))
     grid = run["layout"]["grid"]
     if grid:
-        parts.append(f"<p>Uniform attention would put {1 / grid[0]:.3f} of a video query's mass on its own frame.</p>")
+        parts.append(
+            format_html(
+                "<p>Uniform attention would put {:.3f} of a video query's mass on its own frame.</p>", 1 / grid[0]
+            )
+        )
     parts.append(table_html(layer_summary(stats)))
 
     parts += _structure_section(run, maps, structure)
-    parts.append("<h2>Entropy by layer and step</h2>")
+    parts.append(Markup("<h2>Entropy by layer and step</h2>"))
     parts.append(figure_html(figures.entropy_heatmap(stats), "image/png", "entropy heatmap"))
-    parts.append("<h2>Frame-to-frame attention</h2>")
+    parts.append(Markup("<h2>Frame-to-frame attention</h2>"))
     for prefix in sorted({str(n.generation) for n in _parsed(maps) if n.key == "frame_map" and n.step is None}):
         parts.append(figure_html(figures.frame_maps(maps, prefix), "image/png", f"frame maps {prefix}", prefix))
     parts += _locality_section(run, maps)
     parts += _heads_section(structure)
     parts += _text_section(structure)
     parts += _sinks_section(structure)
-    parts.append("<h2>Generated videos</h2>")
+    parts.append(Markup("<h2>Generated videos</h2>"))
     for name, frames in videos.items():
         index = int(name.split(".")[0][1:]) if name.startswith("p") else -1
         prompt = run["prompts"][index] if 0 <= index < len(run["prompts"]) else ""
@@ -124,25 +186,25 @@ def _parsed(maps: dict[str, torch.Tensor]) -> list[MapName]:
     return [n for n in (parse_map_name(name) for name in maps) if n is not None]
 
 
-def _overview(run: dict[str, Any], structure: Structure) -> list[str]:
+def _overview(run: dict[str, Any], structure: Structure) -> list[Markup]:
     similarity = run.get("similarity") or {}
     first = first_token_share(structure.text)
-    overview = {
-        "model": html.escape(str(run["model"])),
+    overview: dict[str, object] = {
+        "model": run["model"],
         "family": run["family"],
         "layers": run["layers"],
         "heads": run["heads"],
         "video grid (frames x h x w tokens)": " x ".join(map(str, run["layout"]["grid"] or [])),
         "text tokens in self-attention": run["layout"]["text_tokens"],
         "denoising steps (captured)": f"{run['steps']} ({len(run.get('captured_steps', []))})",
-        "prompts": "<br>".join(html.escape(p) for p in run["prompts"]),
+        "prompts": Markup("<br>").join(run["prompts"]),
         "seeds": ", ".join(map(str, run["seeds"])),
         "device, dtype": f"{run.get('device')}, {run.get('dtype')}",
         "time (s)": run["seconds"],
     }
     if run.get("plan"):
         layers = sorted({layer for edit in run.get("plan_edits", []) for layer in (edit.get("layers") or [])})
-        overview["sparsity plan applied"] = html.escape(f"{run['plan']} (layers {', '.join(map(str, layers))})")
+        overview["sparsity plan applied"] = f"{run['plan']} (layers {', '.join(map(str, layers))})"
     for axis, value in similarity.items():
         overview[f"map similarity across {axis} (mean Pearson r)"] = "–" if value != value else f"{value:.3f}"
     if not first.empty:
@@ -152,25 +214,24 @@ def _overview(run: dict[str, Any], structure: Structure) -> list[str]:
     if not structure.heads.empty:
         counts = structure.heads["class"].value_counts()
         overview["head classes"] = ", ".join(f"{name} {int(n)}" for name, n in counts.items())
-    rows = [
-        f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
-        for k, v in overview.items()
-    ]
-    return ["<h2>Overview</h2><table>", *rows, "</table>"]
+    return [Markup("<h2>Overview</h2>"), key_value_table(overview)]
 
 
-def _structure_section(run: dict[str, Any], maps: dict[str, torch.Tensor], structure: Structure) -> list[str]:
-    parts = ["<h2>Structure: how similar the attention maps are</h2>"]
+def _structure_section(run: dict[str, Any], maps: dict[str, torch.Tensor], structure: Structure) -> list[Markup]:
+    parts = [Markup("<h2>Structure: how similar the attention maps are</h2>")]
     table = structure.similarity_table()
     if table.empty:
-        parts.append("<p>One generation and one map step: nothing to compare.</p>")
+        parts.append(Markup("<p>One generation and one map step: nothing to compare.</p>"))
     else:
         source = table["map"].iloc[0].replace("_", " ")
         parts.append(
-            f"<p>Pearson correlation between {source}s (all heads of a layer together) of different prompts, "
-            "of different seeds with the same prompt, and of different denoising steps of the same generation; "
-            "the mean over pairs. High values across prompts are the paper's finding that attention structure "
-            "is largely shared.</p>"
+            format_html(
+                "<p>Pearson correlation between {}s (all heads of a layer together) of different prompts, "
+                "of different seeds with the same prompt, and of different denoising steps of the same generation; "
+                "the mean over pairs. High values across prompts are the paper's finding that attention structure "
+                "is largely shared.</p>",
+                source,
+            )
         )
         pivot = table.pivot_table(index="layer", columns="axis", values="mean_similarity").reset_index()
         pivot.columns.name = None
@@ -200,8 +261,11 @@ def _structure_section(run: dict[str, Any], maps: dict[str, torch.Tensor], struc
         steps_here = sorted({n.step for n in token_names if n.generation == generation})
         tiles = next(iter(maps[str(token_names[0])].shape[1:2]))
         parts.append(
-            f"<p>Token maps: the video tokens in sequence order (frame, row, column) pooled into {tiles} tiles; "
-            "row = query tile, column = key tile, colour = log10 of the mean mass, mean over heads.</p>"
+            format_html(
+                "<p>Token maps: the video tokens in sequence order (frame, row, column) pooled into {} tiles; "
+                "row = query tile, column = key tile, colour = log10 of the mean mass, mean over heads.</p>",
+                tiles,
+            )
         )
         for step in steps_here:
             names = sorted(
@@ -215,16 +279,18 @@ def _structure_section(run: dict[str, Any], maps: dict[str, torch.Tensor], struc
     return parts
 
 
-def _locality_section(run: dict[str, Any], maps: dict[str, torch.Tensor]) -> list[str]:
+def _locality_section(run: dict[str, Any], maps: dict[str, torch.Tensor]) -> list[Markup]:
     grid = run["layout"]["grid"]
     if not grid:
         return []
-    parts = ["<h2>Locality</h2>"]
+    parts = [Markup("<h2>Locality</h2>")]
     num_tokens = grid[0] * grid[1] * grid[2] + (run["layout"]["text_tokens"] or 0)
     time_base, space_base = uniform_locality(*grid, num_tokens)
     parts.append(
-        "<p>Attention mass by distance divided by the mass uniform attention would put there "
-        "(the dashed line is uniform).</p>"
+        Markup(
+            "<p>Attention mass by distance divided by the mass uniform attention would put there "
+            "(the dashed line is uniform).</p>"
+        )
     )
     for key, base, xlabel, title in (
         ("locality_time", time_base, "frame distance |dt|", "Mass by frame distance"),
@@ -234,26 +300,26 @@ def _locality_section(run: dict[str, Any], maps: dict[str, torch.Tensor]) -> lis
     return parts
 
 
-def _heads_section(structure: Structure) -> list[str]:
+def _heads_section(structure: Structure) -> list[Markup]:
     if structure.heads.empty:
         return []
     return [
-        "<h2>Heads: spatial, temporal, mixed, sink-dominated</h2>",
-        f"<p>Rule: {html.escape(HEAD_RULE)}</p>",
+        Markup("<h2>Heads: spatial, temporal, mixed, sink-dominated</h2>"),
+        format_html("<p>Rule: {}</p>", HEAD_RULE),
         figure_html(figures.head_classes(structure.heads), "image/png", "head classes"),
-        "<details><summary>Per-head masses</summary>",
-        table_html(structure.heads),
-        "</details>",
+        format_html("<details><summary>Per-head masses</summary>{}</details>", table_html(structure.heads)),
     ]
 
 
-def _text_section(structure: Structure) -> list[str]:
+def _text_section(structure: Structure) -> list[Markup]:
     if structure.text.empty:
         return []
     parts = [
-        "<h2>Text attention</h2>",
-        "<p>Mass that video queries give each text token (mean over heads, prompts and steps; the first "
-        "text token in red), and the first token's share of all text attention (text-token dominance).</p>",
+        Markup("<h2>Text attention</h2>"),
+        Markup(
+            "<p>Mass that video queries give each text token (mean over heads, prompts and steps; the first "
+            "text token in red), and the first token's share of all text attention (text-token dominance).</p>"
+        ),
         table_html(first_token_share(structure.text)),
     ]
     for kind in ("self", "cross"):
@@ -261,16 +327,21 @@ def _text_section(structure: Structure) -> list[str]:
     return parts
 
 
-def _sinks_section(structure: Structure) -> list[str]:
+def _sinks_section(structure: Structure) -> list[Markup]:
     if structure.sinks.empty:
         return []
     sinks = structure.sinks.sort_values("sink_ratio", ascending=False)
     found = int(sinks["sink"].sum())
     return [
-        "<h2>Attention sinks</h2>",
-        f"<p>The most attended key of each head; it counts as a sink when it receives at least {SINK_RATIO:g}x "
-        f"the median key's mass (sink_ratio). {found} of {len(sinks)} heads have one. consistency = share of "
-        "generations and steps in which the same key is the most attended one; sink_mass = mean mass a query "
-        "puts on it.</p>",
+        Markup("<h2>Attention sinks</h2>"),
+        format_html(
+            "<p>The most attended key of each head; it counts as a sink when it receives at least {:g}x "
+            "the median key's mass (sink_ratio). {} of {} heads have one. consistency = share of "
+            "generations and steps in which the same key is the most attended one; sink_mass = mean mass a query "
+            "puts on it.</p>",
+            SINK_RATIO,
+            found,
+            len(sinks),
+        ),
         table_html(sinks.head(24)),
     ]

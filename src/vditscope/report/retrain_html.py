@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .figures import _capped_psnr, _png, plt
-from .html import figure_html, gif_bytes, page, table_html
+from .html import Markup, figure_html, format_html, gif_bytes, page, table_html
 
 SINK_COLUMNS = ["model", "layer", "retrained", "sink_heads", "heads", "max_ratio", "median_top_ratio", "sink_share"]
 
@@ -70,21 +69,27 @@ def write_study_report(
 ) -> None:
     """One self-contained page: loss curve, sinks, sparsity sensitivity, quality and a side-by-side video."""
     parts = [
-        f"<p>Original: {html.escape(models['original'])}<br>Retrained: {html.escape(models['retrained'])} "
-        f"(layers {', '.join(map(str, layers))} re-initialized and trained, the rest frozen).</p>",
+        format_html(
+            "<p>Original: {}<br>Retrained: {} (layers {} re-initialized and trained, the rest frozen).</p>",
+            models["original"],
+            models["retrained"],
+            ", ".join(map(str, layers)),
+        ),
     ]
     if loss_png.is_file():
         parts.append(figure_html(loss_png.read_bytes(), "image/png", "training loss", "Training loss"))
     parts += [
-        "<h2>Sinks</h2>",
+        Markup("<h2>Sinks</h2>"),
         figure_html(sinks_before_after(tables["sinks"], layers), "image/png", "sinks"),
         table_html(tables["sinks"][SINK_COLUMNS]),
-        "<h2>Sparsity sensitivity</h2>",
-        "<p>Each retrained layer sparsified alone (bottom-k), the video compared with the same model's dense "
-        "video: a layer is more sparsifiable when its PSNR stays higher at a given level.</p>",
+        Markup(
+            "<h2>Sparsity sensitivity</h2>"
+            "<p>Each retrained layer sparsified alone (bottom-k), the video compared with the same model's dense "
+            "video: a layer is more sparsifiable when its PSNR stays higher at a given level.</p>"
+        ),
         figure_html(sparsity_before_after(tables["sparsity"]), "image/png", "sparsity"),
         table_html(tables["sparsity"]),
-        "<h2>Quality against the original</h2>",
+        Markup("<h2>Quality against the original</h2>"),
         table_html(tables["quality"]),
     ]
     if videos:

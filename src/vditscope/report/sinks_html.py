@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from . import sink_figures
-from .html import figure_html, page, table_html
+from .html import Markup, figure_html, format_html, page, table_html
 
 if TYPE_CHECKING:
     from ..analyses.sinks import SinkResult
@@ -27,22 +26,28 @@ def _top_sinks(keys: pd.DataFrame) -> pd.DataFrame:
     return keys[keys["sink"]].sort_values("ratio", ascending=False).head(TOP_ROWS)[columns]
 
 
-def _section(result: SinkResult, threshold: float) -> list[str]:
+def _section(result: SinkResult, threshold: float) -> list[Markup]:
     name = _name(result)
     summary = result.layers
     total_heads = int(summary["heads"].sum()) if len(summary) else 0
     sink_heads = int(summary["sink_heads"].sum()) if len(summary) else 0
+    none = Markup("<p>No sinks.</p>")
     parts = [
-        f"<h2>{html.escape(name)}</h2>",
-        f"<p>{sink_heads} of {total_heads} heads have at least one sink (a key receiving >= {threshold:g}x "
-        "the median key's attention, averaged over the observed steps and prompts for a video model).</p>",
+        format_html("<h2>{}</h2>", name),
+        format_html(
+            "<p>{} of {} heads have at least one sink (a key receiving >= {:g}x the median key's attention, "
+            "averaged over the observed steps and prompts for a video model).</p>",
+            sink_heads,
+            total_heads,
+            threshold,
+        ),
         figure_html(sink_figures.ratio_heatmap(result.keys, name, threshold), "image/png", f"ratios {name}"),
-        "<h3>Per layer</h3>",
+        Markup("<h3>Per layer</h3>"),
         table_html(summary),
-        "<h3>Where the sinks sit</h3>",
-        table_html(result.where) if not result.where.empty else "<p>No sinks.</p>",
-        "<h3>Strongest sinks</h3>",
-        table_html(_top_sinks(result.keys)) if result.keys["sink"].any() else "<p>No sinks.</p>",
+        Markup("<h3>Where the sinks sit</h3>"),
+        table_html(result.where) if not result.where.empty else none,
+        Markup("<h3>Strongest sinks</h3>"),
+        table_html(_top_sinks(result.keys)) if result.keys["sink"].any() else none,
     ]
     if not result.ablation.empty:
         metric, label = (
@@ -51,9 +56,11 @@ def _section(result: SinkResult, threshold: float) -> list[str]:
         if metric not in result.ablation:
             metric, label = "output_change", "relative output change"
         parts += [
-            "<h3>Ablation: sinks against as many random keys</h3>",
-            "<p>mask: the keys are hidden from every query (scores); zero-values: the attention stays, their "
-            "values are zeroed.</p>",
+            Markup(
+                "<h3>Ablation: sinks against as many random keys</h3>"
+                "<p>mask: the keys are hidden from every query (scores); zero-values: the attention stays, their "
+                "values are zeroed.</p>"
+            ),
             figure_html(sink_figures.ablation_bars(result.ablation, metric, label), "image/png", f"ablation {name}"),
             table_html(result.ablation.drop(columns=["prompt"], errors="ignore")),
         ]
@@ -67,10 +74,13 @@ def write_sinks_report(
     per-step detection of a video model from its ``calls`` table)."""
     results = [primary] + ([lm] if lm is not None else [])
     threshold = float(run["threshold"])
-    intro = (
-        f"<p>Model {html.escape(primary.model)} ({html.escape(primary.family)}). A sink is a key whose "
-        f"received attention (mean over queries) is at least {threshold:g}x the median key's of the same layer "
-        "and head. Key and value norms are relative to the median key of that head.</p>"
+    intro = format_html(
+        "<p>Model {} ({}). A sink is a key whose received attention (mean over queries) is at least {:g}x the "
+        "median key's of the same layer and head. Key and value norms are relative to the median key of that "
+        "head.</p>",
+        primary.model,
+        primary.family,
+        threshold,
     )
     parts = [
         intro,
@@ -79,12 +89,14 @@ def write_sinks_report(
         figure_html(
             sink_figures.consistency_bars({_name(r): r.consistency for r in results}), "image/png", "consistency"
         ),
-        "<p>Consistency: mean Jaccard overlap of each head's sink set between denoising steps of a generation and "
-        "between prompts (or texts) at the same step; sets are capped at the captured top keys per head.</p>",
+        Markup(
+            "<p>Consistency: mean Jaccard overlap of each head's sink set between denoising steps of a generation "
+            "and between prompts (or texts) at the same step; sets are capped at the captured top keys per head.</p>"
+        ),
     ]
     for result in results:
         parts += _section(result, threshold)
         if result is primary and calls is not None and not calls.empty:
             figure = sink_figures.step_heatmap(calls, threshold)
-            parts += ["<h3>Per denoising step</h3>", figure_html(figure, "image/png", "sinks per step")]
+            parts += [Markup("<h3>Per denoising step</h3>"), figure_html(figure, "image/png", "sinks per step")]
     path.write_text(page("vditscope sinks", "Attention sinks", parts))

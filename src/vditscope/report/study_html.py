@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .html import figure_html, gif_bytes, page, table_html
+from .html import figure_html, format_html, gif_bytes, page, table_html
 
 
 def write_edit_sweep_report(
@@ -24,10 +23,14 @@ def write_edit_sweep_report(
 ) -> None:
     """report.html of an edit-sweep: the prompts, the settings, the per-window figure and table."""
     steps_text = "all" if steps is None else f"{steps[0]}:{steps[1]}"
-    intro = (
-        f"<p>Source: {html.escape(source_prompt)}<br>Target: {html.escape(target_prompt)}<br>Transfer mode "
-        f"{html.escape(mode)}, {window} layer(s) at a time, steps {steps_text}. The row 'none' is the plain "
-        "target: a window scores above it when transferring it brings the source's layout back.</p>"
+    intro = format_html(
+        "<p>Source: {}<br>Target: {}<br>Transfer mode {}, {} layer(s) at a time, steps {}. The row 'none' is the "
+        "plain target: a window scores above it when transferring it brings the source's layout back.</p>",
+        source_prompt,
+        target_prompt,
+        mode,
+        window,
+        steps_text,
     )
     parts = [intro, figure_html(figure, "image/png", "edit sweep"), table_html(table)]
     path.write_text(page("vditscope edit-sweep", "Which layers carry layout", parts))
@@ -45,9 +48,14 @@ def write_text_ablation_report(
 ) -> None:
     """report.html of a text ablation: the scores, and per prompt the full and ablated videos side by side."""
     parts = [
-        f"<p>Model {html.escape(model)} ({html.escape(family)}), seed {seed}. mask: all text keys but the first "
-        "are removed from every attention call; truncate: the text encoder's output keeps only its first token. "
-        "Scores compare each ablated video with the full-prompt one.</p>",
+        format_html(
+            "<p>Model {} ({}), seed {}. mask: all text keys but the first are removed from every attention call; "
+            "truncate: the text encoder's output keeps only its first token. Scores compare each ablated video "
+            "with the full-prompt one.</p>",
+            model,
+            family,
+            seed,
+        ),
         table_html(table),
     ]
     for p, prompt in enumerate(prompts):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from . import figures
-from .html import figure_html, page, table_html
+from .html import Markup, figure_html, format_html, key_value_table, page, table_html
 
 
 def write_sweep_report(path: Path, meta: dict[str, Any], table: pd.DataFrame, plan: dict[str, Any]) -> None:
@@ -24,22 +23,21 @@ def write_sweep_report(path: Path, meta: dict[str, Any], table: pd.DataFrame, pl
         "levels": ", ".join(f"{v:g}" for v in meta["levels"]),
         "temperatures": ", ".join(f"{v:g}" for v in meta["temperatures"]),
         "steps edited": "all" if meta["steps"] is None else f"{meta['steps'][0]}:{meta['steps'][1]}",
-        "branches edited": "all" if meta["branches"] is None else ", ".join(meta["branches"]),
-        "prompts": "<br>".join(html.escape(p) for p in meta["prompts"]),
+        "branches edited": "all" if meta["branches"] is None else ", ".join(map(str, meta["branches"])),
+        "prompts": Markup("<br>").join(meta["prompts"]),
         "seeds": ", ".join(map(str, meta["seeds"])),
         "cells (reused from an earlier run)": f"{meta['cells']} ({meta['cells_reused']})",
     }
-    rows = "".join(
-        f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
-        for k, v in settings.items()
-    )
     parts = [
-        f"<h2>Settings</h2><table>{rows}</table>",
-        *(f"<p class='note'>{html.escape(note)}</p>" for note in meta.get("notes", [])),
-        "<h2>Quality against sparsity</h2>",
-        "<p>Every cell is scored against the dense generation with the same prompt and seed: PSNR and SSIM of the "
-        "decoded frames, MSE of the final latents. sparsity = share of all self-attention entries dropped in the "
-        "generation; mass_dropped = mean attention mass dropped per edited query row.</p>",
+        Markup("<h2>Settings</h2>"),
+        key_value_table(settings),
+        *(format_html("<p class='note'>{}</p>", note) for note in meta.get("notes", [])),
+        Markup(
+            "<h2>Quality against sparsity</h2>"
+            "<p>Every cell is scored against the dense generation with the same prompt and seed: PSNR and SSIM of "
+            "the decoded frames, MSE of the final latents. sparsity = share of all self-attention entries dropped "
+            "in the generation; mass_dropped = mean attention mass dropped per edited query row.</p>"
+        ),
         figure_html(figures.sweep_quality(table, plan.get("target_psnr") if plan else None), "image/png", "quality"),
         figure_html(figures.sweep_pareto(table), "image/png", "pareto"),
         figure_html(figures.sweep_temperature(table), "image/png", "temperature"),
@@ -47,17 +45,20 @@ def write_sweep_report(path: Path, meta: dict[str, Any], table: pd.DataFrame, pl
     sensitivity = sensitivity_table(table)
     if not sensitivity.empty:
         parts += [
-            "<h2>Layer sensitivity</h2>",
+            Markup("<h2>Layer sensitivity</h2>"),
             figure_html(figures.sweep_sensitivity(table), "image/png", "sensitivity"),
             table_html(sensitivity),
         ]
     if plan:
         parts += [
-            "<h2>Sparsity plan</h2>",
-            f"<p>{html.escape(plan['rule'])}. Apply it with <code>vditscope generate --plan plan.json</code> or "
-            "<code>vditscope analyze --plan plan.json</code>. Each layer was tested alone: check the combined plan "
-            "with a generation before relying on it.</p>",
-            f"<pre>{html.escape(json.dumps(plan['layers'], indent=1))}</pre>",
+            Markup("<h2>Sparsity plan</h2>"),
+            format_html(
+                "<p>{}. Apply it with <code>vditscope generate --plan plan.json</code> or "
+                "<code>vditscope analyze --plan plan.json</code>. Each layer was tested alone: check the combined "
+                "plan with a generation before relying on it.</p>",
+                plan["rule"],
+            ),
+            format_html("<pre>{}</pre>", json.dumps(plan["layers"], indent=1)),
         ]
-    parts += ["<h2>Every cell</h2>", table_html(table)]
+    parts += [Markup("<h2>Every cell</h2>"), table_html(table)]
     path.write_text(page("vditscope sweep", "vditscope sweep: sparsity and temperature", parts))
