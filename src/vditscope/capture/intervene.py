@@ -139,6 +139,7 @@ class Intervention(Capture):
     """Hooks that compute the edited heads of matching calls with ``sparse_attention``."""
 
     hook_name = "vditscope_intervene"
+    session_name = "intervene"
 
     def __init__(
         self,

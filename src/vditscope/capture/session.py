@@ -19,6 +19,7 @@ from torch import nn
 
 from ..adapters import AttentionSite, FamilyAdapter, adapter_for
 from ..adapters.base import hidden_states_arg
+from ..errors import VditscopeError
 from ..stats import attention_stats
 from ..stats.streaming import TopMassMode
 from .hooks import AroundHook, ContextAroundHook, attach, invalidate_registry_cache
@@ -124,6 +125,7 @@ class Capture:
     """Statistics recorded inside a ``capture`` block; ``table()`` gives one row per call, branch, head."""
 
     hook_name = HOOK_NAME
+    session_name = "capture"  # the function that opens this kind of session, for error messages
 
     def __init__(
         self,
@@ -417,7 +419,9 @@ def capture(
 @contextmanager
 def attached(session: Capture, models: list[nn.Module], scheduler: Any) -> Iterator[None]:
     """Attach a session's hooks (transformers and its sites), the scheduler clock and the SDPA
-    routing; remove every trace on exit, also when the block raises."""
+    routing; remove every trace on exit, also when the block raises. A session of the same kind
+    already open on one of these modules raises VditscopeError before anything is attached."""
+    _check_not_open(session, models)
     detachers: list[Callable[[], None]] = []
     with ExitStack() as stack:
         stack.enter_context(_native_attention(session.sites, session._note))
@@ -439,3 +443,15 @@ def attached(session: Capture, models: list[nn.Module], scheduler: Any) -> Itera
                 detach()
             for model in models:
                 invalidate_registry_cache(model)
+
+
+def _check_not_open(session: Capture, models: list[nn.Module]) -> None:
+    """One session of a kind per model at a time: each kind's hooks have one name per module
+    (sessions of different kinds compose)."""
+    for module in [*models, *(site.module for site in session.sites)]:
+        registry = module.__dict__.get("_diffusers_hook")
+        if registry is not None and session.hook_name in registry.hooks:
+            name = session.session_name
+            raise VditscopeError(
+                f"{name} is already open on this model; close it first (one {name} per model at a time)"
+            )

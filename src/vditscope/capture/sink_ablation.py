@@ -137,6 +137,7 @@ class SinkAblation(Capture):
     """Hooks that compute the observed self-attention calls with sinks (or random keys) removed."""
 
     hook_name = "vditscope_sink_ablation"
+    session_name = "ablate_sinks"
 
     def __init__(
         self,

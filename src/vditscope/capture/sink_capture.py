@@ -111,6 +111,7 @@ class SinkCapture(Capture):
     """Hooks that record the key statistics of observed self-attention calls; outputs unchanged."""
 
     hook_name = "vditscope_sinks"
+    session_name = "sink_capture"
 
     def __init__(
         self,

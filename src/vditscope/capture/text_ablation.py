@@ -26,6 +26,7 @@ class FirstTextTokenMask(Capture):
     """Hooks that hide every text key but the first from each attention call."""
 
     hook_name = "vditscope_text_ablation"
+    session_name = "first_text_token_only"
 
     def __init__(self, models: list[nn.Module], adapter: FamilyAdapter, sites: list[AttentionSite]) -> None:
         super().__init__(

@@ -63,6 +63,7 @@ class Transfer(Capture):
     """Hooks that replace the target element's self-attention output by the transferred one."""
 
     hook_name = "vditscope_transfer"
+    session_name = "transfer"
 
     def __init__(
         self, models: list[nn.Module], adapter: FamilyAdapter, sites: list[AttentionSite], config: TransferConfig

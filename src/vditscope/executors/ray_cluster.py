@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,10 @@ from ..errors import VditscopeError
 from . import RAY_MISSING, Job, check_address
 from .workbench import ModelFacts, ModelSpec, Workbench
 
-PROBE_SECONDS = 5.0
+PROBE_SECONDS = 5.0  # to open a TCP connection to the address
+ANSWER_SECONDS = 3.0  # for the service there to answer the HTTP/2 preface
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HTTP2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type SETTINGS, no flags, stream 0
 JOBS_PER_WORKER = 2  # one running, one waiting: a worker never idles while the driver writes
 MAX_ATTEMPTS = 3  # a job whose worker dies this many times stops the run
 
@@ -62,23 +67,68 @@ def _ray() -> Any:
     return ray
 
 
-def _probe(address: str) -> None:
-    """Fail in seconds, with one line, when nothing listens at HOST:PORT (ray.init would retry for minutes)."""
+def probe(address: str, connect_seconds: float = PROBE_SECONDS, answer_seconds: float = ANSWER_SECONDS) -> None:
+    """Fail in seconds, with one line, unless a gRPC server answers at HOST:PORT (ray.init would retry
+    for minutes when nothing listens, and log for 20 s when another kind of service does).
+
+    Ray's GCS and client server speak gRPC, that is HTTP/2: sent the HTTP/2 client preface, they
+    answer with a SETTINGS frame. Where Ray uses TLS (RAY_USE_TLS) only the TCP connection is checked.
+    Needs no Ray, so it runs before Ray is imported."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=connect_seconds)
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise VditscopeError(f"cannot reach a Ray cluster at {address}: {reason}") from None
+    with sock:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return
+        answer, closed = b"", False
+        deadline = time.monotonic() + answer_seconds
+        try:
+            sock.settimeout(answer_seconds)
+            sock.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
+            while len(answer) < 9:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                data = sock.recv(9 - len(answer))
+                if not data:
+                    closed = True
+                    break
+                answer += data
+        except TimeoutError:
+            pass
+        except OSError:  # a reset after the preface
+            closed = True
+    # a frame header: 3 bytes length, type (4 = SETTINGS), flags, stream 0
+    if len(answer) == 9 and answer[3] == 4 and answer[5:9] == b"\0\0\0\0":
+        return
+    port_hint = (
+        "ray:// takes the head node's Ray Client port (10001 by default)"
+        if address.startswith("ray://")
+        else "--address takes the head node's GCS port (6379 unless `ray start --port` said otherwise)"
+    )
+    raise VditscopeError(
+        f"no Ray cluster at {address}: {_describe_answer(answer, closed, answer_seconds)}; {port_hint}"
+    )
+
+
+def _describe_answer(answer: bytes, closed: bool, answer_seconds: float) -> str:
+    if not answer:
+        if closed:
+            return "the service there closed the connection without a gRPC answer"
+        return f"the service there gave no gRPC answer within {answer_seconds:g} s"
+    if answer.startswith(b"HTTP/"):
+        return "an HTTP server answers there, not Ray's gRPC"
+    return f"the service there answered {answer!r}, not Ray's gRPC"
 
 
 def connect(address: str | None, init_kwargs: dict[str, Any] | None = None) -> bool:
     """Join the cluster at ``address`` (None: this node's cluster, or a new one on this node).
     Returns whether this call started the connection (and so must shut it down)."""
-    ray = _ray()
     check_address(address)
     if address not in (None, "auto"):
-        _probe(address)
+        probe(address)
+    ray = _ray()
     if ray.is_initialized():  # a caller (a notebook, a test) already chose the cluster
         return False
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}

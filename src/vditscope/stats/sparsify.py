@@ -24,6 +24,8 @@ from .streaming import (
     MIN_CHUNK,
     _check_inputs,
     _prepare_mask,
+    checked_scale,
+    chunk_rows,
     default_chunk_size,
     run_over_heads,
 )
@@ -113,18 +115,15 @@ def sparse_attention(
     visible key give 0. Returns (out in q's dtype, SparsityStats with ``mass_dropped`` and
     ``entries_dropped``, both (B, Hq) float32).
     """
-    _check_inputs(q, k, v)
+    _check_inputs(q, k, v, attn_mask)
     check_sparsity(bottom_k, top_p, temperature)
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     batch, q_heads, num_q, dim = q.shape
     kv_heads, num_k, dim_v = k.shape[1], k.shape[2], v.shape[-1]
     group = q_heads // kv_heads
     device = q.device
-    if scale is None:
-        scale = 1.0 / math.sqrt(dim)
+    scale = checked_scale(scale, dim)
     factor = score_factor(scale, temperature)
-    chunk = chunk_size or sparse_chunk_size(num_k, device)
+    chunk = chunk_rows(chunk_size, sparse_chunk_size(num_k, device), num_q)
     mask = _prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
     out = torch.zeros(batch, q_heads, num_q, dim_v, dtype=q.dtype, device=device)
     # per head: dropped mass summed over rows, dropped entries, visible entries, rows with a visible key

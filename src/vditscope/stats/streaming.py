@@ -8,6 +8,7 @@ one chunk of scores, one exp2, one matrix product with V, then cheap reductions 
 from __future__ import annotations
 
 import math
+import operator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -91,17 +92,75 @@ class _HeadAccumulator:
     feature_sum: torch.Tensor | None = None
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if not (q.shape[0] == k.shape[0] == v.shape[0]):
-        raise ValueError("q, k, v must have the same batch size")
-    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
-        raise ValueError("k and v must have the same heads and length")
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> None:
+    """Raise ValueError, with one line naming what differs, unless q, k, v are as for torch SDPA:
+    (B, Hq, Nq, D), (B, Hk, Nk, D), (B, Hk, Nk, Dv), one floating dtype, one device, Hq a multiple
+    of Hk (grouped-query heads), D > 0; an ``attn_mask`` on the same device."""
+    tensors = {"q": q, "k": k, "v": v}
+    if any(t.ndim != 4 for t in tensors.values()):
+        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
+        raise ValueError(f"q, k and v must be 4-D (B, H, N, D) as for torch SDPA; got {shapes}")
+    if not all(t.is_floating_point() for t in tensors.values()):
+        raise ValueError(f"q, k and v must be floating point, got {_describe(tensors, lambda t: t.dtype)}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k and v must have the same dtype, got {_describe(tensors, lambda t: t.dtype)}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k and v must be on the same device, got {_describe(tensors, lambda t: t.device)}")
+    if attn_mask is not None and attn_mask.device != q.device:
+        raise ValueError(f"attn_mask must be on the device of q, k and v ({q.device}), got {attn_mask.device}")
+    if not q.shape[0] == k.shape[0] == v.shape[0]:
+        raise ValueError(f"q, k and v must have the same batch size, got {_describe(tensors, lambda t: t.shape[0])}")
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"k and v must have the same number of heads, got k {k.shape[1]}, v {v.shape[1]}")
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"k and v must have the same length (keys), got k {k.shape[2]}, v {v.shape[2]}")
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError("q and k must have the same head dimension")
-    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"q and k must have the same head dimension, got q {q.shape[-1]}, k {k.shape[-1]}")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key heads ({k.shape[1]})")
+    if q.shape[-1] == 0:
+        raise ValueError("q and k have head dimension 0")
+
+
+def _describe(tensors: dict[str, torch.Tensor], attribute: Any) -> str:
+    """``torch.int64`` when the three agree, else ``q torch.float32, k torch.int64, v torch.float32``."""
+    values = [attribute(t) for t in tensors.values()]
+    if all(value == values[0] for value in values):
+        return str(values[0])
+    return ", ".join(f"{name} {value}" for name, value in zip(tensors, values, strict=True))
+
+
+def checked_scale(scale: float | None, dim: int) -> float:
+    """The softmax scale: 1/sqrt(D) when None, else ``scale`` if it is a finite positive number."""
+    if scale is None:
+        return 1.0 / math.sqrt(dim)
+    try:
+        value = float(scale)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}") from None
+    if isinstance(scale, bool) or not (0.0 < value < math.inf):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    return value
+
+
+def checked_chunk_size(chunk_size: int | None) -> int | None:
+    """``chunk_size`` if it is None or a positive integer; ValueError otherwise."""
+    if chunk_size is None:
+        return None
+    try:
+        rows = operator.index(chunk_size)
+    except TypeError:
+        rows = 0
+    if isinstance(chunk_size, bool) or rows < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    return rows
+
+
+def chunk_rows(chunk_size: int | None, default: int, num_q: int) -> int:
+    """Query rows per chunk: ``chunk_size`` (checked) or ``default``, never more than the queries, so
+    the chunk buffers are sized by what is computed (chunk_size=10**9 at 64 queries holds 64 rows)."""
+    rows = checked_chunk_size(chunk_size) or default
+    return max(1, min(rows, num_q))
 
 
 def attention_stats(
@@ -141,22 +200,21 @@ def attention_stats(
     Means are over queries with at least one visible key; the layout statistics are means over
     video queries.
     """
-    _check_inputs(q, k, v)
+    _check_inputs(q, k, v, attn_mask)
     if top_mass not in ("auto", "exact", "estimate", "off"):
         raise ValueError(f"top_mass must be auto, exact, estimate or off; got {top_mass!r}")
     batch, q_heads, num_q, dim = q.shape
     kv_heads, num_k, dim_v = k.shape[1], k.shape[2], v.shape[-1]
+    if num_k == 0:
+        raise ValueError("k and v hold no keys (length 0): every query needs at least one key")
     group = q_heads // kv_heads
     device = q.device
-    if scale is None:
-        scale = 1.0 / math.sqrt(dim)
+    scale = checked_scale(scale, dim)
     if layout is not None:
         if num_q != num_k:
             raise ValueError("a layout describes self-attention: queries and keys must be the same sequence")
         layout.check_fits(num_k)
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    chunk = chunk_size or default_chunk_size(num_k, device)
+    chunk = chunk_rows(chunk_size, default_chunk_size(num_k, device), num_q)
 
     mask = _prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
     masked_rows = mask is not None or is_causal

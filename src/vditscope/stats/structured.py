@@ -23,6 +23,7 @@ import torch
 
 from ..layout import TokenLayout
 from .sparsify import SparsityStats, check_sparsity
+from .streaming import _check_inputs, checked_scale, chunk_rows
 
 MASK_KINDS = ("spatial", "temporal", "tiles", "svg")
 WIDE = 1 << 20  # a window half-width that covers any video
@@ -100,6 +101,7 @@ def structured_attention(
     Returns (out, SparsityStats with ``mass_dropped`` (the dense softmax mass outside the kept keys,
     mean over queries) and ``entries_dropped`` (share of entries dropped), each (1, H) float32, and
     the window kind used per head (the svg choice, or ``kind`` for every head)."""
+    _check_inputs(q, k, v)
     check_sparsity(0.0, None, temperature)
     window = check_window(kind, window)
     if q.shape[0] != 1:
@@ -108,11 +110,11 @@ def structured_attention(
     if q.shape[2] != num:
         raise ValueError("structured masks describe self-attention: queries and keys must be the same sequence")
     layout.check_fits(num)
-    scale = (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale) / temperature
+    scale = checked_scale(scale, q.shape[-1]) / temperature
     kinds = svg_choice(q, k, v, layout, scale) if kind == "svg" else [kind] * heads
     windows = [DEFAULT_WINDOWS[name] if kind == "svg" else window for name in kinds]
     group = heads // k.shape[1]
-    chunk = chunk_size or max(16, min(1024, CHUNK_ELEMENTS // max(num, 1)))
+    chunk = chunk_rows(chunk_size, max(16, min(1024, CHUNK_ELEMENTS // max(num, 1))), num)
     out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
     mass = torch.zeros(1, heads, dtype=torch.float64, device=q.device)
     dropped = torch.zeros(1, heads, dtype=torch.float64, device=q.device)
