@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .analyses.options import checked_seed
 from .errors import VditscopeError
+from .store import OutputDir
 
 app = typer.Typer(
     help="vditscope: see and change what attention does inside video diffusion transformers.",
@@ -24,7 +26,7 @@ err = Console(stderr=True)
 
 def _progress_bar() -> Progress:
     """The progress bar every long command shows on stderr: description, bar, count, elapsed, ETA.
-    Off a terminal (logs, pipes) its last state is not printed, so an error stays the only line."""
+    Off a terminal (logs, pipes) it prints nothing at all, so an error stays the only line."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -32,8 +34,13 @@ def _progress_bar() -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,
-        transient=not err.is_terminal,
+        disable=not err.is_terminal,
     )
+
+
+def _loading(model: str | None) -> str:
+    """The progress bar's first words (no separate banner line: an error must stay the only line)."""
+    return f"loading {model}" if model else "loading tiny-wan, the small Wan model that ships with vditscope"
 
 
 def _parse_int_list(text: str | None, what: str) -> list[int] | None:
@@ -55,6 +62,14 @@ def _parse_int_list(text: str | None, what: str) -> list[int] | None:
     return values
 
 
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Allow --out to be a non-empty folder that is not an earlier output of this command; "
+        "files of yours there are never removed or replaced.",
+    ),
+]
 ExecutorOpt = Annotated[
     str, typer.Option(help="Where generations run: local (this process) or ray (the workers of a Ray cluster).")
 ]
@@ -94,6 +109,7 @@ def analyze(
     ] = None,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate with attention capture and write run.json, stats.parquet, maps.safetensors, report.html."""
     from .analyses.analyze import AnalyzeRequest, run_analyze
@@ -120,11 +136,10 @@ def analyze(
         plan=plan,
         executor=executor,
         address=address,
+        overwrite=overwrite,
     )
-    if model is None:
-        err.print("[dim]model: tiny-wan, the small Wan model that ships with vditscope[/dim]")
     with _progress_bar() as bar:
-        task = bar.add_task("loading the model", total=None)
+        task = bar.add_task(_loading(model), total=None)
 
         def progress(message: str, done: int, total: int) -> None:
             bar.update(task, description=message, completed=done, total=total)
@@ -190,6 +205,7 @@ def _sweep_common(
     width: int | None,
     device: str,
     dtype: str,
+    overwrite: bool,
 ) -> dict[str, object]:
     """The SweepRequest fields every sweep command shares."""
     return {
@@ -203,6 +219,7 @@ def _sweep_common(
         "width": width,
         "device": device,
         "dtype": dtype,
+        "overwrite": overwrite,
     }
 
 
@@ -258,6 +275,7 @@ def sweep_sparsity(
     dtype: DtypeOpt = "float32",
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Sparsify attention (bottom-k or top-p) per layer, globally, or in all layers but some; score each cell."""
     from .analyses.sweep import SweepRequest
@@ -281,7 +299,7 @@ def sweep_sparsity(
         psnr_target=psnr_target,
         executor=executor,
         address=address,
-        **_sweep_common(model, prompt, seed, out, steps, num_frames, height, width, device, dtype),
+        **_sweep_common(model, prompt, seed, out, steps, num_frames, height, width, device, dtype, overwrite),
     )
     _run_sweep_command(request)
 
@@ -306,6 +324,7 @@ def sweep_temperature(
     dtype: DtypeOpt = "float32",
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """A temperature x bottom-k grid on chosen layers, each cell scored against dense."""
     from .analyses.sweep import SweepRequest
@@ -321,7 +340,7 @@ def sweep_temperature(
         branches=branch,
         executor=executor,
         address=address,
-        **_sweep_common(model, prompt, seed, out, steps, num_frames, height, width, device, dtype),
+        **_sweep_common(model, prompt, seed, out, steps, num_frames, height, width, device, dtype, overwrite),
     )
     _run_sweep_command(request)
 
@@ -339,13 +358,14 @@ def generate(
     width: WidthOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate one video, with a sparsity plan applied next to the dense generation."""
     from .analyses.planned import GenerateRequest, run_generate
 
     request = GenerateRequest(
         plan=plan, model=model, prompt=prompt, seed=seed, out=out, num_inference_steps=steps,
-        num_frames=num_frames, height=height, width=width, device=device, dtype=dtype,
+        num_frames=num_frames, height=height, width=width, device=device, dtype=dtype, overwrite=overwrite,
     )  # fmt: skip
     path, metrics = run_generate(request)
     for key in ("psnr", "ssim", "sparsity", "mass_dropped"):
@@ -375,6 +395,7 @@ def edit(
     width: WidthOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Edit by self-attention transfer: source, plain target and edited videos side by side, with metrics."""
     from .analyses.edit import EditRequest, run_edit
@@ -382,7 +403,7 @@ def edit(
     request = EditRequest(
         source_prompt=source_prompt, target_prompt=target_prompt, layers=_parse_int_list(layers, "layer"),
         steps=_parse_step_range(edit_steps), mode=mode, model=model, seed=seed, out=out, num_inference_steps=steps,
-        num_frames=num_frames, height=height, width=width, device=device, dtype=dtype,
+        num_frames=num_frames, height=height, width=width, device=device, dtype=dtype, overwrite=overwrite,
     )  # fmt: skip
     path, metrics = run_edit(request)
     for pair in ("edited_vs_source", "target_vs_source", "edited_vs_target"):
@@ -410,6 +431,7 @@ def edit_sweep(
     width: WidthOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Transfer one layer window at a time to find the layers that carry layout (score per layer, figure)."""
     from .analyses.edit import EditRequest, run_edit_sweep
@@ -418,6 +440,7 @@ def edit_sweep(
         source_prompt=source_prompt, target_prompt=target_prompt, layers=_parse_int_list(layers, "layer"),
         steps=_parse_step_range(edit_steps), mode=mode, model=model, seed=seed, out=out, window=window,
         num_inference_steps=steps, num_frames=num_frames, height=height, width=width, device=device, dtype=dtype,
+        overwrite=overwrite,
     )  # fmt: skip
     with _progress_bar() as bar:
         task = bar.add_task("plain target", total=None)
@@ -442,6 +465,7 @@ def text_ablation(
     width: WidthOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate with only the first text token reaching the video; score against the full prompt."""
     from .analyses.text_dominance import TextAblationRequest, run_text_ablation
@@ -449,9 +473,10 @@ def text_ablation(
     request = TextAblationRequest(
         model=model, prompts=list(prompt or []), seed=seed, methods=list(method or ("mask", "truncate")), out=out,
         num_inference_steps=steps, num_frames=num_frames, height=height, width=width, device=device, dtype=dtype,
+        overwrite=overwrite,
     )  # fmt: skip
     with _progress_bar() as bar:
-        task = bar.add_task("loading the model", total=None)
+        task = bar.add_task(_loading(model), total=None)
         path, table = run_text_ablation(
             request, lambda message, done, total: bar.update(task, description=message, completed=done, total=total)
         )
@@ -464,16 +489,16 @@ def compare(
     run_a: Annotated[Path, typer.Argument(help="First run directory (from vditscope analyze).")],
     run_b: Annotated[Path, typer.Argument(help="Second run directory.")],
     out: Annotated[Path, typer.Option(help="Directory for compare.parquet/.csv/.png/.html.")] = Path("runs/compare"),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Per-layer similarity of the attention maps of two runs (two models, two settings), with a figure."""
-    from .analyses.compare import compare_runs, write_comparison
+    from .analyses.compare import run_compare
 
-    comparison = compare_runs(run_a, run_b)
+    comparison, path = run_compare(run_a, run_b, out, overwrite)
     for note in comparison.notes:
         err.print(f"[yellow]note:[/yellow] {note}")
     typer.echo(comparison.table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    write_comparison(comparison, out)
-    typer.echo(f"wrote {out}/ (compare.parquet, compare.csv, compare.png, compare.html)")
+    typer.echo(f"wrote {path}/ (compare.parquet, compare.csv, compare.png, compare.html)")
 
 
 @app.command("train-tiny")
@@ -486,6 +511,7 @@ def train_tiny(
     minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after this many minutes.")] = None,
     export: Annotated[Path | None, typer.Option(help="Also save the trained pipeline directory here.")] = None,
     family: Annotated[str, typer.Option(help="Model family to train: wan or cogvideox.")] = "wan",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train the small shapes text-to-video model from scratch on this CPU (resumable)."""
     from .training.recipes import RECIPES
@@ -496,17 +522,18 @@ def train_tiny(
     out = out if out is not None else Path(f"runs/train-tiny-{family}")
     if steps < 1:
         raise VditscopeError("--steps must be positive")
+    if export is not None:
+        OutputDir(export, "train-tiny export", files=("*",), inputs=[out], overwrite=overwrite).check()
     with _progress_bar() as bar:
         task = bar.add_task("training", total=steps)
 
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, description=f"training (loss {loss:.4f})")
 
-        train(out, TinyConfig(family=family), steps=steps, minutes=minutes, progress=progress)
+        train(out, TinyConfig(family=family), steps=steps, minutes=minutes, progress=progress, overwrite=overwrite)
     typer.echo(f"checkpoint in {out}/")
     if export is not None:
-        export_pipeline(out, export)
-        typer.echo(f"pipeline saved to {export}/")
+        typer.echo(f"pipeline saved to {export_pipeline(out, export, overwrite=overwrite)}/")
 
 
 @app.command("train-tiny-lm")
@@ -518,6 +545,7 @@ def train_tiny_lm(
     minutes: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after this many minutes.")] = None,
     eval_every: Annotated[int, typer.Option(help="Held-out losses every this many steps (0: none).")] = 1000,
     export: Annotated[Path | None, typer.Option(help="Also save the transformers model directory here.")] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train the small language model of the sink comparison (tiny-lm) on Python's docs and sources."""
     from .training.tiny_lm import TinyLMConfig, export_tiny_lm
@@ -525,17 +553,20 @@ def train_tiny_lm(
 
     if steps < 1:
         raise VditscopeError("--steps must be positive")
+    if export is not None:
+        OutputDir(export, "train-tiny-lm export", files=("*",), inputs=[out], overwrite=overwrite).check()
     with _progress_bar() as bar:
         task = bar.add_task("training", total=steps)
 
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, description=f"training (loss {loss:.4f})")
 
-        run_training(out, steps, TinyLMConfig(), minutes=minutes, eval_every=eval_every, progress=progress)
+        run_training(
+            out, steps, TinyLMConfig(), minutes=minutes, eval_every=eval_every, progress=progress, overwrite=overwrite
+        )
     typer.echo(f"checkpoint in {out}/")
     if export is not None:
-        export_tiny_lm(out, export)
-        typer.echo(f"model saved to {export}/")
+        typer.echo(f"model saved to {export_tiny_lm(out, export, overwrite=overwrite)}/")
 
 
 @app.command("render-clips")
@@ -545,11 +576,12 @@ def render_clips(
     ),
     count: Annotated[int, typer.Option(help="Number of clips.")] = 640,
     seed: Annotated[int, typer.Option(help="Seed of the caption draw and the motion.")] = 0,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Render captioned shapes clips: a --data folder for `retrain --mode flow` on the tiny models."""
     from .training.clips import write_shape_clips
 
-    typer.echo(f"wrote {count} clips to {write_shape_clips(out, count, seed=seed)}/")
+    typer.echo(f"wrote {count} clips to {write_shape_clips(out, count, seed=checked_seed(seed), overwrite=overwrite)}/")
 
 
 @app.command("eval-tiny")
@@ -559,12 +591,14 @@ def eval_tiny(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
 ) -> None:
     """Colour and motion accuracy on held-out captions, and same-frame attention per layer."""
-    import json
-
+    from .adapters.loading import resolve_model_dir
+    from .store import checked_output_file, write_atomic
     from .training.evaluate import evaluate_directory
 
     if count < 1:
         raise VditscopeError("--count must be positive")
+    if json_out is not None:
+        json_out = checked_output_file(json_out, "eval-tiny", inputs=[resolve_model_dir(model)])
     with _progress_bar() as bar:
         task = bar.add_task("generating held-out clips", total=count)
         result = evaluate_directory(model, count=count, progress=lambda done, total: bar.update(task, completed=done))
@@ -575,7 +609,8 @@ def eval_tiny(
     for layer, ratio in result.same_frame_ratio.items():
         typer.echo(f"  layer {layer}: {ratio:.2f}x")
     if json_out is not None:
-        json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        text = json.dumps({"written_by": "vditscope eval-tiny", **result.to_dict()}, indent=1) + "\n"
+        write_atomic(json_out, lambda path: path.write_text(text))
 
 
 @app.command()
@@ -605,6 +640,7 @@ def sinks(
     width: WidthOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Find attention sinks (per layer, head and step), where they sit, their key/value norms, what removing
     them does; on a video pipeline or a language model, or both side by side (--lm)."""
@@ -618,7 +654,7 @@ def sinks(
         threshold=threshold, top_keys=top_keys, ablation=ablation,
         ablation_layers=_parse_int_list(ablation_layers, "ablation layer"), lm=lm, lm_texts=list(lm_text or []),
         max_tokens=max_tokens, num_inference_steps=steps, num_frames=num_frames, height=height, width=width,
-        device=device, dtype=dtype,
+        device=device, dtype=dtype, overwrite=overwrite,
     )  # fmt: skip
     with _progress_bar() as bar:
         task = bar.add_task("loading the model", total=None)
@@ -645,6 +681,7 @@ def retrain(
     levels: Annotated[list[str] | None, typer.Option(help="Study: bottom-k levels to sweep (repeat).")] = None,
     steps: StepsOpt = None,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Re-initialize chosen transformer blocks and train only them (rest frozen); then before/after study."""
     from .analyses.retrain_study import RetrainStudyRequest, run_retrain_study
@@ -654,7 +691,7 @@ def retrain(
     request = RetrainRequest(
         model=model or "tiny-wan", blocks=_parse_int_list(blocks, "block") or [], mode=mode, data=data,
         prompts=list(prompt or []), steps=train_steps, lr=lr, batch=batch, seed=seed,
-        checkpoint_every=checkpoint_every, out=out, device=device,
+        checkpoint_every=checkpoint_every, out=out, device=device, overwrite=overwrite,
     )  # fmt: skip
     study_levels = _parse_float_list(levels, "level") or [0.5, 0.8, 0.9]
     with _progress_bar() as bar:
@@ -694,12 +731,16 @@ def families() -> None:
 def main() -> None:
     """Entry point: run the app and turn user errors into one line on stderr with exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except VditscopeError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OverflowError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as exc:  # file system failures: one line naming the path
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"error: {exc.strerror or exc}{where}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
@@ -714,6 +755,10 @@ def main() -> None:
         if "Abort" in kinds:
             sys.exit(1)
         raise
+    if isinstance(code, int) and code:  # typer returns (not raises) an Exit's code and 130 for Ctrl-C
+        if code == 130:
+            err.print("interrupted", markup=False)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

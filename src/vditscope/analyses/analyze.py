@@ -15,17 +15,23 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..adapters.pipeline_defaults import pipeline_defaults
 from ..errors import VditscopeError
 from ..executors import Executor, Job, ModelSpec, Pool, checked_model_dir, executor_for
-from ..store import atomic_run_dir, write_json, write_table, write_tensors
+from ..store import OutputDir, write_json, write_table, write_tensors
 from ..tiny import DEFAULT_MODEL
 from .captured import CaptureCache, Captured, CaptureJob, writable
-from .options import GenerationOptions, checked_layers
+from .options import GenerationOptions, checked_layers, checked_seed, checked_steps, checked_unique
 
 # Per-head token maps are kept while all of a run's token maps fit in this many bytes; above it
 # they are stored as the mean over heads (shape (1, T, T)), which run.json records.
 TOKEN_MAP_BUDGET = 32 * 2**20
 DEFAULT_PROMPTS = ("a car driving on the highway", "a red car driving on the highway")
+# what `vditscope analyze` writes at the top of its run directory (the output policy's declared names)
+RUN_FILES = (
+    "run.json", "stats.parquet", "maps.safetensors", "videos.safetensors", "similarity.parquet", "heads.parquet",
+    "text_attention.parquet", "head_sinks.parquet", "report.html",
+)  # fmt: skip
 
 
 @dataclass
@@ -49,14 +55,21 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 def model_settings(model_dir: Path) -> dict[str, Any]:
-    """vditscope.json of a model directory (generation settings, vocabulary), or {}."""
+    """vditscope.json of a model directory (generation settings, vocabulary), or {}; its generation
+    settings start from the pipeline's own defaults, so that the schedule is known before anything runs."""
     path = model_dir / "vditscope.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise VditscopeError(f"{path} is not valid JSON ({exc})") from exc
+    settings: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            settings = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise VditscopeError(f"{path} is not valid JSON ({exc})") from exc
+        if not isinstance(settings, dict) or not isinstance(settings.get("generation", {}), dict):
+            raise VditscopeError(f"{path} is not a vditscope.json object with a generation object")
+    defaults = pipeline_defaults(model_dir)
+    if defaults:
+        settings = {**settings, "generation": {**defaults, **settings.get("generation", {})}}
+    return settings
 
 
 def default_prompts(settings: dict[str, Any]) -> list[str]:
@@ -74,6 +87,23 @@ def default_prompts(settings: dict[str, Any]) -> list[str]:
         f"a {pick(colors, 2 * i)} {pick(shapes, i)} moving {pick(directions, i)} on a {pick(backgrounds, i)} background"
         for i in range(3)
     ]
+
+
+def expected_run_bytes(generation: dict[str, Any], generations: int) -> int:
+    """A rough size of a run directory, checked against the free space before anything runs: the videos
+    (float32) in the run, in the resumable cache beside it and in the report, plus the token maps."""
+    size = [int(generation.get(key, 0) or 0) for key in ("num_frames", "height", "width")]
+    return 3 * generations * int(np.prod(size)) * 3 * 4 + 2 * TOKEN_MAP_BUDGET
+
+
+def recorded_generation(generation: dict[str, Any], frames: int, notes: list[str]) -> dict[str, Any]:
+    """The generation settings as they ran: pipelines round ``num_frames`` to what their VAE can decode
+    (Wan: 4k + 1), so the frame count of the videos is recorded, with a note when it differs."""
+    asked = generation.get("num_frames")
+    if asked is None or int(asked) == frames:
+        return generation
+    notes.append(f"the pipeline generated {frames} frames for num_frames {asked} (it rounds to what its VAE decodes)")
+    return {**generation, "num_frames": frames, "num_frames_requested": asked}
 
 
 def default_map_steps(steps: Sequence[int], count: int = 4) -> list[int]:
@@ -97,6 +127,10 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, exe
         raise VditscopeError("empty prompt: every --prompt needs text")
     if not request.seeds:
         raise VditscopeError("no seeds given")
+    for seed in request.seeds:
+        checked_seed(seed)
+    checked_unique(request.seeds, "--seed")
+    checked_unique(prompts, "--prompt")
     if request.map_tiles < 1:
         raise VditscopeError(f"--map-tiles must be positive, got {request.map_tiles}")
     executor = executor or executor_for(request.executor, request.address)
@@ -106,10 +140,7 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, exe
     prompts = prompts or default_prompts(settings)
     generation = request.generation_kwargs(settings)
     total_steps = int(generation.get("num_inference_steps", 0)) or None
-    if request.capture_steps is not None and total_steps is not None:
-        bad = [s for s in request.capture_steps if not 0 <= s < total_steps]
-        if bad:
-            raise VditscopeError(f"step {bad[0]} is out of range: the schedule has {total_steps} steps")
+    checked_steps(request.capture_steps, total_steps)
     captured = list(request.capture_steps) if request.capture_steps is not None else list(range(total_steps or 0))
     map_steps = list(request.map_steps) if request.map_steps is not None else default_map_steps(captured)
     bad = [s for s in map_steps if s not in captured]
@@ -117,113 +148,125 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, exe
         raise VditscopeError(f"map step {bad[0]} is not a captured step")
     edits = []
     if request.plan is not None:
-        from .sweep import load_plan
+        from .sweep import check_plan, load_plan
 
         edits = load_plan(request.plan)
+        check_plan(edits, steps=total_steps)
 
-    runs = [(p, s) for p in range(len(prompts)) for s in request.seeds]
-    with executor.start(ModelSpec.of(model, request.device, request.dtype)) as pool:
-        facts = pool.facts
-        # capture() checks the layer set (range, emptiness) before anything runs or is written
-        num_layers = facts.layers
-        bad_layers = [layer for edit in edits for layer in (edit.layers or ()) if layer >= num_layers]
-        if bad_layers:
-            raise VditscopeError(f"the plan edits layer {bad_layers[0]}, but the model has {num_layers} layers")
-        checked_layers(request.layers, num_layers)  # here, so that no worker starts on a bad set
-        jobs = [
-            CaptureJob(
-                index=index,
-                prompt_index=p,
-                prompt=prompts[p],
-                seed=int(seed),
-                generation=generation,
-                layers=tuple(request.layers) if request.layers is not None else None,
-                capture_steps=tuple(request.capture_steps) if request.capture_steps is not None else None,
-                top_mass=request.top_mass,
-                map_tiles=request.map_tiles,
-                map_steps=tuple(map_steps),
-                edits=tuple(edits),
-            )
-            for index, (p, seed) in enumerate(runs)
-        ]
-        started = time.perf_counter()
-        results = _run_generations(pool, jobs, CaptureCache(request.out), str(model_dir), request.dtype, progress)
-    if progress:
-        progress("writing the run directory", len(runs), len(runs))
-    elapsed = time.perf_counter() - started
+    output = OutputDir(
+        request.out, "analyze", files=RUN_FILES, inputs=[model_dir, request.plan], overwrite=request.overwrite,
+        expected_bytes=expected_run_bytes(generation, len(prompts) * len(request.seeds)),
+    )  # fmt: skip
+    with output:
+        cache = CaptureCache(output.path)
+        runs = [(p, s) for p in range(len(prompts)) for s in request.seeds]
+        with executor.start(ModelSpec.of(model, request.device, request.dtype)) as pool:
+            facts = pool.facts
+            # capture() checks the layer set (range, emptiness) before anything runs or is written
+            num_layers = facts.layers
+            if edits:
+                check_plan(edits, layers=num_layers, heads=facts.heads)
+            checked_layers(request.layers, num_layers)  # here, so that no worker starts on a bad set
+            jobs = [
+                CaptureJob(
+                    index=index,
+                    prompt_index=p,
+                    prompt=prompts[p],
+                    seed=int(seed),
+                    generation=generation,
+                    layers=tuple(request.layers) if request.layers is not None else None,
+                    capture_steps=tuple(request.capture_steps) if request.capture_steps is not None else None,
+                    top_mass=request.top_mass,
+                    map_tiles=request.map_tiles,
+                    map_steps=tuple(map_steps),
+                    edits=tuple(edits),
+                )
+                for index, (p, seed) in enumerate(runs)
+            ]
+            started = time.perf_counter()
+            results = _run_generations(pool, jobs, cache, str(model_dir), request.dtype, progress)
+        if progress:
+            progress("writing the run directory", len(runs), len(runs))
+        elapsed = time.perf_counter() - started
 
-    tables, maps, videos, notes = [], {}, {}, []
-    grid = text_tokens = None
-    token_heads = "all"
-    for index, ((p, seed), result) in enumerate(zip(runs, results, strict=True)):
-        notes.extend(n for n in result.notes if n not in notes)
-        tables.append(result.table)
-        pooled = result.maps
-        if index == 0:
-            per_generation = sum(t.numel() * t.element_size() for n, t in pooled.items() if "token_map" in n)
-            token_heads = "all" if per_generation * len(runs) <= TOKEN_MAP_BUDGET else "mean"
-        if token_heads == "mean":
-            pooled = {n: t.mean(0, keepdim=True) if n.startswith("token_map.") else t for n, t in pooled.items()}
-        maps.update(pooled)
-        videos[f"p{p}.s{seed}"] = writable(result.video)
-        if result.grid is not None:
-            grid, text_tokens = result.grid, result.text_tokens
+        tables, maps, videos, notes = [], {}, {}, []
+        grid = text_tokens = None
+        token_heads = "all"
+        for index, ((p, seed), result) in enumerate(zip(runs, results, strict=True)):
+            notes.extend(n for n in result.notes if n not in notes)
+            tables.append(result.table)
+            pooled = result.maps
+            if index == 0:
+                per_generation = sum(t.numel() * t.element_size() for n, t in pooled.items() if "token_map" in n)
+                token_heads = "all" if per_generation * len(runs) <= TOKEN_MAP_BUDGET else "mean"
+            if token_heads == "mean":
+                pooled = {n: t.mean(0, keepdim=True) if n.startswith("token_map.") else t for n, t in pooled.items()}
+            maps.update(pooled)
+            videos[f"p{p}.s{seed}"] = writable(result.video)
+            if result.grid is not None:
+                grid, text_tokens = result.grid, result.text_tokens
 
-    import pandas as pd
+        generation = recorded_generation(generation, len(next(iter(videos.values()))), notes)
 
-    from .structure import analyze_structure
+        import pandas as pd
 
-    stats = pd.concat(tables, ignore_index=True)
-    heads = int(stats["head"].max()) + 1 if len(stats) else 0
-    layout = {"grid": list(grid) if grid else None, "text_tokens": text_tokens, "text_position": facts.text_position}
-    labels: dict[int, list[str]] = {}
-    for (p, _), result in zip(runs, results, strict=True):
-        labels.setdefault(p, result.labels)
-    structure = analyze_structure(stats, maps, layout, labels)
-    similarity = structure.similarity_table()
-    run = {
-        "model": str(model_dir),
-        "family": facts.family,
-        "trained": settings.get("trained"),
-        "layers": num_layers,
-        "captured_layers": sorted(set(stats["layer"].tolist())) if len(stats) else [],
-        "heads": heads,
-        "layout": layout,
-        "prompts": prompts,
-        "text_token_labels": {str(i): tokens for i, tokens in labels.items()},
-        "seeds": [int(s) for s in request.seeds],
-        "steps": total_steps,
-        "captured_steps": sorted(set(stats["step"].tolist())) if len(stats) else [],
-        "generation": generation,
-        "device": facts.device,
-        "dtype": request.dtype,
-        "top_mass": request.top_mass,
-        "map_tiles": request.map_tiles,
-        "map_steps": map_steps,
-        "token_map_heads": token_heads,
-        "plan": str(request.plan) if request.plan is not None else None,
-        "plan_edits": [edit.to_dict() for edit in edits],
-        "similarity": {
-            axis: float(similarity[similarity["axis"] == axis]["mean_similarity"].mean())
-            for axis in sorted(set(similarity["axis"]))
-        },
-        "seconds": round(elapsed, 2),
-        "executor": executor.name,
-        "notes": notes,
-        "versions": _versions(),
-    }
-    with atomic_run_dir(request.out) as staging:
-        write_json(staging / "run.json", run)
-        write_table(staging / "stats.parquet", stats)
-        write_tensors(staging / "maps.safetensors", maps, metadata={"vditscope": __version__})
-        write_tensors(staging / "videos.safetensors", {k: torch.from_numpy(v) for k, v in videos.items()})
-        write_table(staging / "similarity.parquet", similarity)
-        write_table(staging / "heads.parquet", structure.heads)
-        write_table(staging / "text_attention.parquet", structure.text)
-        write_table(staging / "head_sinks.parquet", structure.sinks)
-        write_report(staging / "report.html", run, stats, maps, videos, structure)
-    CaptureCache(request.out).remove()
-    return Path(request.out)
+        from .structure import analyze_structure
+
+        stats = pd.concat(tables, ignore_index=True)
+        heads = int(stats["head"].max()) + 1 if len(stats) else 0
+        layout = {
+            "grid": list(grid) if grid else None,
+            "text_tokens": text_tokens,
+            "text_position": facts.text_position,
+        }
+        labels: dict[int, list[str]] = {}
+        for (p, _), result in zip(runs, results, strict=True):
+            labels.setdefault(p, result.labels)
+        structure = analyze_structure(stats, maps, layout, labels)
+        similarity = structure.similarity_table()
+        run = {
+            "model": str(model_dir),
+            "family": facts.family,
+            "trained": settings.get("trained"),
+            "layers": num_layers,
+            "captured_layers": sorted(set(stats["layer"].tolist())) if len(stats) else [],
+            "heads": heads,
+            "layout": layout,
+            "prompts": prompts,
+            "text_token_labels": {str(i): tokens for i, tokens in labels.items()},
+            "seeds": [int(s) for s in request.seeds],
+            "steps": total_steps,
+            "captured_steps": sorted(set(stats["step"].tolist())) if len(stats) else [],
+            "generation": generation,
+            "device": facts.device,
+            "dtype": request.dtype,
+            "top_mass": request.top_mass,
+            "map_tiles": request.map_tiles,
+            "map_steps": map_steps,
+            "token_map_heads": token_heads,
+            "plan": str(request.plan) if request.plan is not None else None,
+            "plan_edits": [edit.to_dict() for edit in edits],
+            "similarity": {
+                axis: float(similarity[similarity["axis"] == axis]["mean_similarity"].mean())
+                for axis in sorted(set(similarity["axis"]))
+            },
+            "seconds": round(elapsed, 2),
+            "executor": executor.name,
+            "notes": notes,
+            "versions": _versions(),
+        }
+        with output.staging() as staging:
+            write_json(staging / "run.json", run)
+            write_table(staging / "stats.parquet", stats)
+            write_tensors(staging / "maps.safetensors", maps, metadata={"vditscope": __version__})
+            write_tensors(staging / "videos.safetensors", {k: torch.from_numpy(v) for k, v in videos.items()})
+            write_table(staging / "similarity.parquet", similarity)
+            write_table(staging / "heads.parquet", structure.heads)
+            write_table(staging / "text_attention.parquet", structure.text)
+            write_table(staging / "head_sinks.parquet", structure.sinks)
+            write_report(staging / "report.html", run, stats, maps, videos, structure)
+        cache.remove()
+    return output.path
 
 
 def _run_generations(

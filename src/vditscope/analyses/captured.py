@@ -18,7 +18,7 @@ import torch
 from ..capture import capture
 from ..capture.intervene import AttentionEdit, intervene
 from ..executors import Workbench
-from ..store import write_atomic
+from ..store import sibling, write_atomic
 from ..store.map_names import MapName
 
 
@@ -157,8 +157,7 @@ class CaptureCache:
     marker that the generation is complete). Every file is written atomically."""
 
     def __init__(self, out: Path) -> None:
-        out = Path(out).resolve()
-        self.root = out.parent / f".{out.name}.generations"
+        self.root = sibling(Path(out).resolve(), "generations")
 
     def has(self, key: str) -> bool:
         return (self.root / f"{key}.safetensors").is_file() and (self.root / f"{key}.parquet").is_file()

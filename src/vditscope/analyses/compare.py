@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from ..errors import VditscopeError
+from ..store import OutputDir, write_table
 from ..store.map_names import MapName, parse_map_name
 from .structure import pearson_matrix
 
@@ -153,16 +154,27 @@ def compare_runs(path_a: Path, path_b: Path) -> Comparison:
     return Comparison(table=table, run_a=a, run_b=b, notes=notes)
 
 
-def write_comparison(comparison: Comparison, out: Path) -> Path:
+COMPARE_FILES = ("compare.parquet", "compare.csv", "compare.png", "compare.html")
+
+
+def run_compare(run_a: Path, run_b: Path, out: Path, overwrite: bool = False) -> tuple[Comparison, Path]:
+    """Compare two runs and write the comparison to ``out`` (checked before anything is read: it may
+    not be either run, nor inside or above one)."""
+    with OutputDir(out, "compare", files=COMPARE_FILES, inputs=[run_a, run_b], overwrite=overwrite) as output:
+        comparison = compare_runs(run_a, run_b)
+        write_comparison(comparison, output)
+    return comparison, output.path
+
+
+def write_comparison(comparison: Comparison, output: OutputDir) -> Path:
     """compare.parquet, compare.csv, compare.png and a self-contained compare.html, written atomically."""
     from ..report.compare_html import write_compare_report
     from ..report.figures import comparison_bars
-    from ..store import atomic_run_dir, write_table
 
-    with atomic_run_dir(out) as staging:
+    with output.staging() as staging:
         write_table(staging / "compare.parquet", comparison.table)
         comparison.table.to_csv(staging / "compare.csv", index=False)
         figure = comparison_bars(comparison.table, comparison.run_a.path.name, comparison.run_b.path.name)
         (staging / "compare.png").write_bytes(figure)
         write_compare_report(staging / "compare.html", comparison, figure)
-    return Path(out)
+    return output.path

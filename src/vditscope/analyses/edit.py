@@ -22,13 +22,15 @@ import torch
 from ..capture.transfer import TRANSFER_MODES, TransferConfig, transfer
 from ..data import shapes
 from ..errors import VditscopeError
-from ..store import json_safe
+from ..store import OutputDir, json_safe, write_tensors
 from ..tiny import DEFAULT_MODEL
 from . import quality
 from .analyze import model_settings
-from .options import GenerationOptions
+from .options import GenerationOptions, checked_seed
 
 ProgressFn = Callable[[str, int, int], None]
+EDIT_FILES = ("source.mp4", "target.mp4", "edited.mp4", "preview.gif", "frames.safetensors", "metrics.json")
+EDIT_SWEEP_FILES = ("edit_sweep.parquet", "edit_sweep.csv", "edit_sweep.png", "report.html")
 
 
 @dataclass
@@ -55,6 +57,14 @@ class EditSession:
     device: str
     background: str | None
     model: str
+
+
+def claim_output(request: EditRequest, command: str, files: Sequence[str]) -> OutputDir:
+    """The output claim of an edit command (checked before the model loads)."""
+    from ..adapters.loading import resolve_model_dir
+
+    model_dir = resolve_model_dir(request.model or DEFAULT_MODEL)
+    return OutputDir(request.out, command, files=files, inputs=[model_dir], overwrite=request.overwrite)
 
 
 def open_session(request: EditRequest) -> EditSession:
@@ -124,10 +134,13 @@ def layout_scores(edited: np.ndarray, source: np.ndarray, background: str | None
 
 def run_edit(request: EditRequest) -> tuple[Path, dict[str, Any]]:
     """Source, plain target and edited videos; writes mp4s, preview.gif, frames.safetensors, metrics.json."""
-    from safetensors.torch import save_file
+    checked_seed(request.seed)
+    with claim_output(request, "edit", EDIT_FILES) as output:
+        return output.path, _edit(request, output)
 
+
+def _edit(request: EditRequest, output: OutputDir) -> dict[str, Any]:
     from ..report.html import gif_bytes
-    from ..store import atomic_run_dir
 
     session = open_session(request)
     config = TransferConfig(
@@ -156,23 +169,28 @@ def run_edit(request: EditRequest) -> tuple[Path, dict[str, Any]]:
             "target_vs_source": layout_scores(target, source, session.background)["track_distance_px"],
         }
     videos = {"source": source, "target": target, "edited": edited}
-    with atomic_run_dir(request.out) as staging:
-        save_file({k: torch.from_numpy(v).contiguous() for k, v in videos.items()}, str(staging / "frames.safetensors"))
+    with output.staging() as staging:
+        write_tensors(staging / "frames.safetensors", {k: torch.from_numpy(v) for k, v in videos.items()})
         for name, video in videos.items():
             write_mp4(staging / f"{name}.mp4", video)
         (staging / "preview.gif").write_bytes(gif_bytes(np.concatenate(list(videos.values()), axis=2)))
         (staging / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1) + "\n")
-    return Path(request.out), metrics
+    return metrics
 
 
 def run_edit_sweep(request: EditRequest, progress: ProgressFn | None = None) -> tuple[Path, Any]:
     """Transfer one window of ``request.window`` consecutive layers at a time; score how much of the
     source's layout each keeps. Writes edit_sweep.parquet/.csv, a figure and report.html."""
+    checked_seed(request.seed)
+    with claim_output(request, "edit-sweep", EDIT_SWEEP_FILES) as output:
+        return output.path, _edit_sweep(request, output, progress)
+
+
+def _edit_sweep(request: EditRequest, output: OutputDir, progress: ProgressFn | None) -> Any:
     import pandas as pd
 
     from ..report.figures import edit_sweep_bars
     from ..report.study_html import write_edit_sweep_report
-    from ..store import atomic_run_dir
 
     session = open_session(request)
     candidates = sorted(request.layers) if request.layers is not None else list(range(session.num_layers))
@@ -190,7 +208,7 @@ def run_edit_sweep(request: EditRequest, progress: ProgressFn | None = None) -> 
         progress("writing", len(windows), len(windows))
     table = pd.DataFrame(rows)
     figure = edit_sweep_bars(table)
-    with atomic_run_dir(request.out) as staging:
+    with output.staging() as staging:
         table.to_parquet(staging / "edit_sweep.parquet", index=False)
         table.to_csv(staging / "edit_sweep.csv", index=False)
         (staging / "edit_sweep.png").write_bytes(figure)
@@ -204,7 +222,7 @@ def run_edit_sweep(request: EditRequest, progress: ProgressFn | None = None) -> 
             table,
             figure,
         )
-    return Path(request.out), table
+    return table
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:

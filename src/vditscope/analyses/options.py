@@ -23,6 +23,7 @@ class GenerationOptions:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     generation_overrides: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False  # --out may be a non-empty folder (vditscope still removes nothing of yours)
 
     def generation_kwargs(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The pipeline call's keyword arguments: the model's generation settings, then these options."""
@@ -50,3 +51,28 @@ def checked_layers(layers: Iterable[int] | None, num_layers: int, what: str = "l
     if bad:
         raise VditscopeError(f"layer {bad[0]} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
     return chosen
+
+
+def checked_unique(values: Iterable[Any], option: str) -> None:
+    """Refuse a value given twice (``--seed 0 --seed 0``): it would compute the same thing twice."""
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise VditscopeError(f"{option} {value} is given twice")
+        seen.add(value)
+
+
+def checked_seed(seed: int, option: str = "--seed") -> int:
+    """A seed torch's generators accept: 0 <= seed < 2**63."""
+    if not 0 <= int(seed) < 2**63:
+        raise VditscopeError(f"{option} {seed} is out of range: use 0 <= seed < 2**63")
+    return int(seed)
+
+
+def checked_steps(steps: Iterable[int] | None, total: int | None, option: str = "--capture-steps") -> None:
+    """Denoising step indices against the schedule's length, before anything is generated."""
+    if steps is None or total is None:
+        return
+    bad = [int(s) for s in steps if not 0 <= int(s) < total]
+    if bad:
+        raise VditscopeError(f"{option}: step {bad[0]} is out of range: the schedule has {total} steps (0-{total - 1})")

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import VditscopeError
-from ..store import write_json, write_table
+from ..store import OutputDir, write_json, write_table
 from . import quality
 from .analyze import default_prompts, model_settings
 from .generation import generate
@@ -25,6 +25,7 @@ from .sweep import SweepRequest, level_column, run_sweep
 
 ProgressFn = Callable[[str, int, int], None]
 MODELS = ("original", "retrained")
+STUDY_FILES = ("study*", "sweep-*")  # what the study adds to the retraining run's directory
 
 
 @dataclass
@@ -52,75 +53,77 @@ def run_retrain_study(request: RetrainStudyRequest, progress: ProgressFn | None 
 
     if not request.layers:
         raise VditscopeError("the study needs the retrained layers")
-    out = Path(request.out)
-    out.mkdir(parents=True, exist_ok=True)
-    models = {"original": str(request.original), "retrained": str(request.retrained)}
-    settings = model_settings(resolve_model_dir(request.original))
-    prompts = list(request.prompts) or default_prompts(settings)[:2]
-    layers = sorted({int(layer) for layer in request.layers})
+    # the study lives in the retraining run's directory: the same output, resumed (store/output.py)
+    original_dir = resolve_model_dir(request.original)
+    with OutputDir(request.out, "retrain", files=STUDY_FILES, inputs=[original_dir], resumable=True) as output:
+        out = output.open()
+        models = {"original": str(request.original), "retrained": str(request.retrained)}
+        settings = model_settings(original_dir)
+        prompts = list(request.prompts) or default_prompts(settings)[:2]
+        layers = sorted({int(layer) for layer in request.layers})
 
-    sink_rows = []
-    for i, (name, model) in enumerate(models.items()):
-        if progress:
-            progress(f"study: sinks of the {name} model", i, 2)
-        result = video_sinks(
-            SinksRequest(
-                model=model, prompts=prompts, seeds=request.seeds, threshold=request.threshold, ablation=False,
-                device=request.device, num_inference_steps=request.num_inference_steps, out=out,
-            )
-        )  # fmt: skip
-        summary = result.layers.assign(model=name, retrained=result.layers["layer"].isin(layers))
-        sink_rows.append(summary)
-    sinks = pd.concat(sink_rows, ignore_index=True)
-
-    sweeps = []
-    for name, model in models.items():
-        sweep_dir = run_sweep(
-            SweepRequest(
-                model=model, mode="sparsity", scope="per-layer", method=request.method, levels=tuple(request.levels),
-                layers=layers, prompts=prompts, seeds=request.seeds, out=out / f"sweep-{name}", device=request.device,
-                num_inference_steps=request.num_inference_steps,
-            ),
-            _sweep_progress(progress, name),
-        )  # fmt: skip
-        table = pd.read_parquet(sweep_dir / "sweep.parquet")
-        sweeps.append(table.assign(model=name))
-    sparsity = _sensitivity(pd.concat(sweeps, ignore_index=True))
-
-    device = resolve_device(request.device)
-    pipes = {name: load_pipeline(model, device)[0] for name, model in models.items()}
-    generation = GenerationOptions(num_inference_steps=request.num_inference_steps).generation_kwargs(settings)
-    rows: list[dict[str, Any]] = []
-    videos: dict[str, Any] = {}
-    for prompt in prompts:
-        for seed in request.seeds:
+        sink_rows = []
+        for i, (name, model) in enumerate(models.items()):
             if progress:
-                progress("study: quality against the original", len(rows), len(prompts) * len(request.seeds))
-            frames = {name: generate(pipe, prompt, seed, generation, device) for name, pipe in pipes.items()}
-            (original, original_latents), (retrained, retrained_latents) = frames["original"], frames["retrained"]
-            rows.append(
-                {
-                    "prompt": prompt,
-                    "seed": int(seed),
-                    "psnr": quality.psnr(retrained, original),
-                    "ssim": quality.ssim(retrained, original),
-                    "latent_mse": quality.latent_mse(retrained_latents, original_latents),
-                }
-            )
-            if not videos:
-                videos = {"original": original, "retrained": retrained, "prompt": prompt}
-    quality_table = pd.DataFrame(rows)
-    tables = {"sinks": sinks, "sparsity": sparsity, "quality": quality_table}
-    for name, table in tables.items():
-        write_table(out / f"study_{name}.parquet", table)
-    write_json(
-        out / "study.json",
-        {"models": models, "layers": layers, "prompts": prompts, "seeds": list(request.seeds),
-         "levels": list(request.levels), "method": request.method, "threshold": request.threshold,
-         "summary": summarize(tables, layers)},
-    )  # fmt: skip
-    write_study_report(out / "study.html", models, layers, tables, videos, out / "loss.png")
-    return tables
+                progress(f"study: sinks of the {name} model", i, 2)
+            result = video_sinks(
+                SinksRequest(
+                    model=model, prompts=prompts, seeds=request.seeds, threshold=request.threshold, ablation=False,
+                    device=request.device, num_inference_steps=request.num_inference_steps, out=out,
+                )
+            )  # fmt: skip
+            summary = result.layers.assign(model=name, retrained=result.layers["layer"].isin(layers))
+            sink_rows.append(summary)
+        sinks = pd.concat(sink_rows, ignore_index=True)
+
+        sweeps = []
+        for name, model in models.items():
+            sweep_dir = run_sweep(
+                SweepRequest(
+                    model=model, mode="sparsity", scope="per-layer", method=request.method,
+                    levels=tuple(request.levels), layers=layers, prompts=prompts, seeds=request.seeds,
+                    out=out / f"sweep-{name}", device=request.device, num_inference_steps=request.num_inference_steps,
+                ),
+                _sweep_progress(progress, name),
+            )  # fmt: skip
+            table = pd.read_parquet(sweep_dir / "sweep.parquet")
+            sweeps.append(table.assign(model=name))
+        sparsity = _sensitivity(pd.concat(sweeps, ignore_index=True))
+
+        device = resolve_device(request.device)
+        pipes = {name: load_pipeline(model, device)[0] for name, model in models.items()}
+        generation = GenerationOptions(num_inference_steps=request.num_inference_steps).generation_kwargs(settings)
+        rows: list[dict[str, Any]] = []
+        videos: dict[str, Any] = {}
+        for prompt in prompts:
+            for seed in request.seeds:
+                if progress:
+                    progress("study: quality against the original", len(rows), len(prompts) * len(request.seeds))
+                frames = {name: generate(pipe, prompt, seed, generation, device) for name, pipe in pipes.items()}
+                (original, original_latents), (retrained, retrained_latents) = frames["original"], frames["retrained"]
+                rows.append(
+                    {
+                        "prompt": prompt,
+                        "seed": int(seed),
+                        "psnr": quality.psnr(retrained, original),
+                        "ssim": quality.ssim(retrained, original),
+                        "latent_mse": quality.latent_mse(retrained_latents, original_latents),
+                    }
+                )
+                if not videos:
+                    videos = {"original": original, "retrained": retrained, "prompt": prompt}
+        quality_table = pd.DataFrame(rows)
+        tables = {"sinks": sinks, "sparsity": sparsity, "quality": quality_table}
+        for name, table in tables.items():
+            write_table(out / f"study_{name}.parquet", table)
+        write_json(
+            out / "study.json",
+            {"models": models, "layers": layers, "prompts": prompts, "seeds": list(request.seeds),
+             "levels": list(request.levels), "method": request.method, "threshold": request.threshold,
+             "summary": summarize(tables, layers)},
+        )  # fmt: skip
+        write_study_report(out / "study.html", models, layers, tables, videos, out / "loss.png")
+        return tables
 
 
 def _sweep_progress(progress: ProgressFn | None, name: str) -> ProgressFn | None:

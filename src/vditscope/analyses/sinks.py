@@ -19,13 +19,13 @@ import pandas as pd
 from ..capture.sink_ablation import PATHS, SELECTIONS, ablate_sinks
 from ..capture.sink_capture import sink_capture
 from ..errors import VditscopeError
-from ..store import atomic_run_dir, write_json, write_table
+from ..store import OutputDir, write_json, write_table
 from ..tiny import DEFAULT_MODEL
 from . import quality
 from .analyze import _versions, default_prompts, model_settings
 from .captured import token_labels
 from .generation import generate
-from .options import GenerationOptions, checked_layers
+from .options import GenerationOptions, checked_layers, checked_seed, checked_steps, checked_unique
 from .sink_tables import (
     SINK_THRESHOLD,
     consistency,
@@ -38,6 +38,11 @@ from .sink_tables import (
 from .text_model import DEFAULT_TEXT, TextModel, is_text_model_dir, load_text_model, text_ablation, text_key_stats
 
 ProgressFn = Callable[[str, int, int], None]
+# what `vditscope sinks` writes at the top of its run directory (lm_* with --lm)
+SINKS_FILES = (
+    "run.json", "report.html", "sink_calls.parquet", "sinks.parquet", "sink_layers.parquet", "sink_where.parquet",
+    "sink_consistency.parquet", "sink_ablation.parquet", "lm_sink*.parquet",
+)  # fmt: skip
 
 
 @dataclass
@@ -86,6 +91,9 @@ def validate(request: SinksRequest) -> None:
         raise VditscopeError("a prompt or text is empty")
     if not request.seeds:
         raise VditscopeError("the seed list is empty")
+    for seed in request.seeds:
+        checked_seed(seed)
+    checked_unique(request.seeds, "--seed")
 
 
 def model_kind(model: str | None) -> tuple[str, Path]:
@@ -122,6 +130,8 @@ def video_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> Si
     sites = [site for site in adapter.sites(pipe.transformer) if site.kind == "self"]
     num_layers = len({site.layer for site in sites})
     layers = checked_layers(request.layers, num_layers)
+    checked_layers(request.ablation_layers, num_layers, "ablation layer")
+    checked_steps(request.capture_steps, int(generation.get("num_inference_steps", 0)) or None)
     total = len(prompts) * len(request.seeds)
     dense: dict[str, Any] = {}
     with sink_capture(
@@ -228,6 +238,7 @@ def text_sinks(
     text_model = load_text_model(directory, device=resolve_device(request.device), dtype=request.dtype)
     texts = list(texts) or [DEFAULT_TEXT]
     layers = checked_layers(request.layers, text_model.num_layers)
+    checked_layers(request.ablation_layers, text_model.num_layers, "ablation layer")
     special = text_model.special_tokens()
     keys = pd.DataFrame()
     call_rows = []
@@ -283,8 +294,6 @@ def _text_ablation(
 def run_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> Path:
     """Study the model (and ``lm``), then write the run directory atomically: sinks.parquet and the
     other tables, run.json and report.html."""
-    from ..report.sinks_html import write_sinks_report
-
     validate(request)
     started = time.perf_counter()
     kind, directory = model_kind(request.model)
@@ -293,6 +302,24 @@ def run_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> Path
         lm_kind, lm_directory = model_kind(request.lm)
         if lm_kind != "text":
             raise VditscopeError(f"--lm must be a transformers text model directory; {lm_directory} is a pipeline")
+    output = OutputDir(
+        request.out, "sinks", files=SINKS_FILES, inputs=[directory, lm_directory], overwrite=request.overwrite
+    )
+    with output:
+        return _run_sinks(request, output, kind, directory, lm_directory, started, progress)
+
+
+def _run_sinks(
+    request: SinksRequest,
+    output: OutputDir,
+    kind: str,
+    directory: Path,
+    lm_directory: Path | None,
+    started: float,
+    progress: ProgressFn | None,
+) -> Path:
+    from ..report.sinks_html import write_sinks_report
+
     if kind == "video":
         primary = video_sinks(request, progress)
     else:
@@ -310,7 +337,7 @@ def run_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> Path
         "seconds": round(time.perf_counter() - started, 2),
         "versions": _versions(),
     }
-    with atomic_run_dir(request.out) as staging:
+    with output.staging() as staging:
         write_json(staging / "run.json", run)
         _write_result(staging, "", primary)
         if calls is not None:
@@ -318,7 +345,7 @@ def run_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> Path
         if lm is not None:
             _write_result(staging, "lm_", lm)
         write_sinks_report(staging / "report.html", run, primary, lm, calls)
-    return Path(request.out)
+    return output.path
 
 
 def _write_result(directory: Path, prefix: str, result: SinkResult) -> None:

@@ -25,12 +25,12 @@ from safetensors.torch import load_file, save_file
 from ..capture.intervene import AttentionEdit, intervene
 from ..errors import VditscopeError
 from ..executors import Executor, Job, ModelSpec, Pool, Workbench, checked_model_dir, executor_for
-from ..store import write_atomic
+from ..store import OutputDir, write_atomic
 from ..tiny import DEFAULT_MODEL
 from . import quality
 from .analyze import default_prompts, model_settings
 from .generation import generate
-from .options import GenerationOptions
+from .options import GenerationOptions, checked_seed, checked_unique
 
 MODES = ("sparsity", "temperature")
 SCOPES = ("global", "per-layer", "leave-out")
@@ -62,6 +62,8 @@ TABLE_COLUMNS = [
 ]
 
 ProgressFn = Callable[[str, int, int], None]
+# what a sweep writes at the top of its (resumable) directory
+SWEEP_FILES = ("cells", "dense", "sweep.parquet", "sweep.csv", "plan.json", "sweep.json", "report.html")
 
 
 @dataclass
@@ -155,6 +157,12 @@ def validate(request: SweepRequest) -> None:
         raise VditscopeError("empty prompt: every --prompt needs text")
     if not request.seeds:
         raise VditscopeError("no seeds given")
+    for seed in request.seeds:
+        checked_seed(seed)
+    checked_unique(request.seeds, "--seed")
+    checked_unique(request.prompts, "--prompt")
+    checked_unique(request.levels, "--p" if request.method == "top-p" else "--k")
+    checked_unique(request.temperatures, "--tau")
     if request.steps is not None and not 0 <= request.steps[0] < request.steps[1]:
         raise VditscopeError(f"bad step range {request.steps[0]}:{request.steps[1]}")
 
@@ -271,7 +279,11 @@ def run_sweep(request: SweepRequest, progress: ProgressFn | None = None, executo
             f"step range {request.steps[0]}:{request.steps[1]} is outside the {total_steps}-step schedule"
         )
     spec = ModelSpec.of(model, request.device, request.dtype)
-    with executor.start(spec) as pool:
+    output = OutputDir(
+        request.out, f"sweep {request.mode}", files=SWEEP_FILES, inputs=[model_dir], overwrite=request.overwrite,
+        resumable=True,
+    )  # fmt: skip
+    with output, executor.start(spec) as pool:
         facts = pool.facts
         cells = plan_cells(request, facts.self_layers, len(prompts))
         # heads are checked on the first edited call; a wrong index would silently edit nothing
@@ -282,8 +294,7 @@ def run_sweep(request: SweepRequest, progress: ProgressFn | None = None, executo
         ):
             raise VditscopeError(f"head index out of range: the model has {facts.heads} heads")
 
-        out = Path(request.out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output.open()
         model_name = str(model_dir)
         keys = [cell.key(prompts[cell.prompt_index], generation, model_name) for cell in cells]
         started = time.perf_counter()
@@ -499,6 +510,22 @@ def load_plan(path: Path) -> list[AttentionEdit]:
         return [AttentionEdit.from_dict(edit) for edit in plan["edits"]]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise VditscopeError(f"{path} is not a valid sparsity plan ({exc})") from exc
+
+
+def check_plan(
+    edits: Sequence[AttentionEdit], *, steps: int | None = None, layers: int | None = None, heads: int | None = None
+) -> None:
+    """A plan's edits against the schedule (before loading) and the model's layers and heads (once known):
+    an index out of range would otherwise edit nothing, silently."""
+    for edit in edits:
+        if steps is not None and edit.steps is not None and edit.steps[1] > steps:
+            raise VditscopeError(
+                f"the plan edits steps {edit.steps[0]}:{edit.steps[1]}, but the schedule has {steps} steps"
+            )
+        if layers is not None and edit.layers is not None and max(edit.layers) >= layers:
+            raise VditscopeError(f"the plan edits layer {max(edit.layers)}, but the model has {layers} layers")
+        if heads is not None and edit.heads is not None and max(edit.heads) >= heads:
+            raise VditscopeError(f"the plan edits head {max(edit.heads)}, but the model has {heads} heads")
 
 
 def _write_outputs(

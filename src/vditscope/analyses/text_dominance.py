@@ -21,9 +21,12 @@ from ..tiny import DEFAULT_MODEL
 from . import quality
 from .analyze import default_prompts, model_settings
 from .generation import generate
-from .options import GenerationOptions
+from .options import GenerationOptions, checked_seed
 
 ProgressFn = Callable[[str, int, int], None]
+
+
+TEXT_ABLATION_FILES = ("text_ablation.parquet", "text_ablation.csv", "frames.safetensors", "report.html")
 
 
 @dataclass
@@ -39,58 +42,61 @@ class TextAblationRequest(GenerationOptions):
 def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None = None) -> tuple[Path, pd.DataFrame]:
     """Full and first-token-only generations per prompt; writes text_ablation.parquet/.csv,
     frames.safetensors and report.html."""
-    from safetensors.torch import save_file
-
-    from ..adapters.loading import load_pipeline, resolve_device
+    from ..adapters.loading import load_pipeline, resolve_device, resolve_model_dir
     from ..report.study_html import write_text_ablation_report
-    from ..store import atomic_run_dir
+    from ..store import OutputDir, write_tensors
 
     if any(not p.strip() for p in request.prompts):
         raise VditscopeError("empty prompt: every --prompt needs text")
+    checked_seed(request.seed)
     bad = [m for m in request.methods if m not in ABLATIONS]
     if bad or not request.methods:
         raise VditscopeError(f"unknown ablation {bad[0] if bad else '(none)'}; choose from {', '.join(ABLATIONS)}")
-    device = resolve_device(request.device)
-    pipe, adapter, model_dir = load_pipeline(request.model or DEFAULT_MODEL, device, request.dtype)
-    settings = model_settings(model_dir)
-    prompts = list(request.prompts) or default_prompts(settings)
-    generation = request.generation_kwargs(settings)
-    rows, videos = [], {}
-    total = len(prompts) * (1 + len(request.methods))
-    for p, prompt in enumerate(prompts):
-        if progress:
-            progress(f"prompt {p + 1}/{len(prompts)}", p * (1 + len(request.methods)), total)
-        full, _ = generate(pipe, prompt, request.seed, generation, device)
-        videos[f"p{p}.full"] = full
-        background = shapes.prompt_background(prompt, settings)
-        for method in request.methods:
-            with first_text_token_only(pipe, method):
-                ablated, _ = generate(pipe, prompt, request.seed, generation, device)
-            videos[f"p{p}.{method}"] = ablated
-            row = {
-                "prompt": prompt,
-                "method": method,
-                "ssim": quality.ssim(ablated, full),
-                "psnr": quality.psnr(ablated, full),
-                "frame_mse": float(np.mean((ablated - full) ** 2)),
-            }
-            if background is not None:
-                row["colour_full"] = shapes.measure_clip(full, background).color
-                row["colour_ablated"] = shapes.measure_clip(ablated, background).color
-            rows.append(row)
-    table = pd.DataFrame(rows)
-    with atomic_run_dir(request.out) as staging:
-        table.to_parquet(staging / "text_ablation.parquet", index=False)
-        table.to_csv(staging / "text_ablation.csv", index=False)
-        save_file({k: torch.from_numpy(v).contiguous() for k, v in videos.items()}, str(staging / "frames.safetensors"))
-        write_text_ablation_report(
-            staging / "report.html",
-            str(model_dir),
-            adapter.family,
-            request.seed,
-            prompts,
-            request.methods,
-            table,
-            videos,
-        )
-    return Path(request.out), table
+    model_dir = resolve_model_dir(request.model or DEFAULT_MODEL)
+    output = OutputDir(request.out, "text-ablation", files=TEXT_ABLATION_FILES, inputs=[model_dir],
+                       overwrite=request.overwrite)  # fmt: skip
+    with output:
+        device = resolve_device(request.device)
+        pipe, adapter, model_dir = load_pipeline(model_dir, device, request.dtype)
+        settings = model_settings(model_dir)
+        prompts = list(request.prompts) or default_prompts(settings)
+        generation = request.generation_kwargs(settings)
+        rows, videos = [], {}
+        total = len(prompts) * (1 + len(request.methods))
+        for p, prompt in enumerate(prompts):
+            if progress:
+                progress(f"prompt {p + 1}/{len(prompts)}", p * (1 + len(request.methods)), total)
+            full, _ = generate(pipe, prompt, request.seed, generation, device)
+            videos[f"p{p}.full"] = full
+            background = shapes.prompt_background(prompt, settings)
+            for method in request.methods:
+                with first_text_token_only(pipe, method):
+                    ablated, _ = generate(pipe, prompt, request.seed, generation, device)
+                videos[f"p{p}.{method}"] = ablated
+                row = {
+                    "prompt": prompt,
+                    "method": method,
+                    "ssim": quality.ssim(ablated, full),
+                    "psnr": quality.psnr(ablated, full),
+                    "frame_mse": float(np.mean((ablated - full) ** 2)),
+                }
+                if background is not None:
+                    row["colour_full"] = shapes.measure_clip(full, background).color
+                    row["colour_ablated"] = shapes.measure_clip(ablated, background).color
+                rows.append(row)
+        table = pd.DataFrame(rows)
+        with output.staging() as staging:
+            table.to_parquet(staging / "text_ablation.parquet", index=False)
+            table.to_csv(staging / "text_ablation.csv", index=False)
+            write_tensors(staging / "frames.safetensors", {k: torch.from_numpy(v) for k, v in videos.items()})
+            write_text_ablation_report(
+                staging / "report.html",
+                str(model_dir),
+                adapter.family,
+                request.seed,
+                prompts,
+                request.methods,
+                table,
+                videos,
+            )
+    return output.path, table

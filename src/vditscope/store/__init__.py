@@ -1,5 +1,17 @@
-"""Run directories: atomic writes of run.json, tables (parquet) and tensors (safetensors)."""
+"""Run directories: where they may go (one output policy), and atomic writes of run.json, tables
+(parquet) and tensors (safetensors)."""
 
-from .run_dir import atomic_run_dir, json_safe, write_atomic, write_json, write_table, write_tensors
+from .output import OutputDir, OutputError, checked_output_file, sibling
+from .run_dir import json_safe, write_atomic, write_json, write_table, write_tensors
 
-__all__ = ["atomic_run_dir", "json_safe", "write_atomic", "write_json", "write_table", "write_tensors"]
+__all__ = [
+    "OutputDir",
+    "OutputError",
+    "checked_output_file",
+    "json_safe",
+    "sibling",
+    "write_atomic",
+    "write_json",
+    "write_table",
+    "write_tensors",
+]

@@ -1,49 +1,19 @@
-"""A run directory is written into a hidden staging directory and renamed into place at the end,
-so a crash or bad input never leaves a half-written run behind."""
+"""Writers of a run directory's files: JSON, parquet tables, safetensors, and any file atomically
+(where a run directory may go, and how it lands there, is ``output.py``)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
-@contextmanager
-def atomic_run_dir(out: str | Path) -> Iterator[Path]:
-    """Yield a staging directory that becomes ``out`` when the block succeeds (replacing it)."""
-    out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield staging
-        _normal_permissions(staging)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _normal_permissions(directory: Path) -> None:
-    """mkdtemp makes private (0700) directories; give the run the usual umask-based modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+from .output import sibling
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -73,7 +43,7 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Write one file through a temporary file in the same directory, then rename: never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=sibling(path, "tmp-", reserve=8).name, dir=path.parent)
     os.close(handle)
     try:
         write(Path(temporary))

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import VditscopeError
+from ..store import OutputDir
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -75,7 +76,9 @@ def load_clips(folder: Path, height: int, width: int, num_frames: int) -> list[C
     return [Clip(read_clip(path, height, width, num_frames), caption) for path, caption in find_clips(folder)]
 
 
-def write_shape_clips(folder: Path, count: int, *, seed: int = 0, frames: int = 17, size: int = 32) -> Path:
+def write_shape_clips(
+    folder: Path, count: int, *, seed: int = 0, frames: int = 17, size: int = 32, overwrite: bool = False
+) -> Path:
     """Render ``count`` captioned shapes clips (training caption combinations only) into ``folder`` as
     ``clipNNNN.mp4`` + ``.txt``: a data folder for ``retrain --mode flow`` on the tiny models. MP4,
     not GIF: GIF writers merge repeated frames and would shorten a clip."""
@@ -85,12 +88,12 @@ def write_shape_clips(folder: Path, count: int, *, seed: int = 0, frames: int = 
 
     if count < 1:
         raise VditscopeError(f"the clip count must be positive, got {count}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    train, _ = shapes.split_specs(seed)
-    rng = np.random.default_rng(seed)
-    for i, spec in enumerate(shapes.sample_specs(count, rng, train)):
-        video = (shapes.render_clip(spec, frames=frames, size=size, rng=rng) * 255).round().astype(np.uint8)
-        iio.imwrite(folder / f"clip{i:04d}.mp4", video, fps=8, quality=10, macro_block_size=16)
-        (folder / f"clip{i:04d}.txt").write_text(spec.caption)
-    return folder
+    output = OutputDir(folder, "render-clips", files=("clip*.mp4", "clip*.txt"), overwrite=overwrite)
+    with output, output.staging() as staging:
+        train, _ = shapes.split_specs(seed)
+        rng = np.random.default_rng(seed)
+        for i, spec in enumerate(shapes.sample_specs(count, rng, train)):
+            video = (shapes.render_clip(spec, frames=frames, size=size, rng=rng) * 255).round().astype(np.uint8)
+            iio.imwrite(staging / f"clip{i:04d}.mp4", video, fps=8, quality=10, macro_block_size=16)
+            (staging / f"clip{i:04d}.txt").write_text(spec.caption)
+    return output.path

@@ -19,15 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..adapters.loading import load_pipeline, quiet_loading, resolve_device
+from ..adapters.loading import load_pipeline, quiet_loading, resolve_device, resolve_model_dir
 from ..errors import VditscopeError
-from ..store import atomic_run_dir, write_json
+from ..store import OutputDir, write_json
 from ..tiny import DEFAULT_MODEL
 from .checkpoint import load_checkpoint, optimizer_step, optimizer_tensors, restore_optimizer, save_checkpoint
 from .clips import find_clips
 from .loss_plot import write_loss_plot
 from .objectives import DistillObjective, FlowObjective, encode_clips, encode_prompts, vocabulary_prompts
 from .recipes import RECIPES, Recipe
+
+# what a retrain run directory holds: checkpoint, loss plot, the retrained pipeline, the before/after study
+RETRAIN_FILES = ("checkpoint.safetensors", "state.json", "loss.png", "model", "study*", "sweep-*")
 
 Mode = Literal["distill", "flow"]
 MODES: tuple[Mode, ...] = ("distill", "flow")
@@ -53,6 +56,7 @@ class RetrainRequest:
     seed: int = 0
     checkpoint_every: int = 50
     out: Path = Path("runs/retrain")
+    overwrite: bool = False  # out may be a non-empty folder (nothing of yours is removed)
     device: str = "auto"
     # training video size; None = the model's vditscope.json generation settings
     height: int | None = None
@@ -74,8 +78,10 @@ class RetrainRequest:
         for name in ("steps", "batch", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise VditscopeError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise VditscopeError(f"the learning rate must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise VditscopeError(f"the learning rate must be a positive number, got {self.lr}")
+        if not 0 <= int(self.seed) < 2**63:
+            raise VditscopeError(f"--seed {self.seed} is out of range: use 0 <= seed < 2**63")
         if any(not str(p).strip() for p in self.prompts):
             raise VditscopeError("prompts must not be empty (the empty prompt is always trained)")
 
@@ -131,11 +137,22 @@ def retrain(request: RetrainRequest, progress: ProgressFn | None = None) -> Path
 
     ``progress(step, total, loss)`` is called after every optimizer step with that step's loss.
     """
-    from ..analyses.analyze import model_settings
 
     request.check()
+    model_dir = resolve_model_dir(request.model)
+    output = OutputDir(
+        request.out, "retrain", files=RETRAIN_FILES, inputs=[model_dir, request.data], overwrite=request.overwrite,
+        resumable=True,
+    )  # fmt: skip
+    with output:
+        return _retrain(request, output, model_dir, progress)
+
+
+def _retrain(request: RetrainRequest, output: OutputDir, model_dir: Path, progress: ProgressFn | None) -> Path:
+    from ..analyses.analyze import model_settings
+
     device = resolve_device(request.device)
-    pipe, adapter, model_dir = load_pipeline(request.model, device=device)
+    pipe, adapter, model_dir = load_pipeline(model_dir, device=device)
     recipe = _recipe(adapter.family)
     if getattr(pipe, "transformer_2", None) is not None:
         raise VditscopeError("retraining a pipeline with two transformers (Wan 2.2 experts) is not supported")
@@ -157,7 +174,7 @@ def retrain(request: RetrainRequest, progress: ProgressFn | None = None) -> Path
         "seed": request.seed,
         "size": list(size),
     }
-    out = Path(request.out)
+    out = output.path
     loaded = load_checkpoint(out)
     if loaded is not None and loaded[1].get("run") != run:
         saved = loaded[1].get("run") or {}
@@ -183,12 +200,16 @@ def retrain(request: RetrainRequest, progress: ProgressFn | None = None) -> Path
         step, losses = int(state["step"]), [float(v) for v in state["losses"]]
         _load_blocks(blocks, chosen, prefixes, tensors)
         restore_optimizer(optimizer, tensors, step)
-    out.mkdir(parents=True, exist_ok=True)
+    output.open()
     transformer.eval()  # no dropout: every step is a function of (seed, step) alone
     while step < request.steps:
         generator = torch.Generator().manual_seed(request.seed * 1_000_003 + step)
         loss = objective.loss(generator)
         losses.append(optimizer_step(optimizer, loss, params, learning_rate(request, step)))
+        if not math.isfinite(losses[-1]):
+            raise VditscopeError(
+                f"retraining diverged at step {step + 1} (loss {losses[-1]}); lower --lr (the last checkpoint is kept)"
+            )
         step += 1
         if step % request.checkpoint_every == 0 or step == request.steps:
             tensors = {f"model/{k}": v for k, v in block_tensors(blocks, chosen, prefixes).items()}
@@ -282,7 +303,7 @@ def _export(pipe: Any, settings: dict[str, Any], target: Path, run: dict[str, An
         "final_loss": float(np.mean(losses[-tail:])),
         **({"previous": previous} if previous else {}),
     }
-    with atomic_run_dir(target) as staging, quiet_loading():
+    with OutputDir(target, "retrain export", files=("*",)) as output, output.staging() as staging, quiet_loading():
         pipe.save_pretrained(staging, safe_serialization=True)
         write_json(staging / "vditscope.json", info)
-    return target.resolve()
+    return output.path

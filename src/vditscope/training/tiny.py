@@ -8,7 +8,6 @@ the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data import shapes
+from ..store import OutputDir, write_json
 from .checkpoint import (
     CHECKPOINT,
     STATE,
@@ -30,6 +30,8 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .recipes import denoising_loss, recipe_for
+
+TRAIN_FILES = (CHECKPOINT, STATE)  # what a train-tiny run directory holds
 
 __all__ = ["CHECKPOINT", "STATE", "TinyConfig", "build_pipeline", "export_pipeline", "load_trained_pipeline", "train"]
 
@@ -150,10 +152,23 @@ def train(
     minutes: float | None = None,
     checkpoint_every: int = 100,
     progress: Callable[[int, int, float], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Train (or resume) in ``out``; returns the directory. Stops at ``steps`` or after ``minutes``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Train (or resume) in ``out``; returns the directory. Stops at ``steps`` or after ``minutes``.
+    ``out`` is new or an earlier run of train-tiny (the output policy, ``store/output.py``)."""
+    with OutputDir(out, "train-tiny", files=TRAIN_FILES, overwrite=overwrite, resumable=True) as output:
+        output.open()
+        return _train(output.path, config, steps, minutes, checkpoint_every, progress)
+
+
+def _train(
+    out: Path,
+    config: TinyConfig,
+    steps: int,
+    minutes: float | None,
+    checkpoint_every: int,
+    progress: Callable[[int, int, float], None] | None,
+) -> Path:
     recipe = recipe_for(config.family)
     pipe = build_pipeline(config)
     train_specs, _ = shapes.split_specs(config.seed)
@@ -214,12 +229,21 @@ def load_trained_pipeline(run_dir: Path) -> Any:
     return pipe, config
 
 
-def export_pipeline(run_dir: Path, target: Path, metrics: dict[str, Any] | None = None) -> Path:
+def export_pipeline(
+    run_dir: Path, target: Path, metrics: dict[str, Any] | None = None, overwrite: bool = False
+) -> Path:
     """Save the trained pipeline as a diffusers directory with vditscope.json (generation, vocabulary)."""
-    pipe, config = load_trained_pipeline(run_dir)
-    target = Path(target)
-    pipe.save_pretrained(target, safe_serialization=True)
-    info = {
+    with OutputDir(target, "train-tiny export", files=("*",), inputs=[run_dir], overwrite=overwrite) as output:
+        pipe, config = load_trained_pipeline(run_dir)
+        with output.staging() as staging:
+            pipe.save_pretrained(staging, safe_serialization=True)
+            write_json(staging / "vditscope.json", _export_info(config, metrics))
+    return output.path
+
+
+def _export_info(config: TinyConfig, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """vditscope.json of an exported shapes pipeline."""
+    return {
         "generation": config.generation(),
         "vocabulary": shapes.vocabulary(),
         "caption": shapes.CAPTION,
@@ -227,5 +251,3 @@ def export_pipeline(run_dir: Path, target: Path, metrics: dict[str, Any] | None 
         "training": asdict(config),
         "metrics": metrics or {},
     }
-    (target / "vditscope.json").write_text(json.dumps(info, indent=1) + "\n")
-    return target

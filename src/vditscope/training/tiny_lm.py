@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..store import OutputDir
 from .checkpoint import optimizer_step
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -294,14 +295,28 @@ def train_tiny_lm(
     checkpoint_every: int = 200,
     eval_every: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Train (or resume) the tiny LM in ``out``; stops at ``steps`` or after ``minutes``. Returns ``out``.
 
     ``eval_every`` > 0 adds held-out losses (docs, code) to the history at those steps and the end.
+    ``out`` is new or an earlier run of train-tiny-lm (the output policy, ``store/output.py``).
     """
-    config = config or TinyLMConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    files = (CHECKPOINT, STATE, TOKENIZER, f"{CHECKPOINT}.tmp", f"{STATE}.tmp", f"{TOKENIZER}.tmp")
+    with OutputDir(out, "train-tiny-lm", files=files, overwrite=overwrite, resumable=True) as output:
+        output.open()
+        return _train(output.path, steps, config or TinyLMConfig(), minutes, checkpoint_every, eval_every, progress)
+
+
+def _train(
+    out: Path,
+    steps: int,
+    config: TinyLMConfig,
+    minutes: float | None,
+    checkpoint_every: int,
+    eval_every: int,
+    progress: Callable[[int, int, float], None] | None,
+) -> Path:
     if (out / STATE).is_file():
         saved = TinyLMConfig(**json.loads((out / STATE).read_text())["config"])
         if saved != config:
@@ -376,9 +391,14 @@ def sink_figures(
     """Measure the first-token sink of every head of a saved model (eager attention) on ``texts``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, attn_implementation="eager", dtype=torch.float32, local_files_only=True
+        model_dir,
+        attn_implementation="eager",
+        dtype=torch.float32,
+        local_files_only=True,
+        trust_remote_code=False,
+        use_safetensors=True,
     ).eval()
     ratio, ratio_all, share = [], [], []
     for text in texts:
@@ -416,7 +436,7 @@ def sink_summary(figures: SinkFigures, threshold: float = 10.0) -> dict[str, Any
     }
 
 
-def export_tiny_lm(run_dir: Path, target: Path, storage: str = "float32") -> Path:
+def export_tiny_lm(run_dir: Path, target: Path, storage: str = "float32", overwrite: bool = False) -> Path:
     """Save the trained LM as a transformers directory (safetensors, tokenizer) plus vditscope.json metrics.
 
     ``storage`` "float16" halves the file; config.json still says float32, so ``from_pretrained``
@@ -424,33 +444,36 @@ def export_tiny_lm(run_dir: Path, target: Path, storage: str = "float32") -> Pat
     """
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer, config = load_trained_lm(run_dir)
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    model.config.use_cache = True
-    model.to(getattr(torch, storage)).save_pretrained(target)
-    settings = json.loads((target / "config.json").read_text())
-    (target / "config.json").write_text(json.dumps({**settings, "dtype": "float32"}, indent=2, sort_keys=True) + "\n")
-    tokenizer.save_pretrained(target)
-    model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="sdpa", local_files_only=True).eval()
-    texts = corpus(config)
-    losses = {"docs": heldout_loss(model, config, token_stream(tokenizer, texts.heldout_docs))}
-    if texts.heldout_code:
-        losses["code"] = heldout_loss(model, config, token_stream(tokenizer, texts.heldout_code))
-    texts = sink_texts(config=config)
-    figures = sink_figures(target, texts, config.context, skip=config.context // 8)
-    state = json.loads((Path(run_dir) / STATE).read_text())
-    info = {
-        "trained": True,
-        "training": {**asdict(config), "steps": state["step"], "storage": storage},
-        "corpus": "pydoc_data.topics (English documentation) and, with stdlib, the standard library's sources"
-        f" (Python {sys.version_info.major}.{sys.version_info.minor}); every tenth paragraph and file held out",
-        "metrics": {
-            **{f"heldout_{k}_loss": round(v, 4) for k, v in losses.items()},
-            **{f"heldout_{k}_perplexity": round(math.exp(v), 2) for k, v in losses.items()},
-            "sinks": sink_summary(figures),
-        },
-        "history": state["history"],
-    }
-    (target / "vditscope.json").write_text(json.dumps(info, indent=1) + "\n")
-    return target
+    output = OutputDir(target, "train-tiny-lm export", files=("*",), inputs=[run_dir], overwrite=overwrite)
+    with output, output.staging() as target:
+        model, tokenizer, config = load_trained_lm(run_dir)
+        model.config.use_cache = True
+        model.to(getattr(torch, storage)).save_pretrained(target)
+        settings = json.loads((target / "config.json").read_text())
+        settings = {**settings, "dtype": "float32"}
+        (target / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        tokenizer.save_pretrained(target)
+        model = AutoModelForCausalLM.from_pretrained(
+            target, attn_implementation="sdpa", local_files_only=True, trust_remote_code=False, use_safetensors=True
+        ).eval()
+        texts = corpus(config)
+        losses = {"docs": heldout_loss(model, config, token_stream(tokenizer, texts.heldout_docs))}
+        if texts.heldout_code:
+            losses["code"] = heldout_loss(model, config, token_stream(tokenizer, texts.heldout_code))
+        texts = sink_texts(config=config)
+        figures = sink_figures(target, texts, config.context, skip=config.context // 8)
+        state = json.loads((Path(run_dir) / STATE).read_text())
+        info = {
+            "trained": True,
+            "training": {**asdict(config), "steps": state["step"], "storage": storage},
+            "corpus": "pydoc_data.topics (English documentation) and, with stdlib, the standard library's sources"
+            f" (Python {sys.version_info.major}.{sys.version_info.minor}); every tenth paragraph and file held out",
+            "metrics": {
+                **{f"heldout_{k}_loss": round(v, 4) for k, v in losses.items()},
+                **{f"heldout_{k}_perplexity": round(math.exp(v), 2) for k, v in losses.items()},
+                "sinks": sink_summary(figures),
+            },
+            "history": state["history"],
+        }
+        (target / "vditscope.json").write_text(json.dumps(info, indent=1) + "\n")
+    return output.path
