@@ -4,7 +4,6 @@ the output path allow runs before anything is generated, and fails in one line w
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -12,17 +11,8 @@ import pytest
 
 from vditscope.analyses.analyze import recorded_generation
 from vditscope.analyses.sweep import PLAN_VERSION
-from vditscope.cli import main
 
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["vditscope", *argv])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
+from .in_process import run_main as cli
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vditscope
-from vditscope.cli import main
 from vditscope.store import OutputDir, OutputError, checked_output_file, sibling
+
+from .in_process import run_main as cli
 
 FILES = ("report.html", "data.parquet", "sub")
 
@@ -274,14 +274,6 @@ def test_random_trees_are_refused_untouched_or_replaced_only_when_ours(
 
 
 # ---- every command, through the command line ---------------------------------------------------------------
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["vditscope", *argv])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
 
 
 def command_lines(out: str, model: Path, runs: tuple[Path, Path]) -> dict[str, list[str]]:

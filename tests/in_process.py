@@ -1,0 +1,20 @@
+"""The command line run in this process (fast: no interpreter start-up), as a user would see it."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from vditscope.cli import main
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """(exit code, stderr) of ``vditscope ARGV`` through the entry point that maps errors to one line."""
+    monkeypatch.setattr(sys, "argv", ["vditscope", *argv])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
