@@ -440,3 +440,18 @@ def test_an_earlier_output_is_replaced_only_where_it_is_ours(
     else:
         assert code == 0 and snapshot(out) != ours and (out / "clip0001.mp4").is_file()
     assert sorted(p.name for p in root.iterdir()) == ["clips"]
+
+
+def test_a_forged_marker_cannot_reach_outside_the_output(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    out = write_run(tmp_path / "run")
+    marker = out / ".vditscope-demo.json"
+    data = json.loads(marker.read_text())
+    info = precious.lstat()
+    data["files"]["../precious.txt"] = [info.st_size, info.st_mtime_ns]
+    data["files"][str(precious)] = [info.st_size, info.st_mtime_ns]
+    marker.write_text(json.dumps(data))
+    (out / "notes.md").write_text("the user's")  # so that the next run merges file by file
+    write_run(out, overwrite=True, text="again")
+    assert precious.read_text() == "mine" and (out / "notes.md").read_text() == "the user's"

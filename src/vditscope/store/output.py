@@ -89,6 +89,9 @@ def _listed(directory: Path, marker: dict[str, Any]) -> set[str]:
         return set()
     ours = set()
     for name, stamp in files.items():
+        parts = Path(str(name)).parts
+        if not parts or Path(str(name)).is_absolute() or ".." in parts:
+            continue  # a marker is input too (a run directory someone sent): never reach outside it
         path = directory / str(name)
         with contextlib.suppress(OSError):
             if (path.exists() or path.is_symlink()) and _stamp(path) == stamp:
