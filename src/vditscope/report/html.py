@@ -2,16 +2,14 @@
 
 Escaping is the default: reports show prompts, token strings, model paths, notes and run.json fields
 of runs received from someone else, so every value given to ``page``, ``figure_html``,
-``key_value_table`` or as an argument of ``format_html`` is text and is escaped. Only ``Markup`` (the
+``key_value_table`` or as an argument of ``format_html`` is text and is escaped. Only ``Markup`` (markupsafe; the
 report code's own literal HTML, and what these helpers return) is inserted as it is.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
-import string
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from markupsafe import Markup, escape
 
 from ..analyses.structure import HEAD_RULE, SINK_RATIO, Structure, analyze_structure, first_token_share
 from ..stats.streaming import uniform_locality
@@ -35,41 +34,11 @@ img{max-width:100%}
 """
 
 
-class Markup(str):
-    """Trusted HTML, inserted into a page as it is: the report code's own literals and the fragments the
-    helpers below build. Any other string given to them is text and gets escaped."""
-
-    __slots__ = ()
-
-    def __html__(self) -> Markup:
-        """The markupsafe/Jinja protocol: this is already HTML."""
-        return self
-
-    def join(self, items: Iterable[object]) -> Markup:  # type: ignore[override]
-        """The items, each escaped unless it is Markup, with this markup between them."""
-        return Markup(str.join(self, (escape(item) for item in items)))
-
-
-def escape(value: object) -> Markup:
-    """A value as HTML text: &, <, > and both quotes escaped (safe in text and in quoted attributes).
-    Markup passes unchanged, so nothing is escaped twice."""
-    if isinstance(value, Markup):
-        return value
-    return Markup(html.escape(str(value), quote=True))
-
-
-class _HtmlFormatter(string.Formatter):
-    def format_field(self, value: Any, format_spec: str) -> str:
-        if isinstance(value, Markup):
-            return value
-        return html.escape(format(value, format_spec), quote=True)
-
-
 def format_html(template: str, /, *args: object, **kwargs: object) -> Markup:
     """``template.format(...)`` for HTML: the template is trusted markup (a literal of the report
     code, never built from data); every argument is formatted with its spec, then escaped unless it
-    is Markup."""
-    return Markup(_HtmlFormatter().vformat(template, args, kwargs))
+    is Markup (markupsafe's ``Markup.format``)."""
+    return Markup(template).format(*args, **kwargs)
 
 
 def _img(data: bytes, mime: str, alt: str) -> Markup:
