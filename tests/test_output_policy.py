@@ -455,3 +455,12 @@ def test_a_forged_marker_cannot_reach_outside_the_output(tmp_path: Path) -> None
     (out / "notes.md").write_text("the user's")  # so that the next run merges file by file
     write_run(out, overwrite=True, text="again")
     assert precious.read_text() == "mine" and (out / "notes.md").read_text() == "the user's"
+
+
+def test_a_resumable_run_that_fails_before_writing_leaves_an_empty_folder_empty(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    out.mkdir()
+    with pytest.raises(ValueError), OutputDir(out, "demo", files=FILES, resumable=True) as output:
+        output.open()
+        raise ValueError("a head index out of range")
+    assert out.is_dir() and list(out.iterdir()) == []

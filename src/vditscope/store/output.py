@@ -207,6 +207,7 @@ class OutputDir:
         self.merge = False  # write file by file into an existing directory instead of swapping it
         self._made_parents: list[Path] = []
         self._made_dir = False
+        self._wrote_marker = False
         self._lock: _Lock | None = None
 
     # ---- claim -------------------------------------------------------------------------------------
@@ -319,13 +320,16 @@ class OutputDir:
         self._made_parents = []
 
     def _undo_unfinished(self) -> None:
-        """After a failure: a resumable output this claim created and that holds nothing but its
-        marker is removed again, so bad input leaves nothing behind."""
-        if not self._made_dir:
+        """After a failure: a resumable output that holds nothing but the marker this claim wrote loses
+        the marker again (and the folder, when this claim made it), so bad input leaves nothing behind."""
+        if not self._wrote_marker:
             return
         marker = marker_name(self.command)
         if all(name == marker for name in _entries(self.path)):
-            shutil.rmtree(self.path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (self.path / marker).unlink()
+                if self._made_dir:
+                    self.path.rmdir()
 
     # ---- writing -----------------------------------------------------------------------------------
     def marker(self, files: dict[str, str | list[int]] | None = None) -> dict[str, Any]:
@@ -347,6 +351,7 @@ class OutputDir:
                 self._made_dir = True
             if read_marker(self.path, self.command) is None:
                 self._write_marker(self.path, self.marker())
+                self._wrote_marker = True
         except OSError as exc:
             raise fs_error(exc, self.path, "write") from None
         return self.path
