@@ -10,8 +10,7 @@ from .models.pixel_vae import PixelShuffleVAE
 from .stats import TOP_FRACTIONS, AttentionStats, attention_stats
 from .stats.key_stats import KeyStats, key_stats
 from .tiny import tiny_model_dir
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "TOP_FRACTIONS",

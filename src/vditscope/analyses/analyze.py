@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import platform
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -14,19 +12,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
-from ..adapters.pipeline_defaults import pipeline_defaults
 from ..errors import VditscopeError
 from ..executors import Executor, Job, ModelSpec, Pool, checked_model_dir, executor_for
-from ..store import OutputDir, write_json, write_table, write_tensors
+from ..store import OutputDir, library_versions, write_json, write_table, write_tensors
 from ..tiny import DEFAULT_MODEL
 from .captured import CaptureCache, Captured, CaptureJob, writable
 from .options import GenerationOptions, checked_layers, checked_seed, checked_steps, checked_unique
+from .settings import default_prompts, model_settings
+from .sweep_tables import check_plan, load_plan
 
 # Per-head token maps are kept while all of a run's token maps fit in this many bytes; above it
 # they are stored as the mean over heads (shape (1, T, T)), which run.json records.
 TOKEN_MAP_BUDGET = 32 * 2**20
-DEFAULT_PROMPTS = ("a car driving on the highway", "a red car driving on the highway")
 # what `vditscope analyze` writes at the top of its run directory (the output policy's declared names)
 RUN_FILES = (
     "run.json", "stats.parquet", "maps.safetensors", "videos.safetensors", "similarity.parquet", "heads.parquet",
@@ -52,41 +49,6 @@ class AnalyzeRequest(GenerationOptions):
 
 
 ProgressFn = Callable[[str, int, int], None]
-
-
-def model_settings(model_dir: Path) -> dict[str, Any]:
-    """vditscope.json of a model directory (generation settings, vocabulary), or {}; its generation
-    settings start from the pipeline's own defaults, so that the schedule is known before anything runs."""
-    path = model_dir / "vditscope.json"
-    settings: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            settings = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise VditscopeError(f"{path} is not valid JSON ({exc})") from exc
-        if not isinstance(settings, dict) or not isinstance(settings.get("generation", {}), dict):
-            raise VditscopeError(f"{path} is not a vditscope.json object with a generation object")
-    defaults = pipeline_defaults(model_dir)
-    if defaults:
-        settings = {**settings, "generation": {**defaults, **settings.get("generation", {})}}
-    return settings
-
-
-def default_prompts(settings: dict[str, Any]) -> list[str]:
-    vocabulary = settings.get("vocabulary")
-    if not vocabulary:
-        return list(DEFAULT_PROMPTS)
-    colors, shapes, directions, backgrounds = (
-        vocabulary[key] for key in ("colors", "shapes", "directions", "backgrounds")
-    )
-
-    def pick(words: list[str], i: int) -> str:
-        return words[i % len(words)]
-
-    return [
-        f"a {pick(colors, 2 * i)} {pick(shapes, i)} moving {pick(directions, i)} on a {pick(backgrounds, i)} background"
-        for i in range(3)
-    ]
 
 
 def expected_run_bytes(generation: dict[str, Any], generations: int) -> int:
@@ -148,8 +110,6 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, exe
         raise VditscopeError(f"map step {bad[0]} is not a captured step")
     edits = []
     if request.plan is not None:
-        from .sweep import check_plan, load_plan
-
         edits = load_plan(request.plan)
         check_plan(edits, steps=total_steps)
 
@@ -253,12 +213,12 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, exe
             "seconds": round(elapsed, 2),
             "executor": executor.name,
             "notes": notes,
-            "versions": _versions(),
+            "versions": library_versions(),
         }
         with output.staging() as staging:
             write_json(staging / "run.json", run)
             write_table(staging / "stats.parquet", stats)
-            write_tensors(staging / "maps.safetensors", maps, metadata={"vditscope": __version__})
+            write_tensors(staging / "maps.safetensors", maps, metadata={"vditscope": library_versions()["vditscope"]})
             write_tensors(staging / "videos.safetensors", {k: torch.from_numpy(v) for k, v in videos.items()})
             write_table(staging / "similarity.parquet", similarity)
             write_table(staging / "heads.parquet", structure.heads)
@@ -294,16 +254,3 @@ def _run_generations(
         results[job.task.index] = result
         report()
     return [results[i] for i in range(len(jobs))]
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-    import transformers
-
-    return {
-        "vditscope": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }

@@ -4,7 +4,6 @@ settings), from their run directories alone."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,30 +14,10 @@ import torch
 from ..errors import VditscopeError
 from ..store import OutputDir, write_table
 from ..store.map_names import MapName, parse_map_name
+from .results import Comparison, RunData
 from .structure import pearson_matrix
 
 COLUMNS = ["layer_a", "layer_b", "pairs", "similarity", "within_a", "map"]
-
-
-@dataclass
-class RunData:
-    """What a comparison reads from one run directory."""
-
-    path: Path
-    run: dict[str, Any]
-    maps: dict[MapName, torch.Tensor]
-    similarity: pd.DataFrame | None = None
-
-
-@dataclass
-class Comparison:
-    """Per matched layer: the mean Pearson correlation of the two runs' maps, and run A's own
-    similarity across prompts for scale; ``notes`` say how layers and prompts were matched."""
-
-    table: pd.DataFrame
-    run_a: RunData
-    run_b: RunData
-    notes: list[str] = field(default_factory=list)
 
 
 def load_run(path: Path) -> RunData:

@@ -10,7 +10,6 @@ the shape's track is from the source's.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,12 @@ import torch
 from ..capture.transfer import TRANSFER_MODES, TransferConfig, transfer
 from ..data import shapes
 from ..errors import VditscopeError
+from ..media import gif_bytes, write_mp4
 from ..store import OutputDir, json_safe, write_tensors
 from ..tiny import DEFAULT_MODEL
 from . import quality
-from .analyze import model_settings
 from .options import GenerationOptions, checked_seed
+from .settings import model_settings
 
 ProgressFn = Callable[[str, int, int], None]
 EDIT_FILES = ("source.mp4", "target.mp4", "edited.mp4", "preview.gif", "frames.safetensors", "metrics.json")
@@ -140,8 +140,6 @@ def run_edit(request: EditRequest) -> tuple[Path, dict[str, Any]]:
 
 
 def _edit(request: EditRequest, output: OutputDir) -> dict[str, Any]:
-    from ..report.html import gif_bytes
-
     session = open_session(request)
     config = TransferConfig(
         layers=frozenset(request.layers) if request.layers is not None else None, steps=request.steps, mode=request.mode
@@ -223,17 +221,3 @@ def _edit_sweep(request: EditRequest, output: OutputDir, progress: ProgressFn | 
             figure,
         )
     return table
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
-    """An H.264 mp4 (imageio's ffmpeg plugin) of (T, H, W, 3) frames in [0, 1], scaled up by whole
-    pixels to at least 256 px and padded to multiples of 16."""
-    import imageio.v2 as imageio
-
-    video = (np.clip(frames, 0, 1) * 255).astype(np.uint8)
-    scale = max(1, math.ceil(256 / max(video.shape[1], video.shape[2])))
-    video = video.repeat(scale, axis=1).repeat(scale, axis=2)
-    pad_h, pad_w = (-video.shape[1]) % 16, (-video.shape[2]) % 16
-    if pad_h or pad_w:
-        video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-    imageio.mimwrite(path, list(video), format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)

@@ -12,12 +12,13 @@ import torch
 
 from ..capture.intervene import intervene
 from ..errors import VditscopeError
+from ..media import gif_bytes
 from ..tiny import DEFAULT_MODEL
 from . import quality
-from .analyze import default_prompts, model_settings
 from .generation import generate
 from .options import GenerationOptions, checked_seed
-from .sweep import check_plan, load_plan
+from .settings import default_prompts, model_settings
+from .sweep_tables import check_plan, load_plan
 
 GENERATE_FILES = ("frames.safetensors", "preview.gif", "metrics.json")
 
@@ -36,7 +37,6 @@ def run_generate(request: GenerateRequest) -> tuple[Path, dict[str, Any]]:
     """Generate dense and (with a plan) planned; write frames.safetensors, preview.gif (side by side)
     and metrics.json (PSNR/SSIM of planned vs dense, null when identical)."""
     from ..adapters.loading import load_pipeline, resolve_device, resolve_model_dir
-    from ..report.html import gif_bytes
     from ..store import OutputDir, json_safe, write_tensors
 
     if request.prompt is not None and not request.prompt.strip():

@@ -17,11 +17,12 @@ import pandas as pd
 from ..errors import VditscopeError
 from ..store import OutputDir, write_json, write_table
 from . import quality
-from .analyze import default_prompts, model_settings
 from .generation import generate
 from .options import GenerationOptions
+from .settings import default_prompts, model_settings
 from .sinks import SinksRequest, video_sinks
-from .sweep import SweepRequest, level_column, run_sweep
+from .sweep import SweepRequest, run_sweep
+from .sweep_tables import level_column
 
 ProgressFn = Callable[[str, int, int], None]
 MODELS = ("original", "retrained")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,14 @@ import pandas as pd
 from ..capture.sink_ablation import PATHS, SELECTIONS, ablate_sinks
 from ..capture.sink_capture import sink_capture
 from ..errors import VditscopeError
-from ..store import OutputDir, write_json, write_table
+from ..store import OutputDir, library_versions, write_json, write_table
 from ..tiny import DEFAULT_MODEL
 from . import quality
-from .analyze import _versions, default_prompts, model_settings
 from .captured import token_labels
 from .generation import generate
 from .options import GenerationOptions, checked_layers, checked_seed, checked_steps, checked_unique
+from .results import SinkResult
+from .settings import default_prompts, model_settings
 from .sink_tables import (
     SINK_THRESHOLD,
     consistency,
@@ -62,21 +63,6 @@ class SinksRequest(GenerationOptions):
     lm_texts: Sequence[str] = ()
     max_tokens: int = 512
     chunk_size: int | None = None
-
-
-@dataclass
-class SinkResult:
-    """The tables of one model's sink study."""
-
-    kind: str  # "video" or "text"
-    model: str
-    family: str
-    keys: pd.DataFrame
-    layers: pd.DataFrame
-    where: pd.DataFrame
-    consistency: pd.DataFrame
-    ablation: pd.DataFrame
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def validate(request: SinksRequest) -> None:
@@ -335,7 +321,7 @@ def _run_sinks(
         **primary.info,
         "lm": None if lm is None else {"model": lm.model, "family": lm.family, **lm.info},
         "seconds": round(time.perf_counter() - started, 2),
-        "versions": _versions(),
+        "versions": library_versions(),
     }
     with output.staging() as staging:
         write_json(staging / "run.json", run)

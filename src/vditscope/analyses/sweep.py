@@ -28,16 +28,23 @@ from ..executors import Executor, Job, ModelSpec, Pool, Workbench, checked_model
 from ..store import OutputDir, write_atomic
 from ..tiny import DEFAULT_MODEL
 from . import quality
-from .analyze import default_prompts, model_settings
 from .generation import generate
 from .options import GenerationOptions, checked_seed, checked_unique
+from .settings import default_prompts, model_settings
+from .sweep_tables import (
+    LEVEL_METHODS,
+    PLAN_VERSION,
+    check_plan,
+    level_column,
+    load_plan,
+    sensitivity_table,
+    sparsity_plan,
+)
 
 MODES = ("sparsity", "temperature")
 SCOPES = ("global", "per-layer", "leave-out")
-LEVEL_METHODS = ("bottom-k", "top-p")
 MASK_METHODS = ("spatial", "temporal", "tiles", "svg")
 METHODS = LEVEL_METHODS + MASK_METHODS
-PLAN_VERSION = 1
 TABLE_COLUMNS = [
     "mode",
     "scope",
@@ -462,72 +469,6 @@ def _run_cell(
     }
 
 
-def sparsity_plan(table: pd.DataFrame, target: float, steps: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Per layer, the largest level whose mean PSNR (over prompts and seeds) stays >= target, from
-    the per-layer rows of a sweep; layers with no such level stay dense (0)."""
-    rows = table[(table["scope"] == "per-layer") & (table["layer"] >= 0)]
-    if rows.empty or rows["method"].iloc[0] not in LEVEL_METHODS:
-        return {}
-    method = str(rows["method"].iloc[0])
-    level = level_column(rows)
-    means = rows.groupby(["layer", level])["psnr"].mean().reset_index()
-    layers: dict[str, float] = {}
-    for layer, group in means.groupby("layer"):
-        ok = group[group["psnr"] >= target]
-        if method == "bottom-k":
-            layers[str(int(layer))] = float(ok[level].max()) if not ok.empty else 0.0
-        else:  # top-p: smaller p is sparser; 1.0 keeps everything
-            layers[str(int(layer))] = float(ok[level].min()) if not ok.empty else 1.0
-    edits = []
-    for layer, value in layers.items():
-        if (method == "bottom-k" and value > 0) or (method == "top-p" and value < 1):
-            edit = AttentionEdit(
-                bottom_k=value if method == "bottom-k" else 0.0,
-                top_p=value if method == "top-p" else None,
-                layers=frozenset({int(layer)}),
-                steps=steps,
-            )
-            edits.append(edit.to_dict())
-    return {
-        "vditscope_plan": PLAN_VERSION,
-        "method": method,
-        "target_psnr": target,
-        "rule": f"per layer, the largest sparsity whose mean PSNR against dense stays >= {target:g} dB",
-        "layers": layers,
-        "edits": edits,
-    }
-
-
-def load_plan(path: Path) -> list[AttentionEdit]:
-    """The edits of a plan file written by a sweep (clear errors for anything else)."""
-    path = Path(path)
-    if not path.is_file():
-        raise VditscopeError(f"no such plan file: {path}")
-    try:
-        plan = json.loads(path.read_text())
-        if plan.get("vditscope_plan") != PLAN_VERSION:
-            raise VditscopeError(f"{path} is not a vditscope sparsity plan")
-        return [AttentionEdit.from_dict(edit) for edit in plan["edits"]]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise VditscopeError(f"{path} is not a valid sparsity plan ({exc})") from exc
-
-
-def check_plan(
-    edits: Sequence[AttentionEdit], *, steps: int | None = None, layers: int | None = None, heads: int | None = None
-) -> None:
-    """A plan's edits against the schedule (before loading) and the model's layers and heads (once known):
-    an index out of range would otherwise edit nothing, silently."""
-    for edit in edits:
-        if steps is not None and edit.steps is not None and edit.steps[1] > steps:
-            raise VditscopeError(
-                f"the plan edits steps {edit.steps[0]}:{edit.steps[1]}, but the schedule has {steps} steps"
-            )
-        if layers is not None and edit.layers is not None and max(edit.layers) >= layers:
-            raise VditscopeError(f"the plan edits layer {max(edit.layers)}, but the model has {layers} layers")
-        if heads is not None and edit.heads is not None and max(edit.heads) >= heads:
-            raise VditscopeError(f"the plan edits head {max(edit.heads)}, but the model has {heads} heads")
-
-
 def _write_outputs(
     out: Path,
     request: SweepRequest,
@@ -574,18 +515,14 @@ def _write_outputs(
     write_atomic(out / "report.html", lambda p: write_sweep_report(p, meta, table, plan))
 
 
-def sensitivity_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per layer (rows) and level (columns): mean PSNR over prompts and seeds, from per-layer rows."""
-    rows = table[table["scope"] == "per-layer"]
-    if rows.empty:
-        return pd.DataFrame()
-    level = level_column(rows)
-    pivot = rows.pivot_table(index="layer", columns=level, values="psnr", aggfunc="mean")
-    pivot.columns = [f"psnr@{level}={c:g}" if isinstance(c, float) else f"psnr@{c}" for c in pivot.columns]
-    return pivot.reset_index()
-
-
-def level_column(table: pd.DataFrame) -> str:
-    """The column that holds a sweep's level: k (bottom-k), p (top-p) or mask (structured)."""
-    method = table["method"].iloc[0]
-    return "k" if method == "bottom-k" else "p" if method == "top-p" else "mask"
+__all__ = [
+    "PLAN_VERSION",
+    "SweepRequest",
+    "check_plan",
+    "level_column",
+    "load_plan",
+    "plan_cells",
+    "run_sweep",
+    "sensitivity_table",
+    "sparsity_plan",
+]

@@ -19,9 +19,9 @@ from ..data import shapes
 from ..errors import VditscopeError
 from ..tiny import DEFAULT_MODEL
 from . import quality
-from .analyze import default_prompts, model_settings
 from .generation import generate
 from .options import GenerationOptions, checked_seed
+from .settings import default_prompts, model_settings
 
 ProgressFn = Callable[[str, int, int], None]
 

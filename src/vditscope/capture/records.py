@@ -11,10 +11,10 @@ import torch
 from ..layout import TokenLayout
 from ..stats import TOP_FRACTIONS, AttentionStats
 from ..stats.key_stats import median_received
+from .state import ForwardState
 
 if TYPE_CHECKING:
     from ..adapters import AttentionSite
-    from .session import ForwardState
 
 TOP_COLUMNS = [f"top{round(f * 100)}" for f in TOP_FRACTIONS]
 TABLE_COLUMNS = [

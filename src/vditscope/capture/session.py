@@ -25,19 +25,9 @@ from ..stats.streaming import TopMassMode
 from .hooks import AroundHook, ContextAroundHook, attach, invalidate_registry_cache
 from .records import CallRecord, records_from_stats, records_table
 from .sdpa_patch import routed_sdpa, sdpa_handler
+from .state import ForwardState
 
 HOOK_NAME = "vditscope_capture"
-
-
-@dataclass
-class ForwardState:
-    """What the transformer forward being run is: its grid, its batch labels, its step."""
-
-    grid: tuple[int, int, int]
-    labels: list[tuple[str, int]]  # (branch, sample index within the branch) per batch element
-    generation: int
-    step: int
-    timestep: float | None
 
 
 _forward: ContextVar[ForwardState | None] = ContextVar("vditscope_forward", default=None)

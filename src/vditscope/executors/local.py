@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from . import Job
+from .base import Job
 from .workbench import ModelFacts, ModelSpec, Workbench
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import VditscopeError
-from . import RAY_MISSING, Job, check_address
+from .base import RAY_MISSING, Job, check_address
 from .workbench import ModelFacts, ModelSpec, Workbench
 
 PROBE_SECONDS = 5.0  # to open a TCP connection to the address

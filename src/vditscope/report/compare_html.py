@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from .html import Markup, figure_html, format_html, page, table_html
 
 if TYPE_CHECKING:
-    from ..analyses.compare import Comparison
+    from ..analyses.results import Comparison
 
 
 def write_compare_report(path: Path, comparison: Comparison, figure: bytes) -> None:

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from matplotlib.text import Text
 
-from ..analyses.sweep import level_column
+from ..analyses.sweep_tables import level_column
 
 # Labels carry prompts, token strings, model and directory names: draw every text as it is, never as
 # mathtext or TeX, where a pair of dollar signs would be parsed (and a bad formula raises).

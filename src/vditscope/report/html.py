@@ -9,7 +9,6 @@ report code's own literal HTML, and what these helpers return) is inserted as it
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ import pandas as pd
 import torch
 from markupsafe import Markup, escape
 
-from ..analyses.structure import HEAD_RULE, SINK_RATIO, Structure, analyze_structure, first_token_share
+from ..analyses.structure import HEAD_RULE, SINK_RATIO, Structure, first_token_share
+from ..media import gif_bytes
 from ..stats.streaming import uniform_locality
 from ..store.map_names import MapName, parse_map_name
 from . import figures
@@ -44,18 +44,6 @@ def format_html(template: str, /, *args: object, **kwargs: object) -> Markup:
 def _img(data: bytes, mime: str, alt: str) -> Markup:
     encoded = base64.b64encode(data).decode()
     return format_html('<img class="figure" alt="{}" src="data:{};base64,{}">', alt, mime, encoded)
-
-
-def gif_bytes(frames: np.ndarray) -> bytes:
-    """An animated GIF of (T, H, W, 3) frames in [0, 1], scaled up by whole pixels to about 128 px."""
-    import imageio.v3 as iio
-
-    video = (np.clip(frames, 0, 1) * 255).astype(np.uint8)
-    scale = max(1, 128 // max(video.shape[1], 1))
-    video = video.repeat(scale, axis=1).repeat(scale, axis=2)
-    buffer = io.BytesIO()
-    iio.imwrite(buffer, list(video), extension=".gif", duration=120, loop=0)
-    return buffer.getvalue()
 
 
 def layer_summary(stats: pd.DataFrame) -> pd.DataFrame:
@@ -110,10 +98,10 @@ def write_report(
     stats: pd.DataFrame,
     maps: dict[str, torch.Tensor],
     videos: dict[str, np.ndarray],
-    structure: Structure | None = None,
+    structure: Structure,
 ) -> None:
-    """Write report.html for a run directory: one self-contained file (inline PNG/GIF, no scripts)."""
-    structure = structure or analyze_structure(stats, maps, run.get("layout"))
+    """Write report.html for a run directory: one self-contained file (inline PNG/GIF, no scripts).
+    The report renders the finished structure analysis; it computes nothing of its own."""
     parts: list[Markup] = []
     if run.get("trained") is False:
         parts.append(

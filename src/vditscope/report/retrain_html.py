@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..media import gif_bytes
 from .figures import _capped_psnr, _png, plt
-from .html import Markup, figure_html, format_html, gif_bytes, page, table_html
+from .html import Markup, figure_html, format_html, page, table_html
 
 SINK_COLUMNS = ["model", "layer", "retrained", "sink_heads", "heads", "max_ratio", "median_top_ratio", "sink_share"]
 

@@ -11,7 +11,7 @@ from . import sink_figures
 from .html import Markup, figure_html, format_html, page, table_html
 
 if TYPE_CHECKING:
-    from ..analyses.sinks import SinkResult
+    from ..analyses.results import SinkResult
 
 TOP_ROWS = 12
 

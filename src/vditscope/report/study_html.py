@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .html import figure_html, format_html, gif_bytes, page, table_html
+from ..media import gif_bytes
+from .html import figure_html, format_html, page, table_html
 
 
 def write_edit_sweep_report(

@@ -14,7 +14,7 @@ from .html import Markup, figure_html, format_html, key_value_table, page, table
 
 def write_sweep_report(path: Path, meta: dict[str, Any], table: pd.DataFrame, plan: dict[str, Any]) -> None:
     """report.html of a sweep: settings, the figures, the sensitivity table, the plan and every cell."""
-    from ..analyses.sweep import sensitivity_table
+    from ..analyses.sweep_tables import sensitivity_table
 
     settings = {
         "model": meta["model"],

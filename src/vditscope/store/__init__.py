@@ -2,13 +2,14 @@
 (parquet) and tensors (safetensors)."""
 
 from .output import OutputDir, OutputError, checked_output_file, sibling
-from .run_dir import json_safe, write_atomic, write_json, write_table, write_tensors
+from .run_dir import json_safe, library_versions, write_atomic, write_json, write_table, write_tensors
 
 __all__ = [
     "OutputDir",
     "OutputError",
     "checked_output_file",
     "json_safe",
+    "library_versions",
     "sibling",
     "write_atomic",
     "write_json",

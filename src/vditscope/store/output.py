@@ -24,8 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..errors import VditscopeError
+from ..version import __version__
 
 MARKER_PREFIX = ".vditscope-"
 STAGING_MARK = ".vditscope-staging"

@@ -13,7 +13,24 @@ from typing import Any
 
 import torch
 
+from ..version import __version__
 from .output import sibling
+
+
+def library_versions() -> dict[str, str]:
+    """The versions a run directory records (vditscope, torch, diffusers, transformers, Python)."""
+    import platform
+
+    import diffusers
+    import transformers
+
+    return {
+        "vditscope": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def write_json(path: Path, data: Any) -> None:

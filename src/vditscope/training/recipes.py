@@ -18,7 +18,7 @@ import torch
 from ..models.pixel_vae import PixelShuffleVAE
 
 if TYPE_CHECKING:
-    from .tiny import TinyConfig
+    from .tiny_config import TinyConfig
 
 
 @dataclass(frozen=True)

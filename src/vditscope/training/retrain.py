@@ -149,7 +149,7 @@ def retrain(request: RetrainRequest, progress: ProgressFn | None = None) -> Path
 
 
 def _retrain(request: RetrainRequest, output: OutputDir, model_dir: Path, progress: ProgressFn | None) -> Path:
-    from ..analyses.analyze import model_settings
+    from ..analyses.settings import model_settings
 
     device = resolve_device(request.device)
     pipe, adapter, model_dir = load_pipeline(model_dir, device=device)
@@ -234,7 +234,7 @@ def _objective(
     prefix: list[nn.Module],
 ) -> DistillObjective | FlowObjective:
     """The request's loss, with its prompt (or caption) embeddings and, in flow mode, its encoded videos."""
-    from ..analyses.analyze import DEFAULT_PROMPTS
+    from ..analyses.settings import DEFAULT_PROMPTS
 
     shift = _noise_shift(pipe, settings)
     max_length = settings.get("generation", {}).get("max_sequence_length")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,46 +30,11 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .recipes import denoising_loss, recipe_for
+from .tiny_config import TinyConfig
 
 TRAIN_FILES = (CHECKPOINT, STATE)  # what a train-tiny run directory holds
 
 __all__ = ["CHECKPOINT", "STATE", "TinyConfig", "build_pipeline", "export_pipeline", "load_trained_pipeline", "train"]
-
-
-@dataclass(frozen=True)
-class TinyConfig:
-    """Sizes of the data and the model, and the training recipe."""
-
-    size: int = 32  # pixels per side (Wan needs a multiple of 16)
-    frames: int = 17  # 1 + 2 * 8: 9 latent frames
-    spatial_factor: int = 2
-    temporal_factor: int = 2
-    heads: int = 4
-    head_dim: int = 32
-    layers: int = 4
-    ffn_dim: int = 384
-    text_dim: int = 64
-    text_layers: int = 2
-    max_text_tokens: int = 16
-    batch: int = 16
-    lr: float = 6e-4
-    warmup: int = 100
-    shift: float = 3.0  # sigma shift: training and sampling lean towards high noise
-    caption_dropout: float = 0.1
-    num_inference_steps: int = 20
-    guidance_scale: float = 4.0
-    seed: int = 0
-    family: str = "wan"
-
-    def generation(self) -> dict[str, Any]:
-        return {
-            "height": self.size,
-            "width": self.size,
-            "num_frames": self.frames,
-            "num_inference_steps": self.num_inference_steps,
-            "guidance_scale": self.guidance_scale,
-            "max_sequence_length": self.max_text_tokens,
-        }
 
 
 def build_tokenizer() -> Any:
