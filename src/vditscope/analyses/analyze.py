@@ -10,15 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from ..capture.intervene import AttentionEdit
 from ..errors import VditscopeError
-from ..executors import Executor, Job, ModelSpec, Pool, checked_model_dir, executor_for
+from ..executors import Executor, Job, ModelFacts, ModelSpec, Pool, checked_model_dir, executor_for
+from ..report import write_report
 from ..store import OutputDir, library_versions, write_json, write_table, write_tensors
 from ..tiny import DEFAULT_MODEL
 from .captured import CaptureCache, Captured, CaptureJob, writable
 from .options import GenerationOptions, checked_layers, checked_seed, checked_steps, checked_unique
 from .settings import default_prompts, model_settings
+from .structure import Structure, analyze_structure
 from .sweep_tables import check_plan, load_plan
 
 # Per-head token maps are kept while all of a run's token maps fit in this many bytes; above it
@@ -77,13 +81,41 @@ def default_map_steps(steps: Sequence[int], count: int = 4) -> list[int]:
     return [steps[i] for i in sorted(set(picks.tolist()))]
 
 
-def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, executor: Executor | None = None) -> Path:
-    """Generate each prompt and seed with capture; write the run directory; return its path.
+@dataclass
+class AnalysisPlan:
+    """What a request resolves to before anything loads: the model, prompts, settings, steps and plan."""
 
-    The generations run on ``executor`` (default: the one ``request.executor`` names); finished ones
-    are kept beside the run directory until it is written, so an interrupted analysis resumes."""
-    from ..report import write_report
+    model: str
+    model_dir: Path
+    settings: dict[str, Any]
+    prompts: list[str]
+    seeds: list[int]
+    generation: dict[str, Any]
+    total_steps: int | None
+    map_steps: list[int]
+    edits: list[AttentionEdit]
 
+    @property
+    def runs(self) -> list[tuple[int, int]]:
+        """(prompt index, seed) of every generation, in run order."""
+        return [(p, s) for p in range(len(self.prompts)) for s in self.seeds]
+
+
+@dataclass
+class Gathered:
+    """The generations' results merged into one run: the table, pooled maps, videos and labels."""
+
+    stats: pd.DataFrame
+    maps: dict[str, torch.Tensor]
+    videos: dict[str, np.ndarray]
+    notes: list[str]
+    layout: dict[str, Any]
+    labels: dict[int, list[str]]
+    token_heads: str
+
+
+def plan_analysis(request: AnalyzeRequest) -> AnalysisPlan:
+    """Every check that the options and the model's files allow, before anything loads or is written."""
     prompts = list(request.prompts)
     if any(not p.strip() for p in prompts):
         raise VditscopeError("empty prompt: every --prompt needs text")
@@ -95,11 +127,9 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, exe
     checked_unique(prompts, "--prompt")
     if request.map_tiles < 1:
         raise VditscopeError(f"--map-tiles must be positive, got {request.map_tiles}")
-    executor = executor or executor_for(request.executor, request.address)
     model = request.model if request.model is not None else DEFAULT_MODEL
     model_dir = checked_model_dir(model)
     settings = model_settings(model_dir)
-    prompts = prompts or default_prompts(settings)
     generation = request.generation_kwargs(settings)
     total_steps = int(generation.get("num_inference_steps", 0)) or None
     checked_steps(request.capture_steps, total_steps)
@@ -108,125 +138,160 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, exe
     bad = [s for s in map_steps if s not in captured]
     if bad and total_steps is not None:
         raise VditscopeError(f"map step {bad[0]} is not a captured step")
-    edits = []
-    if request.plan is not None:
-        edits = load_plan(request.plan)
-        check_plan(edits, steps=total_steps)
+    edits = load_plan(request.plan) if request.plan is not None else []
+    check_plan(edits, steps=total_steps)
+    return AnalysisPlan(
+        model=model,
+        model_dir=model_dir,
+        settings=settings,
+        prompts=prompts or default_prompts(settings),
+        seeds=[int(s) for s in request.seeds],
+        generation=generation,
+        total_steps=total_steps,
+        map_steps=map_steps,
+        edits=edits,
+    )
 
+
+def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, executor: Executor | None = None) -> Path:
+    """Generate each prompt and seed with capture; write the run directory; return its path.
+
+    The generations run on ``executor`` (default: the one ``request.executor`` names); finished ones
+    are kept beside the run directory until it is written, so an interrupted analysis resumes."""
+    plan = plan_analysis(request)
+    executor = executor or executor_for(request.executor, request.address)
     output = OutputDir(
-        request.out, "analyze", files=RUN_FILES, inputs=[model_dir, request.plan], overwrite=request.overwrite,
-        expected_bytes=expected_run_bytes(generation, len(prompts) * len(request.seeds)),
+        request.out, "analyze", files=RUN_FILES, inputs=[plan.model_dir, request.plan], overwrite=request.overwrite,
+        expected_bytes=expected_run_bytes(plan.generation, len(plan.runs)),
     )  # fmt: skip
     with output:
         cache = CaptureCache(output.path)
-        runs = [(p, s) for p in range(len(prompts)) for s in request.seeds]
-        with executor.start(ModelSpec.of(model, request.device, request.dtype)) as pool:
+        with executor.start(ModelSpec.of(plan.model, request.device, request.dtype)) as pool:
             facts = pool.facts
             # capture() checks the layer set (range, emptiness) before anything runs or is written
-            num_layers = facts.layers
-            if edits:
-                check_plan(edits, layers=num_layers, heads=facts.heads)
-            checked_layers(request.layers, num_layers)  # here, so that no worker starts on a bad set
-            jobs = [
-                CaptureJob(
-                    index=index,
-                    prompt_index=p,
-                    prompt=prompts[p],
-                    seed=int(seed),
-                    generation=generation,
-                    layers=tuple(request.layers) if request.layers is not None else None,
-                    capture_steps=tuple(request.capture_steps) if request.capture_steps is not None else None,
-                    top_mass=request.top_mass,
-                    map_tiles=request.map_tiles,
-                    map_steps=tuple(map_steps),
-                    edits=tuple(edits),
-                )
-                for index, (p, seed) in enumerate(runs)
-            ]
+            check_plan(plan.edits, layers=facts.layers, heads=facts.heads)
+            checked_layers(request.layers, facts.layers)  # here, so that no worker starts on a bad set
             started = time.perf_counter()
-            results = _run_generations(pool, jobs, cache, str(model_dir), request.dtype, progress)
+            jobs = capture_jobs(request, plan)
+            results = _run_generations(pool, jobs, cache, str(plan.model_dir), request.dtype, progress)
         if progress:
-            progress("writing the run directory", len(runs), len(runs))
+            progress("writing the run directory", len(jobs), len(jobs))
         elapsed = time.perf_counter() - started
-
-        tables, maps, videos, notes = [], {}, {}, []
-        grid = text_tokens = None
-        token_heads = "all"
-        for index, ((p, seed), result) in enumerate(zip(runs, results, strict=True)):
-            notes.extend(n for n in result.notes if n not in notes)
-            tables.append(result.table)
-            pooled = result.maps
-            if index == 0:
-                per_generation = sum(t.numel() * t.element_size() for n, t in pooled.items() if "token_map" in n)
-                token_heads = "all" if per_generation * len(runs) <= TOKEN_MAP_BUDGET else "mean"
-            if token_heads == "mean":
-                pooled = {n: t.mean(0, keepdim=True) if n.startswith("token_map.") else t for n, t in pooled.items()}
-            maps.update(pooled)
-            videos[f"p{p}.s{seed}"] = writable(result.video)
-            if result.grid is not None:
-                grid, text_tokens = result.grid, result.text_tokens
-
-        generation = recorded_generation(generation, len(next(iter(videos.values()))), notes)
-
-        import pandas as pd
-
-        from .structure import analyze_structure
-
-        stats = pd.concat(tables, ignore_index=True)
-        heads = int(stats["head"].max()) + 1 if len(stats) else 0
-        layout = {
-            "grid": list(grid) if grid else None,
-            "text_tokens": text_tokens,
-            "text_position": facts.text_position,
-        }
-        labels: dict[int, list[str]] = {}
-        for (p, _), result in zip(runs, results, strict=True):
-            labels.setdefault(p, result.labels)
-        structure = analyze_structure(stats, maps, layout, labels)
+        gathered = gather(plan, results, facts.text_position)
+        structure = analyze_structure(gathered.stats, gathered.maps, gathered.layout, gathered.labels)
         similarity = structure.similarity_table()
-        run = {
-            "model": str(model_dir),
-            "family": facts.family,
-            "trained": settings.get("trained"),
-            "layers": num_layers,
-            "captured_layers": sorted(set(stats["layer"].tolist())) if len(stats) else [],
-            "heads": heads,
-            "layout": layout,
-            "prompts": prompts,
-            "text_token_labels": {str(i): tokens for i, tokens in labels.items()},
-            "seeds": [int(s) for s in request.seeds],
-            "steps": total_steps,
-            "captured_steps": sorted(set(stats["step"].tolist())) if len(stats) else [],
-            "generation": generation,
-            "device": facts.device,
-            "dtype": request.dtype,
-            "top_mass": request.top_mass,
-            "map_tiles": request.map_tiles,
-            "map_steps": map_steps,
-            "token_map_heads": token_heads,
-            "plan": str(request.plan) if request.plan is not None else None,
-            "plan_edits": [edit.to_dict() for edit in edits],
-            "similarity": {
-                axis: float(similarity[similarity["axis"] == axis]["mean_similarity"].mean())
-                for axis in sorted(set(similarity["axis"]))
-            },
-            "seconds": round(elapsed, 2),
-            "executor": executor.name,
-            "notes": notes,
-            "versions": library_versions(),
-        }
-        with output.staging() as staging:
-            write_json(staging / "run.json", run)
-            write_table(staging / "stats.parquet", stats)
-            write_tensors(staging / "maps.safetensors", maps, metadata={"vditscope": library_versions()["vditscope"]})
-            write_tensors(staging / "videos.safetensors", {k: torch.from_numpy(v) for k, v in videos.items()})
-            write_table(staging / "similarity.parquet", similarity)
-            write_table(staging / "heads.parquet", structure.heads)
-            write_table(staging / "text_attention.parquet", structure.text)
-            write_table(staging / "head_sinks.parquet", structure.sinks)
-            write_report(staging / "report.html", run, stats, maps, videos, structure)
+        run = run_record(request, plan, facts, gathered, similarity, elapsed, executor.name)
+        write_run(output, run, gathered, structure, similarity)
         cache.remove()
     return output.path
+
+
+def capture_jobs(request: AnalyzeRequest, plan: AnalysisPlan) -> list[CaptureJob]:
+    """One capture job per prompt and seed."""
+    return [
+        CaptureJob(
+            index=index,
+            prompt_index=p,
+            prompt=plan.prompts[p],
+            seed=seed,
+            generation=plan.generation,
+            layers=tuple(request.layers) if request.layers is not None else None,
+            capture_steps=tuple(request.capture_steps) if request.capture_steps is not None else None,
+            top_mass=request.top_mass,
+            map_tiles=request.map_tiles,
+            map_steps=tuple(plan.map_steps),
+            edits=tuple(plan.edits),
+        )
+        for index, (p, seed) in enumerate(plan.runs)
+    ]
+
+
+def gather(plan: AnalysisPlan, results: list[Captured], text_position: str | None) -> Gathered:
+    """Merge the generations: one table, the pooled maps (per head while they fit TOKEN_MAP_BUDGET, else
+    head means), the videos, the notes, the token layout and each prompt's token labels."""
+    tables, maps, videos, notes = [], {}, {}, []
+    grid = text_tokens = None
+    token_heads = "all"
+    for index, ((p, seed), result) in enumerate(zip(plan.runs, results, strict=True)):
+        notes.extend(n for n in result.notes if n not in notes)
+        tables.append(result.table)
+        pooled = result.maps
+        if index == 0:
+            per_generation = sum(t.numel() * t.element_size() for n, t in pooled.items() if "token_map" in n)
+            token_heads = "all" if per_generation * len(plan.runs) <= TOKEN_MAP_BUDGET else "mean"
+        if token_heads == "mean":
+            pooled = {n: t.mean(0, keepdim=True) if n.startswith("token_map.") else t for n, t in pooled.items()}
+        maps.update(pooled)
+        videos[f"p{p}.s{seed}"] = writable(result.video)
+        if result.grid is not None:
+            grid, text_tokens = result.grid, result.text_tokens
+    labels: dict[int, list[str]] = {}
+    for (p, _), result in zip(plan.runs, results, strict=True):
+        labels.setdefault(p, result.labels)
+    layout = {"grid": list(grid) if grid else None, "text_tokens": text_tokens, "text_position": text_position}
+    stats = pd.concat(tables, ignore_index=True)
+    return Gathered(stats, maps, videos, notes, layout, labels, token_heads)
+
+
+def run_record(
+    request: AnalyzeRequest,
+    plan: AnalysisPlan,
+    facts: ModelFacts,
+    gathered: Gathered,
+    similarity: pd.DataFrame,
+    elapsed: float,
+    executor: str,
+) -> dict[str, Any]:
+    """run.json: what was run, on what, how, and the run's mean map similarity per axis."""
+    stats, notes = gathered.stats, gathered.notes
+    generation = recorded_generation(plan.generation, len(next(iter(gathered.videos.values()))), notes)
+    return {
+        "model": str(plan.model_dir),
+        "family": facts.family,
+        "trained": plan.settings.get("trained"),
+        "layers": facts.layers,
+        "captured_layers": sorted(set(stats["layer"].tolist())) if len(stats) else [],
+        "heads": int(stats["head"].max()) + 1 if len(stats) else 0,
+        "layout": gathered.layout,
+        "prompts": plan.prompts,
+        "text_token_labels": {str(i): tokens for i, tokens in gathered.labels.items()},
+        "seeds": [int(s) for s in request.seeds],
+        "steps": plan.total_steps,
+        "captured_steps": sorted(set(stats["step"].tolist())) if len(stats) else [],
+        "generation": generation,
+        "device": facts.device,
+        "dtype": request.dtype,
+        "top_mass": request.top_mass,
+        "map_tiles": request.map_tiles,
+        "map_steps": plan.map_steps,
+        "token_map_heads": gathered.token_heads,
+        "plan": str(request.plan) if request.plan is not None else None,
+        "plan_edits": [edit.to_dict() for edit in plan.edits],
+        "similarity": {
+            axis: float(similarity[similarity["axis"] == axis]["mean_similarity"].mean())
+            for axis in sorted(set(similarity["axis"]))
+        },
+        "seconds": round(elapsed, 2),
+        "executor": executor,
+        "notes": notes,
+        "versions": library_versions(),
+    }
+
+
+def write_run(
+    output: OutputDir, run: dict[str, Any], gathered: Gathered, structure: Structure, similarity: pd.DataFrame
+) -> None:
+    """The run directory's files, staged and moved into place together (store/output.py)."""
+    with output.staging() as staging:
+        write_json(staging / "run.json", run)
+        write_table(staging / "stats.parquet", gathered.stats)
+        write_tensors(staging / "maps.safetensors", gathered.maps, metadata={"vditscope": run["versions"]["vditscope"]})
+        write_tensors(staging / "videos.safetensors", {k: torch.from_numpy(v) for k, v in gathered.videos.items()})
+        write_table(staging / "similarity.parquet", similarity)
+        write_table(staging / "heads.parquet", structure.heads)
+        write_table(staging / "text_attention.parquet", structure.text)
+        write_table(staging / "head_sinks.parquet", structure.sinks)
+        write_report(staging / "report.html", run, gathered.stats, gathered.maps, gathered.videos, structure)
 
 
 def _run_generations(
