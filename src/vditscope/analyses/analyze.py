@@ -20,7 +20,7 @@ from ..report import write_report
 from ..store import OutputDir, library_versions, write_json, write_table, write_tensors
 from ..tiny import DEFAULT_MODEL
 from .captured import CaptureCache, Captured, CaptureJob, writable
-from .options import GenerationOptions, checked_layers, checked_seed, checked_steps, checked_unique
+from .options import GenerationOptions, checked_layers, checked_prompts_and_seeds, checked_steps
 from .settings import default_prompts, model_settings
 from .structure import Structure, analyze_structure
 from .sweep_tables import check_plan, load_plan
@@ -117,14 +117,7 @@ class Gathered:
 def plan_analysis(request: AnalyzeRequest) -> AnalysisPlan:
     """Every check that the options and the model's files allow, before anything loads or is written."""
     prompts = list(request.prompts)
-    if any(not p.strip() for p in prompts):
-        raise VditscopeError("empty prompt: every --prompt needs text")
-    if not request.seeds:
-        raise VditscopeError("no seeds given")
-    for seed in request.seeds:
-        checked_seed(seed)
-    checked_unique(request.seeds, "--seed")
-    checked_unique(prompts, "--prompt")
+    checked_prompts_and_seeds(prompts, request.seeds)
     if request.map_tiles < 1:
         raise VditscopeError(f"--map-tiles must be positive, got {request.map_tiles}")
     model = request.model if request.model is not None else DEFAULT_MODEL

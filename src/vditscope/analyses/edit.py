@@ -23,10 +23,9 @@ from ..data import shapes
 from ..errors import VditscopeError
 from ..media import gif_bytes, write_mp4
 from ..store import OutputDir, json_safe, write_tensors
-from ..tiny import DEFAULT_MODEL
 from . import quality
-from .options import GenerationOptions, checked_seed
-from .settings import model_settings
+from .loaded import LoadedPipeline, model_directory
+from .options import GenerationOptions, checked_layers, checked_seed
 
 ProgressFn = Callable[[str, int, int], None]
 EDIT_FILES = ("source.mp4", "target.mp4", "edited.mp4", "preview.gif", "frames.safetensors", "metrics.json")
@@ -61,36 +60,28 @@ class EditSession:
 
 def claim_output(request: EditRequest, command: str, files: Sequence[str]) -> OutputDir:
     """The output claim of an edit command (checked before the model loads)."""
-    from ..adapters.loading import resolve_model_dir
 
-    model_dir = resolve_model_dir(request.model or DEFAULT_MODEL)
+    model_dir = model_directory(request)
     return OutputDir(request.out, command, files=files, inputs=[model_dir], overwrite=request.overwrite)
 
 
 def open_session(request: EditRequest) -> EditSession:
     """Check the request, load the model, resolve the generation settings (clear errors, nothing written)."""
-    from ..adapters.loading import load_pipeline, resolve_device
-
     if not request.source_prompt.strip() or not request.target_prompt.strip():
         raise VditscopeError("empty prompt: --source-prompt and --target-prompt need text")
     if request.mode not in TRANSFER_MODES:
         raise VditscopeError(f"unknown transfer mode {request.mode}; choose {' or '.join(TRANSFER_MODES)}")
     if request.window < 1:
         raise VditscopeError(f"--window must be positive, got {request.window}")
-    device = resolve_device(request.device)
-    pipe, adapter, model_dir = load_pipeline(request.model or DEFAULT_MODEL, device, request.dtype)
-    settings = model_settings(model_dir)
-    generation = request.generation_kwargs(settings)
-    num_layers = len({s.layer for s in adapter.sites(pipe.transformer) if s.kind == "self"})
-    bad = [layer for layer in request.layers or [] if not 0 <= layer < num_layers]
-    if bad:
-        raise VditscopeError(f"layer {bad[0]} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
+    loaded = LoadedPipeline.load(request)
+    generation = loaded.generation(request)
+    num_layers = loaded.self_layers
+    checked_layers(request.layers, num_layers)
     total = int(generation.get("num_inference_steps", 0)) or None
     if request.steps is not None and total is not None and request.steps[1] > total:
         raise VditscopeError(f"step range {request.steps[0]}:{request.steps[1]} is outside the {total}-step schedule")
-    return EditSession(
-        pipe, num_layers, generation, device, shapes.prompt_background(request.source_prompt, settings), str(model_dir)
-    )
+    background = shapes.prompt_background(request.source_prompt, loaded.settings)
+    return EditSession(loaded.pipe, num_layers, generation, loaded.device, background, str(loaded.model_dir))
 
 
 def lockstep(

@@ -3,7 +3,7 @@ schedule (None = the model's vditscope.json, then the pipeline's own defaults)."
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,19 @@ def checked_layers(layers: Iterable[int] | None, num_layers: int, what: str = "l
     if bad:
         raise VditscopeError(f"layer {bad[0]} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
     return chosen
+
+
+def checked_prompts_and_seeds(prompts: Sequence[str], seeds: Sequence[int]) -> None:
+    """The prompts (or texts) and seeds every generating command takes: no empty text, at least one
+    seed, seeds in torch's range, nothing given twice."""
+    if any(not str(p).strip() for p in prompts):
+        raise VditscopeError("empty prompt: every --prompt (or --text) needs text")
+    if not seeds:
+        raise VditscopeError("no seeds given")
+    for seed in seeds:
+        checked_seed(seed)
+    checked_unique(seeds, "--seed")
+    checked_unique(prompts, "--prompt")
 
 
 def checked_unique(values: Iterable[Any], option: str) -> None:

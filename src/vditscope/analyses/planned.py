@@ -13,11 +13,10 @@ import torch
 from ..capture.intervene import intervene
 from ..errors import VditscopeError
 from ..media import gif_bytes
-from ..tiny import DEFAULT_MODEL
 from . import quality
 from .generation import generate
+from .loaded import LoadedPipeline, model_directory
 from .options import GenerationOptions, checked_seed
-from .settings import default_prompts, model_settings
 from .sweep_tables import check_plan, load_plan
 
 GENERATE_FILES = ("frames.safetensors", "preview.gif", "metrics.json")
@@ -36,25 +35,22 @@ class GenerateRequest(GenerationOptions):
 def run_generate(request: GenerateRequest) -> tuple[Path, dict[str, Any]]:
     """Generate dense and (with a plan) planned; write frames.safetensors, preview.gif (side by side)
     and metrics.json (PSNR/SSIM of planned vs dense, null when identical)."""
-    from ..adapters.loading import load_pipeline, resolve_device, resolve_model_dir
     from ..store import OutputDir, json_safe, write_tensors
 
     if request.prompt is not None and not request.prompt.strip():
         raise VditscopeError("empty prompt: --prompt needs text")
     checked_seed(request.seed)
     edits = load_plan(request.plan) if request.plan is not None else []
-    model_dir = resolve_model_dir(request.model or DEFAULT_MODEL)
+    model_dir = model_directory(request)
     output = OutputDir(request.out, "generate", files=GENERATE_FILES, inputs=[model_dir, request.plan],
                        overwrite=request.overwrite)  # fmt: skip
     with output:
-        device = resolve_device(request.device)
-        pipe, adapter, model_dir = load_pipeline(model_dir, device, request.dtype)
-        settings = model_settings(model_dir)
-        prompt = request.prompt or default_prompts(settings)[0]
-        generation = request.generation_kwargs(settings)
-        num_layers = len({site.layer for site in adapter.sites(pipe.transformer) if site.kind == "self"})
-        heads = getattr(pipe.transformer.config, "num_attention_heads", None)
-        check_plan(edits, steps=int(generation.get("num_inference_steps", 0)) or None, layers=num_layers, heads=heads)
+        loaded = LoadedPipeline.load(request, model_dir)
+        pipe, device, model_dir = loaded.pipe, loaded.device, loaded.model_dir
+        prompt = request.prompt or loaded.prompts()[0]
+        generation = loaded.generation(request)
+        steps = int(generation.get("num_inference_steps", 0)) or None
+        check_plan(edits, steps=steps, layers=loaded.self_layers, heads=loaded.heads)
         frames = {}
         frames["dense"], _ = generate(pipe, prompt, request.seed, generation, device)
         metrics: dict[str, Any] = {"prompt": prompt, "seed": request.seed, "model": str(model_dir), "plan": None}

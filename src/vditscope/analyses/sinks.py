@@ -24,9 +24,9 @@ from ..tiny import DEFAULT_MODEL
 from . import quality
 from .captured import token_labels
 from .generation import generate
-from .options import GenerationOptions, checked_layers, checked_seed, checked_steps, checked_unique
+from .loaded import LoadedPipeline
+from .options import GenerationOptions, checked_layers, checked_prompts_and_seeds, checked_steps
 from .results import SinkResult
-from .settings import default_prompts, model_settings
 from .sink_tables import (
     SINK_THRESHOLD,
     consistency,
@@ -73,13 +73,8 @@ def validate(request: SinksRequest) -> None:
         raise VditscopeError(f"--threshold is a ratio to the median key and must be > 1, got {request.threshold}")
     if request.max_tokens < 1:
         raise VditscopeError(f"--max-tokens must be positive, got {request.max_tokens}")
-    if any(not p.strip() for p in [*request.prompts, *request.lm_texts]):
-        raise VditscopeError("a prompt or text is empty")
-    if not request.seeds:
-        raise VditscopeError("the seed list is empty")
-    for seed in request.seeds:
-        checked_seed(seed)
-    checked_unique(request.seeds, "--seed")
+    checked_prompts_and_seeds(request.prompts, request.seeds)
+    checked_prompts_and_seeds(request.lm_texts, request.seeds)
 
 
 def model_kind(model: str | None) -> tuple[str, Path]:
@@ -106,15 +101,12 @@ def _ablation_layers(request: SinksRequest, summary: pd.DataFrame, num_layers: i
 # -- video pipelines ------------------------------------------------------------------------------
 def video_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> SinkResult:
     """Generate each prompt and seed under sink capture; tables, then the ablation on the first one."""
-    from ..adapters.loading import load_pipeline, resolve_device
 
-    device = resolve_device(request.device)
-    pipe, adapter, model_dir = load_pipeline(request.model or DEFAULT_MODEL, device, request.dtype)
-    settings = model_settings(model_dir)
-    prompts = list(request.prompts) or default_prompts(settings)
-    generation = request.generation_kwargs(settings)
-    sites = [site for site in adapter.sites(pipe.transformer) if site.kind == "self"]
-    num_layers = len({site.layer for site in sites})
+    loaded = LoadedPipeline.load(request)
+    pipe, adapter, device = loaded.pipe, loaded.adapter, loaded.device
+    prompts = loaded.prompts(request.prompts)
+    generation = loaded.generation(request)
+    num_layers = loaded.self_layers
     layers = checked_layers(request.layers, num_layers)
     checked_layers(request.ablation_layers, num_layers, "ablation layer")
     checked_steps(request.capture_steps, int(generation.get("num_inference_steps", 0)) or None)
@@ -164,7 +156,7 @@ def video_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> Si
         "calls": calls,
     }
     return SinkResult(
-        "video", str(model_dir), adapter.family, keys, summary, where_table(keys), overlap, ablation, info
+        "video", str(loaded.model_dir), adapter.family, keys, summary, where_table(keys), overlap, ablation, info
     )
 
 

@@ -29,7 +29,7 @@ from ..store import OutputDir, write_atomic
 from ..tiny import DEFAULT_MODEL
 from . import quality
 from .generation import generate
-from .options import GenerationOptions, checked_seed, checked_unique
+from .options import GenerationOptions, checked_prompts_and_seeds, checked_unique
 from .settings import default_prompts, model_settings
 from .sweep_tables import (
     LEVEL_METHODS,
@@ -160,14 +160,7 @@ def validate(request: SweepRequest) -> None:
         raise VditscopeError("--scope leave-out needs --leave-out LAYERS")
     if request.branches is not None and not set(request.branches) <= {"cond", "uncond"}:
         raise VditscopeError(f"branches must be cond and/or uncond, got {', '.join(request.branches)}")
-    if any(not p.strip() for p in request.prompts):
-        raise VditscopeError("empty prompt: every --prompt needs text")
-    if not request.seeds:
-        raise VditscopeError("no seeds given")
-    for seed in request.seeds:
-        checked_seed(seed)
-    checked_unique(request.seeds, "--seed")
-    checked_unique(request.prompts, "--prompt")
+    checked_prompts_and_seeds(request.prompts, request.seeds)
     checked_unique(request.levels, "--p" if request.method == "top-p" else "--k")
     checked_unique(request.temperatures, "--tau")
     if request.steps is not None and not 0 <= request.steps[0] < request.steps[1]:

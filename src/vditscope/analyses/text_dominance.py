@@ -17,11 +17,10 @@ import torch
 from ..capture.text_ablation import ABLATIONS, first_text_token_only
 from ..data import shapes
 from ..errors import VditscopeError
-from ..tiny import DEFAULT_MODEL
 from . import quality
 from .generation import generate
+from .loaded import LoadedPipeline, model_directory
 from .options import GenerationOptions, checked_seed
-from .settings import default_prompts, model_settings
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -42,7 +41,6 @@ class TextAblationRequest(GenerationOptions):
 def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None = None) -> tuple[Path, pd.DataFrame]:
     """Full and first-token-only generations per prompt; writes text_ablation.parquet/.csv,
     frames.safetensors and report.html."""
-    from ..adapters.loading import load_pipeline, resolve_device, resolve_model_dir
     from ..report.study_html import write_text_ablation_report
     from ..store import OutputDir, write_tensors
 
@@ -52,15 +50,14 @@ def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None 
     bad = [m for m in request.methods if m not in ABLATIONS]
     if bad or not request.methods:
         raise VditscopeError(f"unknown ablation {bad[0] if bad else '(none)'}; choose from {', '.join(ABLATIONS)}")
-    model_dir = resolve_model_dir(request.model or DEFAULT_MODEL)
+    model_dir = model_directory(request)
     output = OutputDir(request.out, "text-ablation", files=TEXT_ABLATION_FILES, inputs=[model_dir],
                        overwrite=request.overwrite)  # fmt: skip
     with output:
-        device = resolve_device(request.device)
-        pipe, adapter, model_dir = load_pipeline(model_dir, device, request.dtype)
-        settings = model_settings(model_dir)
-        prompts = list(request.prompts) or default_prompts(settings)
-        generation = request.generation_kwargs(settings)
+        loaded = LoadedPipeline.load(request, model_dir)
+        pipe, settings, device = loaded.pipe, loaded.settings, loaded.device
+        prompts = loaded.prompts(request.prompts)
+        generation = loaded.generation(request)
         rows, videos = [], {}
         total = len(prompts) * (1 + len(request.methods))
         for p, prompt in enumerate(prompts):
@@ -91,8 +88,8 @@ def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None 
             write_tensors(staging / "frames.safetensors", {k: torch.from_numpy(v) for k, v in videos.items()})
             write_text_ablation_report(
                 staging / "report.html",
-                str(model_dir),
-                adapter.family,
+                str(loaded.model_dir),
+                loaded.adapter.family,
                 request.seed,
                 prompts,
                 request.methods,
