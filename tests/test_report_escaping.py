@@ -303,7 +303,7 @@ def test_page_escapes_whatever_is_not_markup() -> None:
 @pytest.mark.parametrize("label", [HOSTILE, "$x^$", "$$", "$\\undefinedmacro$"])
 def test_figures_draw_any_text_literally(label: str) -> None:
     """A label with dollar signs is drawn as it is, not parsed as mathtext (which can raise)."""
-    from vditscope.report.figures import _png, plt
+    from vditscope.report.figures import figure_png, plt
 
     fig, ax = plt.subplots(figsize=(2, 2))
     ax.set_xticks([0, 1], [label, label])
@@ -311,4 +311,4 @@ def test_figures_draw_any_text_literally(label: str) -> None:
     ax.legend()
     ax.set_title(label)
     fig.suptitle(label)
-    assert _png(fig).startswith(b"\x89PNG")
+    assert figure_png(fig).startswith(b"\x89PNG")

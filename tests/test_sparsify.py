@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from vditscope.stats import sparsify, streaming
 from vditscope.stats.sparsify import SparsityStats, score_factor, sparse_attention
-from vditscope.stats.streaming import LOG2E, MASKED, _prepare_mask
+from vditscope.stats.streaming import LOG2E, MASKED, prepare_mask
 
 FLOOR_TOL = 1e-9
 
@@ -118,7 +118,7 @@ def same_rounding_reference(
     group = q_heads // kv_heads
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     factor = score_factor(scale, temperature)
-    mask = _prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
+    mask = prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
     out = torch.zeros(batch, q_heads, num_q, v.shape[-1], dtype=torch.float64)
     keep_all = torch.zeros(batch, q_heads, num_q, num_k, dtype=torch.bool)
     mass = torch.zeros(batch, q_heads, dtype=torch.float64)

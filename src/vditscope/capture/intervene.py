@@ -19,7 +19,7 @@ from torch import nn
 from ..adapters import AttentionSite, FamilyAdapter, adapter_for
 from ..stats.sparsify import check_sparsity, sparse_attention
 from ..stats.structured import check_window, structured_attention
-from .session import Capture, ForwardState, SdpaCall, _check_layers, _transformers_of, attached
+from .session import Capture, ForwardState, SdpaCall, attached, checked_site_layers, transformers_of
 
 BRANCHES = ("cond", "uncond")
 
@@ -266,11 +266,11 @@ def intervene(
     calls) and ``edit_table()`` (per edited call and head). Hooks are removed on exit, also on errors.
     """
     edits = list(edits)
-    models, scheduler = _transformers_of(model_or_pipeline)
+    models, scheduler = transformers_of(model_or_pipeline)
     adapter = adapter_for(models[0])
     sites = [site for model in models for site in adapter.sites(model) if site.kind == "self"]
     for edit in edits:
-        _check_layers(edit.layers, sites)
+        checked_site_layers(edit.layers, sites)
     session = Intervention(models, adapter, sites, edits, chunk_size)
     with attached(session, models, scheduler):
         yield session

@@ -245,7 +245,7 @@ class Capture:
             warnings.warn(message, stacklevel=3)
 
 
-def _transformers_of(model_or_pipeline: Any) -> tuple[list[nn.Module], Any]:
+def transformers_of(model_or_pipeline: Any) -> tuple[list[nn.Module], Any]:
     """The denoising transformer(s) of a pipeline (Wan 2.2 has two) and its scheduler, or (model, None)."""
     if isinstance(model_or_pipeline, nn.Module):
         return [model_or_pipeline], None
@@ -259,7 +259,7 @@ def _transformers_of(model_or_pipeline: Any) -> tuple[list[nn.Module], Any]:
     raise TypeError(f"capture needs a diffusers video transformer or pipeline, got {type(model_or_pipeline).__name__}")
 
 
-def _check_layers(layers: Iterable[int] | None, sites: list[AttentionSite]) -> set[int] | None:
+def checked_site_layers(layers: Iterable[int] | None, sites: list[AttentionSite]) -> set[int] | None:
     if layers is None:
         return None
     num_layers = len({site.layer for site in sites})
@@ -277,9 +277,9 @@ def self_attention_sites(
 ) -> tuple[list[nn.Module], Any, FamilyAdapter, list[AttentionSite]]:
     """(transformers, scheduler, adapter, the self-attention sites of the chosen layers) of a model or
     pipeline; a layer out of range raises ValueError."""
-    models, scheduler = _transformers_of(model_or_pipeline)
+    models, scheduler = transformers_of(model_or_pipeline)
     adapter = adapter_for(models[0])
-    chosen = _check_layers(layers, adapter.sites(models[0]))
+    chosen = checked_site_layers(layers, adapter.sites(models[0]))
     sites = [
         site
         for model in models
@@ -381,10 +381,10 @@ def capture(
     """
     if map_tiles is not None and map_tiles < 1:
         raise ValueError(f"map_tiles must be positive, got {map_tiles}")
-    models, scheduler = _transformers_of(model_or_pipeline)
+    models, scheduler = transformers_of(model_or_pipeline)
     adapter = adapter_for(models[0])
     all_sites = [site for model in models for site in adapter.sites(model)]
-    chosen = _check_layers(layers, adapter.sites(models[0]))
+    chosen = checked_site_layers(layers, adapter.sites(models[0]))
     sites = [
         site
         for site in all_sites

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..adapters import AttentionSite, FamilyAdapter, adapter_for
-from .session import Capture, ForwardState, SdpaCall, _transformers_of, attached
+from .session import Capture, ForwardState, SdpaCall, attached, transformers_of
 
 ABLATIONS = ("mask", "truncate")
 
@@ -78,7 +78,7 @@ def first_text_token_only(pipeline: Any, method: str = "mask") -> Iterator[Captu
         finally:
             handle.remove()
         return
-    models, scheduler = _transformers_of(pipeline)
+    models, scheduler = transformers_of(pipeline)
     adapter = adapter_for(models[0])
     sites = [site for model in models for site in adapter.sites(model)]
     session = FirstTextTokenMask(models, adapter, sites)

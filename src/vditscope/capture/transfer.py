@@ -27,7 +27,7 @@ from torch import nn
 
 from ..adapters import AttentionSite, FamilyAdapter, adapter_for
 from ..layout import TokenLayout
-from .session import Capture, ForwardState, SdpaCall, _check_layers, _transformers_of, attached
+from .session import Capture, ForwardState, SdpaCall, attached, checked_site_layers, transformers_of
 
 TRANSFER_MODES = ("attention", "kv")
 
@@ -137,10 +137,10 @@ def transferred(
 def transfer(model_or_pipeline: Any, config: TransferConfig) -> Iterator[Transfer]:
     """Transfer self-attention from batch element 0 (source) to element 1 (target) of every CFG branch
     in the generations run inside the block; hooks are removed on exit, also on errors."""
-    models, scheduler = _transformers_of(model_or_pipeline)
+    models, scheduler = transformers_of(model_or_pipeline)
     adapter = adapter_for(models[0])
     sites = [site for model in models for site in adapter.sites(model) if site.kind == "self"]
-    _check_layers(config.layers, sites)
+    checked_site_layers(config.layers, sites)
     session = Transfer(models, adapter, sites, config)
     with attached(session, models, scheduler):
         yield session

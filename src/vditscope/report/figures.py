@@ -21,7 +21,7 @@ from ..analyses.sweep_tables import level_column
 LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
 
 
-def _png(fig: plt.Figure) -> bytes:
+def figure_png(fig: plt.Figure) -> bytes:
     """The figure as PNG bytes, every text drawn literally (see LITERAL_TEXT); closes the figure."""
     try:
         for text in fig.findobj(Text):  # the texts made so far took their settings from rcParams then
@@ -49,7 +49,7 @@ def entropy_heatmap(stats: pd.DataFrame) -> bytes | None:
     ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index], fontsize=7)
     fig.colorbar(image, ax=ax, label="entropy (nats)")
     ax.set_title("Self-attention entropy (mean over heads and prompts)")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def frame_maps(maps: dict[str, torch.Tensor], prefix: str) -> bytes | None:
@@ -69,7 +69,7 @@ def frame_maps(maps: dict[str, torch.Tensor], prefix: str) -> bytes | None:
         ax.imshow(maps[name].mean(0).numpy(), cmap="magma")
         ax.set_title(f"layer {name.rsplit('layer', 1)[1]}", fontsize=8)
     fig.suptitle("Mass from query frame (row) to key frame (column)", fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def locality_curves(
@@ -103,7 +103,7 @@ def locality_curves(
     ax.set_title(title)
     if len(per_layer) <= 12:
         ax.legend(fontsize=7, ncol=2)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _small_multiples(count: int, size: float = 2.1) -> tuple[plt.Figure, np.ndarray]:
@@ -125,7 +125,7 @@ def token_maps(maps: dict[str, torch.Tensor], names: list[str], title: str) -> b
         ax.imshow(image, cmap="magma", vmin=float(np.quantile(image, 0.02)), vmax=float(image.max()))
         ax.set_title(f"layer {name.rsplit('layer', 1)[1]}", fontsize=8)
     fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def similarity_by_layer(table: pd.DataFrame) -> bytes | None:
@@ -142,7 +142,7 @@ def similarity_by_layer(table: pd.DataFrame) -> bytes | None:
     ax.set_ylim(min(0.0, float(table["mean_similarity"].min()) - 0.05), 1.02)
     ax.set_title("How similar the attention maps are")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def similarity_matrices(matrices: dict[int, np.ndarray], labels: list[str], title: str) -> bytes | None:
@@ -162,7 +162,7 @@ def similarity_matrices(matrices: dict[int, np.ndarray], labels: list[str], titl
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="Pearson r")
     fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 HEAD_COLORS = {"spatial": "#4c78a8", "temporal": "#f58518", "mixed": "#bab0ac", "sink": "#e45756", "unknown": "#ffffff"}
@@ -191,7 +191,7 @@ def head_classes(heads: pd.DataFrame) -> bytes | None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for name, c in HEAD_COLORS.items() if name != "unknown"]
     ax.legend(handles, [n for n in HEAD_COLORS if n != "unknown"], fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     ax.set_title("Head classes (number: same-frame mass)", fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def text_attention(text: pd.DataFrame, kind: str) -> bytes | None:
@@ -212,7 +212,7 @@ def text_attention(text: pd.DataFrame, kind: str) -> bytes | None:
         ax.set_title(f"layer {layer}", fontsize=8)
     what = "joint self-attention" if kind == "self" else "cross-attention"
     fig.suptitle(f"Mass a video query gives each text token ({what})", fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def comparison_bars(table: pd.DataFrame, name_a: str, name_b: str) -> bytes:
@@ -231,10 +231,10 @@ def comparison_bars(table: pd.DataFrame, name_a: str, name_b: str) -> bytes:
     ax.set_ylim(min(0.0, low - 0.05), 1.02)
     ax.set_title("Attention map similarity between two runs")
     ax.legend(fontsize=7)
-    return _png(fig)
+    return figure_png(fig)
 
 
-def _capped_psnr(values: pd.Series, cap: float = 60.0) -> np.ndarray:
+def capped_psnr(values: pd.Series, cap: float = 60.0) -> np.ndarray:
     """PSNR with identical outputs (inf) drawn at a cap so they stay on the axis."""
     return np.minimum(values.to_numpy(dtype=float), cap)
 
@@ -250,7 +250,7 @@ def sweep_quality(table: pd.DataFrame, target: float | None = None) -> bytes | N
     for i, ((layers, tau), group) in enumerate(groups):
         means = group.groupby(level)["psnr"].mean()
         label = f"layers {layers}" + (f", tau {tau:g}" if tau != 1 else "")
-        ax.plot(means.index, _capped_psnr(means), marker="o", ms=3, color=cmap(i), label=label)
+        ax.plot(means.index, capped_psnr(means), marker="o", ms=3, color=cmap(i), label=label)
     if target is not None:
         ax.axhline(target, color="gray", ls="--", lw=0.8)
     ax.set_xlabel("bottom-k share of keys dropped (k)" if level == "k" else "top-p mass kept (p)")
@@ -258,7 +258,7 @@ def sweep_quality(table: pd.DataFrame, target: float | None = None) -> bytes | N
     ax.set_title("Quality against sparsity")
     if len(groups) <= 14:
         ax.legend(fontsize=6, ncol=2)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def sweep_sensitivity(table: pd.DataFrame) -> bytes | None:
@@ -273,7 +273,7 @@ def sweep_sensitivity(table: pd.DataFrame) -> bytes | None:
     for j, column in enumerate(pivot.columns):
         ax.bar(
             np.arange(len(pivot)) + j * width,
-            _capped_psnr(pivot[column]),
+            capped_psnr(pivot[column]),
             width,
             label=f"{level} = {column:g}" if isinstance(column, float) else str(column),
         )
@@ -282,7 +282,7 @@ def sweep_sensitivity(table: pd.DataFrame) -> bytes | None:
     ax.set_ylabel("PSNR vs dense (dB)")
     ax.set_title("Layer sensitivity (lower = the layer matters more)")
     ax.legend(fontsize=7)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def sweep_pareto(table: pd.DataFrame) -> bytes | None:
@@ -290,7 +290,7 @@ def sweep_pareto(table: pd.DataFrame) -> bytes | None:
     if table.empty:
         return None
     cells = table.groupby(["layers", "mask", "k", "p", "temperature"], dropna=False)[["sparsity", "psnr"]].mean()
-    x, y = cells["sparsity"].to_numpy(), _capped_psnr(cells["psnr"])
+    x, y = cells["sparsity"].to_numpy(), capped_psnr(cells["psnr"])
     order = np.argsort(-x)
     front_x, front_y, best = [], [], -np.inf
     for i in order:  # sweep from the sparsest: a point is on the front when nothing sparser is better
@@ -305,7 +305,7 @@ def sweep_pareto(table: pd.DataFrame) -> bytes | None:
     ax.set_ylabel("PSNR vs dense (dB, 60 = identical)")
     ax.set_title("Quality-sparsity trade-off")
     ax.legend(fontsize=7)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def sweep_temperature(table: pd.DataFrame) -> bytes | None:
@@ -316,13 +316,13 @@ def sweep_temperature(table: pd.DataFrame) -> bytes | None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for value, group in table.groupby(level):
         means = group.groupby("temperature")["psnr"].mean()
-        ax.plot(means.index, _capped_psnr(means), marker="o", ms=3, label=f"{level} = {value:g}")
+        ax.plot(means.index, capped_psnr(means), marker="o", ms=3, label=f"{level} = {value:g}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("temperature tau (logits / tau)")
     ax.set_ylabel("PSNR vs dense (dB, 60 = identical)")
     ax.set_title("Temperature and sparsity")
     ax.legend(fontsize=7)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def edit_sweep_bars(table: pd.DataFrame) -> bytes:
@@ -338,4 +338,4 @@ def edit_sweep_bars(table: pd.DataFrame) -> bytes:
     ax.set_ylabel("SSIM to the source video")
     ax.set_title("How much of the source's layout each layer window carries")
     ax.legend(fontsize=7)
-    return _png(fig)
+    return figure_png(fig)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..media import gif_bytes
-from .figures import _capped_psnr, _png, plt
+from .figures import capped_psnr, figure_png, plt
 from .html import Markup, figure_html, format_html, page, table_html
 
 SINK_COLUMNS = ["model", "layer", "retrained", "sink_heads", "heads", "max_ratio", "median_top_ratio", "sink_share"]
@@ -36,7 +36,7 @@ def sinks_before_after(sinks: pd.DataFrame, layers: list[int]) -> bytes | None:
             ax.axvspan(layer - 0.5, layer + 0.5, color="#ffe9a8", zorder=0)
         ax.legend(fontsize=7)
     fig.suptitle("Sinks before and after retraining", fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def sparsity_before_after(sparsity: pd.DataFrame) -> bytes | None:
@@ -51,13 +51,13 @@ def sparsity_before_after(sparsity: pd.DataFrame) -> bytes | None:
             part = group[group["model"] == name].sort_values(level)
             if part.empty:
                 continue
-            ax.plot(part[level], _capped_psnr(part["psnr"]), style, marker="o", color=colors[i % len(colors)],
+            ax.plot(part[level], capped_psnr(part["psnr"]), style, marker="o", color=colors[i % len(colors)],
                     label=f"layer {layer}, {name}")  # fmt: skip
     ax.set_xlabel(f"sparsity level ({level})")
     ax.set_ylabel("PSNR vs own dense (dB, capped at 60)")
     ax.legend(fontsize=7)
     ax.set_title("Sparsity sensitivity of the retrained layers", fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def write_study_report(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .figures import _capped_psnr, _png, plt
+from .figures import capped_psnr, figure_png, plt
 
 
 def ratio_heatmap(keys: pd.DataFrame, title: str, threshold: float) -> bytes | None:
@@ -27,7 +27,7 @@ def ratio_heatmap(keys: pd.DataFrame, title: str, threshold: float) -> bytes | N
     ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index], fontsize=7)
     fig.colorbar(image, ax=ax, label="log10(top key / median key)")
     ax.set_title(f"{title}: strongest key per head (dot: sink, >= {threshold:g}x)", fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def depth_profile(summaries: dict[str, pd.DataFrame]) -> bytes | None:
@@ -49,7 +49,7 @@ def depth_profile(summaries: dict[str, pd.DataFrame]) -> bytes | None:
         ax.set_ylim(-0.03, 1.03)
         ax.legend(fontsize=7)
     fig.suptitle("Where in the stack the sinks are", fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def norm_scatter(tables: dict[str, pd.DataFrame]) -> bytes | None:
@@ -71,7 +71,7 @@ def norm_scatter(tables: dict[str, pd.DataFrame]) -> bytes | None:
         ax.set_title(name, fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle("Value norms of the sinks", fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def consistency_bars(overlaps: dict[str, pd.DataFrame]) -> bytes | None:
@@ -91,7 +91,7 @@ def consistency_bars(overlaps: dict[str, pd.DataFrame]) -> bytes | None:
         ax.set_title(name, fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle("How consistent the sinks are", fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def ablation_bars(table: pd.DataFrame, metric: str, label: str) -> bytes | None:
@@ -103,13 +103,13 @@ def ablation_bars(table: pd.DataFrame, metric: str, label: str) -> bytes | None:
     x = np.arange(len(paths))
     for offset, (selection, color) in zip((-0.2, 0.2), (("sinks", "#d62728"), ("random", "#7f7f7f")), strict=True):
         values = [table[(table["path"] == p) & (table["keys"] == selection)][metric].mean() for p in paths]
-        values = _capped_psnr(pd.Series(values)) if metric == "psnr" else np.asarray(values, dtype=float)
+        values = capped_psnr(pd.Series(values)) if metric == "psnr" else np.asarray(values, dtype=float)
         ax.bar(x + offset, values, 0.4, label=f"{selection} removed", color=color)
     ax.set_xticks(x, paths)
     ax.set_ylabel(label)
     ax.legend(fontsize=7)
     ax.set_title("Removing the sinks against removing as many random keys", fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def step_heatmap(calls: pd.DataFrame, threshold: float) -> bytes | None:
@@ -128,4 +128,4 @@ def step_heatmap(calls: pd.DataFrame, threshold: float) -> bytes | None:
     ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index], fontsize=7)
     fig.colorbar(image, ax=ax, label="heads with a sink (share)")
     ax.set_title("Sinks per layer and step (mean over prompts)", fontsize=9)
-    return _png(fig)
+    return figure_png(fig)

@@ -22,11 +22,11 @@ from .streaming import (
     LOG2E,
     MASKED,
     MIN_CHUNK,
-    _check_inputs,
-    _prepare_mask,
+    check_attention_inputs,
     checked_scale,
     chunk_rows,
     default_chunk_size,
+    prepare_mask,
     run_over_heads,
 )
 
@@ -115,7 +115,7 @@ def sparse_attention(
     visible key give 0. Returns (out in q's dtype, SparsityStats with ``mass_dropped`` and
     ``entries_dropped``, both (B, Hq) float32).
     """
-    _check_inputs(q, k, v, attn_mask)
+    check_attention_inputs(q, k, v, attn_mask)
     check_sparsity(bottom_k, top_p, temperature)
     batch, q_heads, num_q, dim = q.shape
     kv_heads, num_k, dim_v = k.shape[1], k.shape[2], v.shape[-1]
@@ -124,7 +124,7 @@ def sparse_attention(
     scale = checked_scale(scale, dim)
     factor = score_factor(scale, temperature)
     chunk = chunk_rows(chunk_size, sparse_chunk_size(num_k, device), num_q)
-    mask = _prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
+    mask = prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
     out = torch.zeros(batch, q_heads, num_q, dim_v, dtype=q.dtype, device=device)
     # per head: dropped mass summed over rows, dropped entries, visible entries, rows with a visible key
     sums = torch.zeros(batch, q_heads, 4, dtype=torch.float64, device=device)

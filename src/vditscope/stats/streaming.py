@@ -92,7 +92,9 @@ class _HeadAccumulator:
     feature_sum: torch.Tensor | None = None
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> None:
+def check_attention_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> None:
     """Raise ValueError, with one line naming what differs, unless q, k, v are as for torch SDPA:
     (B, Hq, Nq, D), (B, Hk, Nk, D), (B, Hk, Nk, Dv), one floating dtype, one device, Hq a multiple
     of Hk (grouped-query heads), D > 0; an ``attn_mask`` on the same device."""
@@ -200,7 +202,7 @@ def attention_stats(
     Means are over queries with at least one visible key; the layout statistics are means over
     video queries.
     """
-    _check_inputs(q, k, v, attn_mask)
+    check_attention_inputs(q, k, v, attn_mask)
     if top_mass not in ("auto", "exact", "estimate", "off"):
         raise ValueError(f"top_mass must be auto, exact, estimate or off; got {top_mass!r}")
     batch, q_heads, num_q, dim = q.shape
@@ -216,7 +218,7 @@ def attention_stats(
         layout.check_fits(num_k)
     chunk = chunk_rows(chunk_size, default_chunk_size(num_k, device), num_q)
 
-    mask = _prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
+    mask = prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
     masked_rows = mask is not None or is_causal
     rows_exact = None if top_mass == "off" else sampled_rows(num_q, top_mass)
     estimating = top_mass != "off" and rows_exact is not None
@@ -338,9 +340,7 @@ def run_over_heads(
         process(pairs, False)
 
 
-def _prepare_mask(
-    attn_mask: torch.Tensor | None, batch: int, heads: int, num_q: int, num_k: int
-) -> torch.Tensor | None:
+def prepare_mask(attn_mask: torch.Tensor | None, batch: int, heads: int, num_q: int, num_k: int) -> torch.Tensor | None:
     """The mask as a (B, H, Nq, Nk) broadcast view: bool (True = attend) or additive in log2 units."""
     if attn_mask is None:
         return None

@@ -23,7 +23,7 @@ import torch
 
 from ..layout import TokenLayout
 from .sparsify import SparsityStats, check_sparsity
-from .streaming import _check_inputs, checked_scale, chunk_rows
+from .streaming import check_attention_inputs, checked_scale, chunk_rows
 
 MASK_KINDS = ("spatial", "temporal", "tiles", "svg")
 WIDE = 1 << 20  # a window half-width that covers any video
@@ -101,7 +101,7 @@ def structured_attention(
     Returns (out, SparsityStats with ``mass_dropped`` (the dense softmax mass outside the kept keys,
     mean over queries) and ``entries_dropped`` (share of entries dropped), each (1, H) float32, and
     the window kind used per head (the svg choice, or ``kind`` for every head)."""
-    _check_inputs(q, k, v)
+    check_attention_inputs(q, k, v)
     check_sparsity(0.0, None, temperature)
     window = check_window(kind, window)
     if q.shape[0] != 1:
