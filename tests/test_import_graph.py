@@ -140,3 +140,17 @@ def test_folders_import_only_what_the_layout_allows() -> None:
         if folder(target) == "analyses" and target not in REPORT_READS
     )
     assert wrong == []
+
+
+def test_no_module_or_test_imports_a_private_name() -> None:
+    tests = Path(__file__).parent
+    found = []
+    for path in [*PACKAGE.rglob("*.py"), *tests.glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                found += [
+                    f"{path.name}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert found == []
