@@ -285,19 +285,27 @@ def sweep_sensitivity(table: pd.DataFrame) -> bytes | None:
     return figure_png(fig)
 
 
+def pareto_front(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
+    """The points no other point beats in both sparsity ``x`` and quality ``y``, from the sparsest. Among
+    equal sparsities the best quality is visited first, so a worse point there never joins the front."""
+    front_x: list[float] = []
+    front_y: list[float] = []
+    best = -np.inf
+    for i in np.lexsort((-y, -x)):  # x descending, then y descending
+        if y[i] > best:
+            best = y[i]
+            front_x.append(float(x[i]))
+            front_y.append(float(y[i]))
+    return front_x, front_y
+
+
 def sweep_pareto(table: pd.DataFrame) -> bytes | None:
     """Every cell's PSNR against the share of attention entries dropped, with the Pareto front."""
     if table.empty:
         return None
     cells = table.groupby(["layers", "mask", "k", "p", "temperature"], dropna=False)[["sparsity", "psnr"]].mean()
     x, y = cells["sparsity"].to_numpy(), capped_psnr(cells["psnr"])
-    order = np.argsort(-x)
-    front_x, front_y, best = [], [], -np.inf
-    for i in order:  # sweep from the sparsest: a point is on the front when nothing sparser is better
-        if y[i] > best:
-            best = y[i]
-            front_x.append(x[i])
-            front_y.append(y[i])
+    front_x, front_y = pareto_front(x, y)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.scatter(x, y, s=14, color="#4c78a8", alpha=0.7, label="cells")
     ax.plot(front_x, front_y, color="#e45756", marker="o", ms=3, label="Pareto front")
