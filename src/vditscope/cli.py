@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .analyses.options import checked_seed
 from .cli_options import (
     AddressOpt,
     AnalyzeDeviceOpt,
@@ -457,7 +456,7 @@ def render_clips(
     """Render captioned shapes clips: a --data folder for `retrain --mode flow` on the tiny models."""
     from .training.clips import write_shape_clips
 
-    typer.echo(f"wrote {count} clips to {write_shape_clips(out, count, seed=checked_seed(seed), overwrite=overwrite)}/")
+    typer.echo(f"wrote {count} clips to {write_shape_clips(out, count, seed=seed, overwrite=overwrite)}/")
 
 
 @app.command("eval-tiny")

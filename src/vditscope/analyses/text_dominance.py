@@ -20,7 +20,7 @@ from ..errors import VditscopeError
 from . import quality
 from .generation import generate
 from .loaded import LoadedPipeline, model_directory
-from .options import GenerationOptions, checked_seed
+from .options import GenerationOptions, checked_prompts_and_seeds
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -44,9 +44,7 @@ def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None 
     from ..report.study_html import write_text_ablation_report
     from ..store import OutputDir, write_tensors
 
-    if any(not p.strip() for p in request.prompts):
-        raise VditscopeError("empty prompt: every --prompt needs text")
-    checked_seed(request.seed)
+    checked_prompts_and_seeds(request.prompts, [request.seed])
     bad = [m for m in request.methods if m not in ABLATIONS]
     if bad or not request.methods:
         raise VditscopeError(f"unknown ablation {bad[0] if bad else '(none)'}; choose from {', '.join(ABLATIONS)}")

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,13 @@ def _entries(directory: Path) -> list[str]:
         rel = Path(root).relative_to(directory)
         found.extend((rel / name).as_posix() for name in [*dirs, *files])
     return found
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` itself when it exists, else its nearest existing ancestor."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _is_within(path: Path, other: Path) -> bool:
@@ -246,7 +253,7 @@ class OutputDir:
                 raise OutputError(f"--out {path} overlaps the input {source}; choose a folder outside it")
         if path.exists() and not path.is_dir():
             raise OutputError(f"--out {path} is a file; choose a folder path (nothing was written)")
-        existing = self._existing_ancestor()
+        existing = _existing_ancestor(self.path)
         if not existing.is_dir():
             raise OutputError(f"cannot create {path}: {existing} is a file, not a folder")
         _check_writable(existing)
@@ -292,12 +299,6 @@ class OutputDir:
                 "--overwrite never replaces your files: move it or choose another --out"
             )
         self.merge = True
-
-    def _existing_ancestor(self) -> Path:
-        probe = self.path
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        return probe
 
     def _make_parents(self) -> None:
         missing = []
@@ -431,12 +432,8 @@ class OutputDir:
                     target.unlink()
 
     def _write_marker(self, folder: Path, marker: dict[str, Any]) -> None:
-        path = folder / marker_name(self.command)
-        handle, temporary = tempfile.mkstemp(prefix=".vditscope-marker-", dir=folder)
-        with os.fdopen(handle, "w") as stream:
-            stream.write(json.dumps(marker, indent=1) + "\n")
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
+        text = json.dumps(marker, indent=1) + "\n"
+        write_atomic(folder / marker_name(self.command), lambda path: path.write_text(text))
 
     def remove_leftovers(self) -> None:
         """Staging folders of earlier interrupted runs of this output (ours by name and mark, or empty)."""
@@ -461,15 +458,29 @@ def _check_writable(folder: Path) -> None:
     os.remove(name)
 
 
-def glob_escape(text: str) -> str:
-    """``text`` with glob's special characters taken literally."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write one file through a temporary file in the same directory, then rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=sibling(path, "tmp-", reserve=8).name, dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a result file gets the usual mode
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def _normal_permissions(directory: Path) -> None:
@@ -500,9 +511,7 @@ def checked_output_file(path: str | Path, command: str, *, inputs: Iterable[str 
             written_by = None
         if written_by != f"vditscope {command}":
             raise OutputError(f"{target} exists and was not written by `vditscope {command}`; give a new file path")
-    probe = target.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = _existing_ancestor(target.parent)
     if not probe.is_dir():
         raise OutputError(f"cannot create {target}: {probe} is a file, not a folder")
     _check_writable(probe)

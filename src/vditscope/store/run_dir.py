@@ -1,20 +1,16 @@
-"""Writers of a run directory's files: JSON, parquet tables, safetensors, and any file atomically
+"""Writers of a run directory's files: JSON, parquet tables, safetensors, the library versions
 (where a run directory may go, and how it lands there, is ``output.py``)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..version import __version__
-from .output import sibling
 
 
 def library_versions() -> dict[str, str]:
@@ -55,26 +51,6 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write one file through a temporary file in the same directory, then rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=sibling(path, "tmp-", reserve=8).name, dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a result file gets the usual mode
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def json_safe(value: Any) -> Any:

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..store.run_dir import write_atomic
+from ..store import write_atomic
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "state.json"

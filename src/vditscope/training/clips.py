@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..analyses.options import checked_seed
 from ..errors import VditscopeError
 from ..store import OutputDir
 
@@ -88,6 +89,7 @@ def write_shape_clips(
 
     if count < 1:
         raise VditscopeError(f"the clip count must be positive, got {count}")
+    checked_seed(seed)
     output = OutputDir(folder, "render-clips", files=("clip*.mp4", "clip*.txt"), overwrite=overwrite)
     with output, output.staging() as staging:
         train, _ = shapes.split_specs(seed)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..adapters.loading import load_pipeline, quiet_loading, resolve_device, resolve_model_dir
+from ..analyses.options import checked_seed
 from ..errors import VditscopeError
 from ..store import OutputDir, write_json
 from ..tiny import DEFAULT_MODEL
@@ -80,8 +81,7 @@ class RetrainRequest:
                 raise VditscopeError(f"{name} must be positive, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise VditscopeError(f"the learning rate must be a positive number, got {self.lr}")
-        if not 0 <= int(self.seed) < 2**63:
-            raise VditscopeError(f"--seed {self.seed} is out of range: use 0 <= seed < 2**63")
+        checked_seed(self.seed)
         if any(not str(p).strip() for p in self.prompts):
             raise VditscopeError("prompts must not be empty (the empty prompt is always trained)")
 
