@@ -85,6 +85,10 @@ _TEXT_DIM = 16
 _SPATIAL_PATCH = 2
 # One timestep per batch element, different so that batch mix-ups show.
 _TIMESTEPS = (700.0, 300.0)
+# Constructor arguments every family shares: 2 heads x 16 channels, 4 latent channels in and out.
+_HEADS_AND_CHANNELS: dict[str, Any] = dict(
+    num_attention_heads=_HEADS, attention_head_dim=_HEAD_DIM, in_channels=_LATENT_CHANNELS
+)
 
 
 @dataclass
@@ -154,6 +158,16 @@ def _latent_shape() -> tuple[int, int, int]:
     return frames, height * _SPATIAL_PATCH, width * _SPATIAL_PATCH
 
 
+def _video_inputs(generator: torch.Generator, **extra: Any) -> dict[str, Any]:
+    """Latents (B, C, F, H, W), one timestep per element and text embeddings, drawn in that order."""
+    return dict(
+        hidden_states=_randn(generator, BATCH_SIZE, _LATENT_CHANNELS, *_latent_shape()),
+        timestep=_timesteps(),
+        encoder_hidden_states=_randn(generator, BATCH_SIZE, TEXT_LEN, _TEXT_DIM),
+        **extra,
+    )
+
+
 def _finish(model: torch.nn.Module) -> torch.nn.Module:
     # Built on CPU in float32 already; casting with .to() would only make
     # diffusers warn about modules it keeps in float32.
@@ -169,11 +183,9 @@ def make_wan(seed: int = 0) -> FamilyCase:
     """
     with _seeded(seed):
         model = WanTransformer3DModel(
-            patch_size=(1, _SPATIAL_PATCH, _SPATIAL_PATCH),
-            num_attention_heads=_HEADS,
-            attention_head_dim=_HEAD_DIM,
-            in_channels=_LATENT_CHANNELS,
+            **_HEADS_AND_CHANNELS,
             out_channels=_LATENT_CHANNELS,
+            patch_size=(1, _SPATIAL_PATCH, _SPATIAL_PATCH),
             text_dim=_TEXT_DIM,
             freq_dim=32,
             ffn_dim=64,
@@ -182,12 +194,7 @@ def make_wan(seed: int = 0) -> FamilyCase:
             qk_norm="rms_norm_across_heads",
             rope_max_seq_len=32,
         )
-    g = _generator(seed)
-    inputs = dict(
-        hidden_states=_randn(g, BATCH_SIZE, _LATENT_CHANNELS, *_latent_shape()),
-        timestep=_timesteps(),
-        encoder_hidden_states=_randn(g, BATCH_SIZE, TEXT_LEN, _TEXT_DIM),
-    )
+    inputs = _video_inputs(_generator(seed))
     return FamilyCase("wan", _finish(model), inputs, GRID, 0, False, 2)
 
 
@@ -201,25 +208,17 @@ def make_mochi(seed: int = 0) -> FamilyCase:
     """
     with _seeded(seed):
         model = MochiTransformer3DModel(
+            **_HEADS_AND_CHANNELS,
             patch_size=_SPATIAL_PATCH,
-            num_attention_heads=_HEADS,
-            attention_head_dim=_HEAD_DIM,
             num_layers=2,
             pooled_projection_dim=16,
-            in_channels=_LATENT_CHANNELS,
             text_embed_dim=_TEXT_DIM,  # the caption attention pool uses 8 heads
             time_embed_dim=16,
             max_sequence_length=TEXT_LEN,
         )
         with torch.no_grad():
             model.pos_frequencies.normal_(0.0, 0.5)
-    g = _generator(seed)
-    inputs = dict(
-        hidden_states=_randn(g, BATCH_SIZE, _LATENT_CHANNELS, *_latent_shape()),
-        encoder_hidden_states=_randn(g, BATCH_SIZE, TEXT_LEN, _TEXT_DIM),
-        timestep=_timesteps(),
-        encoder_attention_mask=_text_mask(),
-    )
+    inputs = _video_inputs(_generator(seed), encoder_attention_mask=_text_mask())
     return FamilyCase("mochi", _finish(model), inputs, GRID, TEXT_LEN, False, 2)
 
 
@@ -235,10 +234,8 @@ def make_hunyuan_video(seed: int = 0) -> FamilyCase:
     """
     with _seeded(seed):
         model = HunyuanVideoTransformer3DModel(
-            in_channels=_LATENT_CHANNELS,
+            **_HEADS_AND_CHANNELS,
             out_channels=_LATENT_CHANNELS,
-            num_attention_heads=_HEADS,
-            attention_head_dim=_HEAD_DIM,
             num_layers=1,
             num_single_layers=1,
             num_refiner_layers=1,
@@ -252,14 +249,9 @@ def make_hunyuan_video(seed: int = 0) -> FamilyCase:
             rope_axes_dim=(4, 6, 6),
         )
     g = _generator(seed)
-    inputs = dict(
-        hidden_states=_randn(g, BATCH_SIZE, _LATENT_CHANNELS, *_latent_shape()),
-        timestep=_timesteps(),
-        encoder_hidden_states=_randn(g, BATCH_SIZE, TEXT_LEN, _TEXT_DIM),
-        encoder_attention_mask=_text_mask().to(torch.float32),
-        pooled_projections=_randn(g, BATCH_SIZE, 8),
-        guidance=torch.full((BATCH_SIZE,), 6.0 * 1000.0),
-    )
+    inputs = _video_inputs(g, encoder_attention_mask=_text_mask().to(torch.float32))
+    # drawn after the video inputs, from the same stream
+    inputs.update(pooled_projections=_randn(g, BATCH_SIZE, 8), guidance=torch.full((BATCH_SIZE,), 6.0 * 1000.0))
     return FamilyCase("hunyuan_video", _finish(model), inputs, GRID, TEXT_LEN, False, 2)
 
 
@@ -293,9 +285,7 @@ def make_cogvideox(seed: int = 0) -> FamilyCase:
     frames, height, width = _latent_shape()
     with _seeded(seed):
         model = CogVideoXTransformer3DModel(
-            num_attention_heads=_HEADS,
-            attention_head_dim=_HEAD_DIM,
-            in_channels=_LATENT_CHANNELS,
+            **_HEADS_AND_CHANNELS,
             out_channels=_LATENT_CHANNELS,
             time_embed_dim=16,
             text_embed_dim=_TEXT_DIM,
@@ -330,12 +320,10 @@ def make_ltx(seed: int = 0) -> FamilyCase:
     frames, height, width = GRID
     with _seeded(seed):
         model = LTXVideoTransformer3DModel(
-            in_channels=_LATENT_CHANNELS,
+            **_HEADS_AND_CHANNELS,
             out_channels=_LATENT_CHANNELS,
             patch_size=1,
             patch_size_t=1,
-            num_attention_heads=_HEADS,
-            attention_head_dim=_HEAD_DIM,
             cross_attention_dim=_INNER_DIM,  # captions are projected to the inner dim first
             num_layers=2,
             caption_channels=_TEXT_DIM,

@@ -43,6 +43,11 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         *SMALL,
     )
     assert result.returncode == 0, result.stderr
+    # the last line names every file of the run directory, not 4 of its 9
+    last = result.stdout.strip().splitlines()[-1]
+    files = ("run.json", "stats.parquet", "maps.safetensors", "videos.safetensors", "similarity.parquet",
+             "heads.parquet", "text_attention.parquet", "head_sinks.parquet", "report.html")  # fmt: skip
+    assert last.startswith(f"wrote {out}/") and all(name in last for name in files), last
     return out
 
 

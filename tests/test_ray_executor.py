@@ -41,20 +41,6 @@ def analyze_request(out: Path) -> AnalyzeRequest:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> str:
-    """A Ray cluster of 2 CPUs on this machine, for this module; yields its address."""
-    ray = pytest.importorskip("ray")
-    ray.init(
-        num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False,
-        logging_level="WARNING",
-    )  # fmt: skip
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def local_sweep(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     out = run_sweep(sweep_request(tmp_path_factory.mktemp("local") / "sweep"))
     assert json.loads((out / "sweep.json").read_text())["executor"] == "local"

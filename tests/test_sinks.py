@@ -128,7 +128,8 @@ def tiny_llama(tmp_path_factory) -> Path:
 def test_text_model_key_stats_equal_eager_attention(tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    from vditscope.analyses.text_model import load_text_model, text_key_stats
+    from vditscope.adapters.text_models import load_text_model
+    from vditscope.analyses.text_model import text_key_stats
 
     text = "a red square moving left on a black background"
     text_model = load_text_model(tiny_llama)
@@ -192,8 +193,8 @@ def test_sinks_command_bad_input_is_one_line(tiny_llama, tmp_path):
 
 # -- video pipelines -------------------------------------------------------------------------------
 def test_sink_capture_keeps_outputs_and_sums_attention():
+    from vditscope.adapters.loaded import generate
     from vditscope.adapters.loading import load_pipeline
-    from vditscope.analyses.generation import generate
     from vditscope.capture.sink_capture import sink_capture
 
     pipe, _, _ = load_pipeline("tiny-cogvideox")

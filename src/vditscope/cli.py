@@ -3,34 +3,34 @@ about argument parsing."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from .cli_options import (
-    AddressOpt,
-    AnalyzeDeviceOpt,
+    EDIT_WHERE,
+    EXECUTION,
+    GENERATING,
+    MODEL,
+    OVERWRITE,
     AnalyzeModelOpt,
     AnalyzePlanOpt,
-    BranchOpt,
+    CaptureStepsOpt,
     DeviceOpt,
-    DtypeOpt,
-    EditStepsOpt,
-    ExecutorOpt,
-    FramesOpt,
-    HeadsOpt,
-    HeightOpt,
     LmOpt,
     MapStepsOpt,
     MinutesOpt,
-    ModelOpt,
     NoiseSeedOpt,
+    OptionGroup,
     OutDirOpt,
     OverwriteOpt,
     PromptsOpt,
@@ -44,15 +44,16 @@ from .cli_options import (
     StepsRangeOpt,
     SweepDirOpt,
     TargetPromptOpt,
+    TopMassOpt,
     TrainOutOpt,
     TrainStepsOpt,
     TransferModeOpt,
-    WidthOpt,
     WindowOpt,
     generation_fields,
     parse_float_list,
     parse_int_list,
     parse_step_range,
+    with_options,
 )
 from .errors import VditscopeError
 from .store import OutputDir
@@ -69,24 +70,56 @@ T = TypeVar("T")
 ProgressFn = Callable[[str, int, int], None]
 
 
-def _progress_bar() -> Progress:
-    """The progress bar every long command shows on stderr: description, bar, count, elapsed, ETA.
+class RemainingColumn(ProgressColumn):
+    """Time left, from the mean pace since the count (of the current total) first moved in this process.
+
+    rich's own estimate uses only the last 30 s, so units slower than that (a sweep cell of a real model)
+    never get one; units found done at start (a resumed run) do not count as pace."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.clock = clock
+        self.origin: dict[Any, tuple[float | None, float, float]] = {}  # task id -> (total, time, completed)
+
+    def render(self, task: Task) -> Text:
+        total, now = task.total, self.clock()
+        origin = self.origin.get(task.id)
+        if origin is None or origin[0] != total or task.completed < origin[2]:
+            origin = self.origin[task.id] = (total, now, task.completed)
+        _, start, done_at_start = origin
+        done = task.completed - done_at_start
+        if total is None or done <= 0:
+            return Text("-:--:--", style="progress.remaining")
+        left = (total - task.completed) * (now - start) / done
+        return Text(str(datetime.timedelta(seconds=round(max(left, 0.0)))), style="progress.remaining")
+
+
+class CountColumn(ProgressColumn):
+    """done/total, or nothing while the total is unknown (loading)."""
+
+    def render(self, task: Task) -> Text:
+        return Text("" if task.total is None else f"{task.completed:g}/{task.total:g}")
+
+
+def progress_bar(clock: Callable[[], float] = time.monotonic) -> Progress:
+    """The progress bar every long command shows on stderr: description, bar, count, elapsed, time left.
     Off a terminal (logs, pipes) it prints nothing at all, so an error stays the only line."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        CountColumn(),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        RemainingColumn(clock),
         console=err,
         disable=not err.is_terminal,
+        get_time=clock,
     )
 
 
 def _with_progress(description: str, run: Callable[..., T], *args: Any, total: int | None = None) -> T:
     """``run(*args, progress)`` under the progress bar, and what it returns. The bar starts as `description` (of
     `total` units, unknown by default); the library moves it with ``progress(message, done, total)``."""
-    with _progress_bar() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(description, total=total)
 
         def progress(message: str, done: int, total: int | None) -> None:
@@ -111,47 +144,39 @@ def _table(table: Any, digits: int) -> str:
 
 
 @app.command()
+@with_options(*GENERATING, EXECUTION, model=(AnalyzeModelOpt, None))
 def analyze(
-    model: AnalyzeModelOpt = None,
     prompt: Annotated[list[str] | None, typer.Option(help="Prompt (repeat for several).")] = None,
     out: RunDirOpt = Path("runs/analyze"),
     seed: SeedsOpt = None,
     layers: Annotated[str | None, typer.Option(help="Layers to capture, e.g. 0,2,5-7 (default all).")] = None,
     capture_steps: Annotated[str | None, typer.Option(help="Denoising steps to capture (default all).")] = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    num_frames: FramesOpt = None,
-    steps: StepsOpt = None,
     guidance_scale: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
-    device: AnalyzeDeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
-    top_mass: Annotated[str, typer.Option(help="Top-k mass curve: auto, exact, estimate or off.")] = "auto",
+    top_mass: TopMassOpt = "auto",
     map_tiles: Annotated[int, typer.Option(help="Token maps: video tokens pooled into at most this many tiles.")] = 256,
     map_steps: MapStepsOpt = None,
     plan: AnalyzePlanOpt = None,
-    executor: ExecutorOpt = "local",
-    address: AddressOpt = None,
-    overwrite: OverwriteOpt = False,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Generate with attention capture and write run.json, stats.parquet, maps.safetensors, report.html."""
     from .analyses.analyze import AnalyzeRequest, run_analyze
 
-    if top_mass not in ("auto", "exact", "estimate", "off"):
-        raise VditscopeError(f"--top-mass must be auto, exact, estimate or off, got {top_mass}")
     request = AnalyzeRequest(
         prompts=list(prompt or []), seeds=list(seed or AnalyzeRequest.seeds), layers=parse_int_list(layers, "layer"),
         capture_steps=parse_int_list(capture_steps, "step"), guidance_scale=guidance_scale, top_mass=top_mass,
-        map_tiles=map_tiles, map_steps=parse_int_list(map_steps, "map step"), plan=plan, **generation_fields(locals()),
+        map_tiles=map_tiles, map_steps=parse_int_list(map_steps, "map step"), plan=plan, **generation_fields(options),
     )  # fmt: skip
-    path = _with_progress(_loading(model), run_analyze, request)
-    typer.echo(f"wrote {path}/ (run.json, stats.parquet, maps.safetensors, report.html)")
+    path = _with_progress(_loading(options["model"]), run_analyze, request)
+    typer.echo(f"wrote {path}/ ({', '.join(sorted(f.name for f in path.iterdir() if not f.name.startswith('.')))})")
 
 
 app.add_typer(sweep_app, name="sweep")
+SWEEP_OPTIONS = (*GENERATING, EXECUTION, EDIT_WHERE, {"prompt": (PromptsOpt, None), "seed": (SeedsOpt, None)})
 
 
 def _run_sweep(options: dict[str, Any], **fields: Any) -> None:
-    """Run the SweepRequest of `fields` and of the options both sweeps share (`options`: the command's locals()),
+    """Run the SweepRequest of `fields` and of the options both sweeps share (`options`: every option by name),
     then print the layers' sensitivity and what was written."""
     import pandas as pd
 
@@ -172,6 +197,7 @@ def _run_sweep(options: dict[str, Any], **fields: Any) -> None:
 
 
 @sweep_app.command("sparsity")
+@with_options(*SWEEP_OPTIONS, out=(SweepDirOpt, Path("runs/sweep-sparsity")))
 def sweep_sparsity(
     k: Annotated[list[str] | None, typer.Option("--k", help="Bottom-k share(s) of keys to drop, in [0, 1).")] = None,
     p: Annotated[list[str] | None, typer.Option("--p", help="Top-p mass(es) to keep (with --method top-p).")] = None,
@@ -182,23 +208,9 @@ def sweep_sparsity(
     global_: Annotated[bool, typer.Option("--global", help="All chosen layers sparsified together.")] = False,
     leave_out: Annotated[str | None, typer.Option(help="All layers but these (and all layers), e.g. 2,3.")] = None,
     layers: Annotated[str | None, typer.Option(help="Layers to sweep (per-layer) or to edit (global).")] = None,
-    heads: HeadsOpt = None,
-    edit_steps: EditStepsOpt = None,
-    branch: BranchOpt = None,
     psnr_target: Annotated[float, typer.Option(help="PSNR (dB) a layer must keep for the plan.")] = 30.0,
-    model: ModelOpt = None,
-    prompt: PromptsOpt = None,
-    seed: SeedsOpt = None,
-    out: SweepDirOpt = Path("runs/sweep-sparsity"),
-    steps: StepsOpt = None,
-    num_frames: FramesOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
-    executor: ExecutorOpt = "local",
-    address: AddressOpt = None,
-    overwrite: OverwriteOpt = False,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Sparsify attention (bottom-k or top-p) per layer, globally, or in all layers but some; score each cell."""
     if sum([per_layer, global_, leave_out is not None]) > 1:
@@ -206,7 +218,7 @@ def sweep_sparsity(
     top_p = method == "top-p"
     levels = parse_float_list(p if top_p else k, "p" if top_p else "k")
     _run_sweep(
-        locals(), mode="sparsity", scope="global" if global_ else "leave-out" if leave_out is not None else "per-layer",
+        options, mode="sparsity", scope="global" if global_ else "leave-out" if leave_out is not None else "per-layer",
         method=method, levels=levels if levels is not None else ([0.9] if top_p else [0.5]),
         leave_out=parse_int_list(leave_out, "layer"), dense_first_steps=dense_first_steps,
         window=tuple(parse_int_list(window, "window") or ()) or None, psnr_target=psnr_target,
@@ -214,79 +226,56 @@ def sweep_sparsity(
 
 
 @sweep_app.command("temperature")
+@with_options(*SWEEP_OPTIONS, out=(SweepDirOpt, Path("runs/sweep-temperature")))
 def sweep_temperature(
     tau: Annotated[list[str] | None, typer.Option("--tau", help="Temperature(s): logits / tau, tau > 0.")] = None,
     k: Annotated[list[str] | None, typer.Option("--k", help="Bottom-k share(s) to combine with (default 0).")] = None,
     layers: Annotated[str | None, typer.Option(help="Layers to edit (default all).")] = None,
-    heads: HeadsOpt = None,
-    edit_steps: EditStepsOpt = None,
-    branch: BranchOpt = None,
-    model: ModelOpt = None,
-    prompt: PromptsOpt = None,
-    seed: SeedsOpt = None,
-    out: SweepDirOpt = Path("runs/sweep-temperature"),
-    steps: StepsOpt = None,
-    num_frames: FramesOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
-    executor: ExecutorOpt = "local",
-    address: AddressOpt = None,
-    overwrite: OverwriteOpt = False,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """A temperature x bottom-k grid on chosen layers, each cell scored against dense."""
-    _run_sweep(locals(), mode="temperature", scope="global", levels=parse_float_list(k, "k") or [0.0],
+    _run_sweep(options, mode="temperature", scope="global", levels=parse_float_list(k, "k") or [0.0],
                temperatures=parse_float_list(tau, "temperature") or [0.5, 1.0, 2.0])  # fmt: skip
 
 
 @app.command()
+@with_options(*GENERATING, EXECUTION, out=(OutDirOpt, Path("runs/generate")))
 def generate(
     plan: Annotated[Path | None, typer.Option(help="Sparsity plan (plan.json of a sweep) to apply.")] = None,
-    model: ModelOpt = None,
     prompt: Annotated[str | None, typer.Option(help="Prompt (default: one from the model).")] = None,
     seed: SeedOpt = 0,
-    out: OutDirOpt = Path("runs/generate"),
-    steps: StepsOpt = None,
-    num_frames: FramesOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
-    overwrite: OverwriteOpt = False,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Generate one video, with a sparsity plan applied next to the dense generation."""
     from .analyses.planned import GenerateRequest, run_generate
 
-    path, metrics = run_generate(GenerateRequest(plan=plan, prompt=prompt, seed=seed, **generation_fields(locals())))
+    path, metrics = run_generate(GenerateRequest(plan=plan, prompt=prompt, seed=seed, **generation_fields(options)))
     for key in ("psnr", "ssim", "sparsity", "mass_dropped"):
         if key in metrics:
             typer.echo(f"{key}: {metrics[key]:.4f}")
     typer.echo(f"wrote {path}/ (frames.safetensors, preview.gif, metrics.json)")
 
 
+TRANSFER_OPTIONS = (
+    {"source_prompt": (SourcePromptOpt, ...), "target_prompt": (TargetPromptOpt, ...)},
+    *GENERATING,
+    {"edit_steps": (StepsRangeOpt, None), "mode": (TransferModeOpt, "kv"), "seed": (NoiseSeedOpt, 0)},
+)
+
+
 @app.command()
+@with_options(*TRANSFER_OPTIONS, EXECUTION, out=(OutDirOpt, Path("runs/edit")))
 def edit(
-    source_prompt: SourcePromptOpt,
-    target_prompt: TargetPromptOpt,
     layers: Annotated[str | None, typer.Option(help="Self-attention layers to transfer (default all).")] = None,
-    edit_steps: StepsRangeOpt = None,
-    mode: TransferModeOpt = "kv",
-    model: ModelOpt = None,
-    seed: NoiseSeedOpt = 0,
-    out: OutDirOpt = Path("runs/edit"),
-    steps: StepsOpt = None,
-    num_frames: FramesOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
-    overwrite: OverwriteOpt = False,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Edit by self-attention transfer: source, plain target and edited videos side by side, with metrics."""
     from .analyses.edit import run_edit
 
-    path, metrics = run_edit(_edit_request(locals()))
+    path, metrics = run_edit(_edit_request(options))
     _echo_edit_metrics(metrics)
     typer.echo(f"wrote {path}/ (source.mp4, target.mp4, edited.mp4, preview.gif, frames.safetensors, metrics.json)")
 
@@ -301,7 +290,7 @@ def _echo_edit_metrics(metrics: dict[str, Any]) -> None:
 
 
 def _edit_request(options: dict[str, Any], **fields: Any) -> Any:
-    """The EditRequest of edit and edit-sweep (`options`: the command's locals()) with `fields` added."""
+    """The EditRequest of edit and edit-sweep (`options`: every option by name) with `fields` added."""
     from .analyses.edit import EditRequest
 
     return EditRequest(
@@ -312,68 +301,53 @@ def _edit_request(options: dict[str, Any], **fields: Any) -> Any:
 
 
 @app.command("edit-sweep")
+@with_options(*TRANSFER_OPTIONS, EXECUTION, out=(OutDirOpt, Path("runs/edit-sweep")))
 def edit_sweep(
-    source_prompt: SourcePromptOpt,
-    target_prompt: TargetPromptOpt,
     window: Annotated[int, typer.Option(help="Consecutive layers transferred together.")] = 1,
     layers: Annotated[str | None, typer.Option(help="Layers to try (default all).")] = None,
-    edit_steps: StepsRangeOpt = None,
-    mode: TransferModeOpt = "kv",
-    model: ModelOpt = None,
-    seed: NoiseSeedOpt = 0,
-    out: OutDirOpt = Path("runs/edit-sweep"),
-    steps: StepsOpt = None,
-    num_frames: FramesOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
-    overwrite: OverwriteOpt = False,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Transfer one layer window at a time to find the layers that carry layout (score per layer, figure)."""
     from .analyses.edit import run_edit_sweep
 
-    path, table = _with_progress("plain target", run_edit_sweep, _edit_request(locals(), window=window))
+    path, table = _with_progress("plain target", run_edit_sweep, _edit_request(options, window=window))
     typer.echo(_table(table, 3))
     typer.echo(f"wrote {path}/ (edit_sweep.parquet, edit_sweep.csv, edit_sweep.png, report.html)")
 
 
 @app.command("text-ablation")
+@with_options(*GENERATING, EXECUTION, out=(OutDirOpt, Path("runs/text-ablation")))
 def text_ablation(
-    model: ModelOpt = None,
     prompt: PromptsOpt = None,
     seed: SeedOpt = 0,
     method: Annotated[list[str] | None, typer.Option(help="mask and/or truncate (default both).")] = None,
-    out: OutDirOpt = Path("runs/text-ablation"),
-    steps: StepsOpt = None,
-    num_frames: FramesOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
-    overwrite: OverwriteOpt = False,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Generate with only the first text token reaching the video; score against the full prompt."""
     from .analyses.text_dominance import TextAblationRequest, run_text_ablation
 
     methods = list(method or ("mask", "truncate"))
-    request = TextAblationRequest(prompts=list(prompt or []), seed=seed, methods=methods, **generation_fields(locals()))
-    path, table = _with_progress(_loading(model), run_text_ablation, request)
+    request = TextAblationRequest(prompts=list(prompt or []), seed=seed, methods=methods, **generation_fields(options))
+    path, table = _with_progress(_loading(options["model"]), run_text_ablation, request)
     typer.echo(_table(table.drop(columns=["prompt"]), 3))
     typer.echo(f"wrote {path}/ (text_ablation.parquet, text_ablation.csv, frames.safetensors, report.html)")
 
 
 @app.command()
+@with_options(OVERWRITE)
 def compare(
     run_a: Annotated[Path, typer.Argument(help="First run directory (from vditscope analyze).")],
     run_b: Annotated[Path, typer.Argument(help="Second run directory.")],
     out: Annotated[Path, typer.Option(help="Directory for compare.parquet/.csv/.png/.html.")] = Path("runs/compare"),
-    overwrite: OverwriteOpt = False,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Per-layer similarity of the attention maps of two runs (two models, two settings), with a figure."""
     from .analyses.compare import run_compare
 
-    comparison, path = run_compare(run_a, run_b, out, overwrite)
+    comparison, path = run_compare(run_a, run_b, out, options["overwrite"])
     for note in comparison.notes:
         err.print(f"[yellow]note:[/yellow] {note}")
     typer.echo(_table(comparison.table, 3))
@@ -385,7 +359,7 @@ def _check_training(steps: int, out: Path, export: Path | None, command: str, ov
     if steps < 1:
         raise VditscopeError("--steps must be positive")
     if export is not None:
-        OutputDir(export, f"{command} export", files=("*",), inputs=[out], overwrite=overwrite).check()
+        OutputDir(export, f"{command} export", inputs=[out], overwrite=overwrite).check()
 
 
 def _training(total: int, run: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -436,12 +410,16 @@ def train_tiny_lm(
     from .training.tiny_lm import train_tiny_lm as run_training
 
     _check_training(steps, out, export, "train-tiny-lm", overwrite)
-    _training(
-        steps, run_training, out, steps, TinyLMConfig(), minutes=minutes, eval_every=eval_every, overwrite=overwrite
-    )
+    _training(steps, run_training, out, steps, TinyLMConfig(), minutes=minutes, eval_every=eval_every,
+              overwrite=overwrite, on_eval=_echo_heldout)  # fmt: skip
     typer.echo(f"checkpoint in {out}/")
     if export is not None:
         typer.echo(f"model saved to {export_tiny_lm(out, export, overwrite=overwrite)}/")
+
+
+def _echo_heldout(step: int, losses: dict[str, float]) -> None:
+    """A line of held-out losses, as train-tiny-lm measures them (--eval-every)."""
+    typer.echo(f"step {step}: held-out loss " + ", ".join(f"{name} {loss:.3f} nats" for name, loss in losses.items()))
 
 
 @app.command("render-clips")
@@ -493,29 +471,39 @@ def _echo_evaluation(result: Any) -> None:
         typer.echo(f"  layer {layer}: {ratio:.2f}x")
 
 
+LANGUAGE_MODEL: OptionGroup = {
+    "lm": (LmOpt, None),
+    "lm_text": (Annotated[list[str] | None, typer.Option(help="Text for the --lm model (repeat).")], None),
+    "max_tokens": (Annotated[int, typer.Option(help="Text models: tokens per text (longer texts are cut).")], 512),
+}
+SINK_DETECTION: OptionGroup = {
+    "threshold": (Annotated[float, typer.Option(help="Sink: received >= this many times the median key's.")], 10.0),
+    "top_keys": (Annotated[int, typer.Option(help="Keys kept per head and call (video models).")], 16),
+}
+SINK_ABLATION: OptionGroup = {
+    "ablation": (Annotated[bool, typer.Option(help="Measure removing the sinks against removing random keys.")], True),
+    "ablation_layers": (Annotated[str | None, typer.Option(help="Layers to ablate (default: where sinks are).")], None),
+}
+
+
 @app.command()
+@with_options(
+    *GENERATING,
+    EXECUTION,
+    SINK_DETECTION,
+    LANGUAGE_MODEL,
+    SINK_ABLATION,
+    model=(SinksModelOpt, None),
+    out=(RunDirOpt, Path("runs/sinks")),
+)
 def sinks(
-    model: SinksModelOpt = None,
     prompt: Annotated[list[str] | None, typer.Option(help="Video prompt (repeat; default: 3 from the model).")] = None,
     text: Annotated[list[str] | None, typer.Option(help="Text for a text model (repeat; default: built in).")] = None,
-    lm: LmOpt = None,
-    lm_text: Annotated[list[str] | None, typer.Option(help="Text for the --lm model (repeat).")] = None,
-    out: RunDirOpt = Path("runs/sinks"),
     seed: SeedsOpt = None,
     layers: Annotated[str | None, typer.Option(help="Layers to observe, e.g. 0,2,5-7 (default all).")] = None,
-    capture_steps: Annotated[str | None, typer.Option(help="Denoising steps to observe (default all).")] = None,
-    threshold: Annotated[float, typer.Option(help="Sink: received >= this many times the median key's.")] = 10.0,
-    top_keys: Annotated[int, typer.Option(help="Keys kept per head and call (video models).")] = 16,
-    ablation: Annotated[bool, typer.Option(help="Measure removing the sinks against removing random keys.")] = True,
-    ablation_layers: Annotated[str | None, typer.Option(help="Layers to ablate (default: where sinks are).")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Text models: tokens per text (longer texts are cut).")] = 512,
-    steps: StepsOpt = None,
-    num_frames: FramesOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
-    overwrite: OverwriteOpt = False,
+    capture_steps: CaptureStepsOpt = None,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Find attention sinks (per layer, head and step), where they sit, their key/value norms, what removing
     them does; on a video pipeline or a language model, or both side by side (--lm)."""
@@ -525,48 +513,56 @@ def sinks(
         raise VditscopeError("give --prompt (video model) or --text (text model), not both")
     request = SinksRequest(
         prompts=list(prompt or text or []), seeds=list(seed or [0]), layers=parse_int_list(layers, "layer"),
-        capture_steps=parse_int_list(capture_steps, "step"), threshold=threshold, top_keys=top_keys,
-        ablation=ablation, ablation_layers=parse_int_list(ablation_layers, "ablation layer"), lm=lm,
-        lm_texts=list(lm_text or []), max_tokens=max_tokens, **generation_fields(locals()),
+        capture_steps=parse_int_list(capture_steps, "step"), threshold=options["threshold"],
+        top_keys=options["top_keys"], ablation=options["ablation"], lm=options["lm"],
+        ablation_layers=parse_int_list(options["ablation_layers"], "ablation layer"),
+        lm_texts=list(options["lm_text"] or []), max_tokens=options["max_tokens"], **generation_fields(options),
     )  # fmt: skip
     path = _with_progress("loading the model", run_sinks, request)
     typer.echo(f"wrote {path}/ (sinks.parquet, sink_layers.parquet, sink_where.parquet, report.html)")
 
 
+RETRAIN_TRAINING: OptionGroup = {
+    "train_steps": (Annotated[int, typer.Option(help="Optimizer steps.")], 300),
+    "lr": (Annotated[float, typer.Option(help="Peak learning rate.")], 3e-4),
+    "batch": (Annotated[int, typer.Option(help="Videos (or noise samples) per step.")], 2),
+    "seed": (Annotated[int, typer.Option(help="Seed of the re-initialization and of the training stream.")], 0),
+    "checkpoint_every": (Annotated[int, typer.Option(help="Steps between checkpoints.")], 50),
+}
+RETRAIN_STUDY: OptionGroup = {
+    "study": (Annotated[bool, typer.Option(help="Then compare sinks, sparsity and quality before/after.")], True),
+    "levels": (Annotated[list[str] | None, typer.Option(help="Study: bottom-k levels to sweep (repeat).")], None),
+    "steps": (StepsOpt, None),
+}
+
+
 @app.command()
+@with_options(MODEL, RETRAIN_TRAINING, RETRAIN_STUDY, {"device": (DeviceOpt, "auto")}, OVERWRITE)
 def retrain(
-    model: ModelOpt = None,
     blocks: Annotated[str, typer.Option(help="Blocks to re-initialize and train, e.g. -2,-1 (the last two).")] = "-1",
     mode: Annotated[str, typer.Option(help="distill (from the original, no data) or flow (on --data).")] = "distill",
     data: Annotated[Path | None, typer.Option(help="flow mode: folder of *.mp4/*.gif, .txt captions.")] = None,
     prompt: Annotated[list[str] | None, typer.Option(help="distill mode: prompts to distill on (repeat).")] = None,
-    train_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
-    batch: Annotated[int, typer.Option(help="Videos (or noise samples) per step.")] = 2,
-    seed: Annotated[int, typer.Option(help="Seed of the re-initialization and of the training stream.")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
     out: Annotated[Path, typer.Option(help="Run directory (rerun to resume).")] = Path("runs/retrain"),
-    study: Annotated[bool, typer.Option(help="Then compare sinks, sparsity and quality before/after.")] = True,
-    levels: Annotated[list[str] | None, typer.Option(help="Study: bottom-k levels to sweep (repeat).")] = None,
-    steps: StepsOpt = None,
-    device: DeviceOpt = "auto",
-    overwrite: OverwriteOpt = False,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Re-initialize chosen transformer blocks and train only them (rest frozen); then before/after study."""
     from .training.retrain import RetrainRequest
     from .training.retrain import retrain as run_retrain
 
     request = RetrainRequest(
-        model=model or "tiny-wan", blocks=parse_int_list(blocks, "block") or [], mode=mode, data=data,
-        prompts=list(prompt or []), steps=train_steps, lr=lr, batch=batch, seed=seed,
-        checkpoint_every=checkpoint_every, out=out, device=device, overwrite=overwrite,
+        model=options["model"] or "tiny-wan", blocks=parse_int_list(blocks, "block") or [], mode=mode, data=data,
+        prompts=list(prompt or []), steps=options["train_steps"], lr=options["lr"], batch=options["batch"],
+        seed=options["seed"], checkpoint_every=options["checkpoint_every"], out=out, device=options["device"],
+        overwrite=options["overwrite"],
     )  # fmt: skip
-    study_levels = parse_float_list(levels, "level") or [0.5, 0.8, 0.9]
+    study_levels = parse_float_list(options["levels"], "level") or [0.5, 0.8, 0.9]
     model_dir = _with_progress("loading the model", lambda progress: run_retrain(
         request, _loss_progress(progress, "retraining, loss {loss:.4f}")))  # fmt: skip
     typer.echo(f"wrote {model_dir}/ (the retrained pipeline), {out}/loss.png")
-    if study:
-        _retrain_study(request, model_dir, study_levels, num_inference_steps=steps)
+    if options["study"]:
+        _retrain_study(request, model_dir, study_levels, num_inference_steps=options["steps"])
 
 
 def _retrain_study(request: Any, model_dir: Path, levels: list[float], num_inference_steps: int | None) -> None:

@@ -5,6 +5,9 @@ An alias carries the option's name and help; the default stays in each command's
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -28,8 +31,15 @@ StepsOpt = Annotated[int | None, typer.Option(help="Number of denoising steps.")
 FramesOpt = Annotated[int | None, typer.Option(help="Number of frames.")]
 HeightOpt = Annotated[int | None, typer.Option(help="Video height in pixels.")]
 WidthOpt = Annotated[int | None, typer.Option(help="Video width in pixels.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda ...")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1 ...")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, float16 or bfloat16.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads for torch (default: the cores not busy with other work, by the 1-minute load; "
+        "OMP_NUM_THREADS when set)."
+    ),
+]
 OverwriteOpt = Annotated[
     bool,
     typer.Option(
@@ -54,7 +64,10 @@ BranchOpt = Annotated[list[str] | None, typer.Option(help="CFG branch(es) to edi
 # Self-attention transfer (edit, edit-sweep).
 SourcePromptOpt = Annotated[str, typer.Option(help="Prompt of the source generation.")]
 TargetPromptOpt = Annotated[str, typer.Option(help="Edited prompt.")]
-StepsRangeOpt = Annotated[str | None, typer.Option("--steps-range", help="Steps to transfer, START:STOP.")]
+StepsRangeOpt = Annotated[
+    str | None,
+    typer.Option("--edit-steps", "--steps-range", help="Denoising steps to transfer, START:STOP (default all)."),
+]
 TransferModeOpt = Annotated[
     str, typer.Option(help="kv: target queries on the source's keys and values; attention: source's Q and K.")
 ]
@@ -70,7 +83,6 @@ AnalyzeModelOpt = Annotated[
         help="Local diffusers pipeline directory, cached model id, or a shipped model name (tiny-wan, the default)."
     ),
 ]
-AnalyzeDeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1 ...")]
 MapStepsOpt = Annotated[
     str | None, typer.Option(help="Steps whose token maps are kept (default: 4 spread over the captured steps).")
 ]
@@ -94,6 +106,98 @@ TrainOutOpt = Annotated[
     Path | None,
     typer.Option(help="Training run directory (checkpoints; rerun to resume). Default: runs/train-tiny-FAMILY."),
 ]
+
+
+def one_of(option: str, choices: tuple[str, ...]) -> Callable[[Any], Any]:
+    """An option callback that refuses a value outside `choices` with the one-line error of bad input (click's own
+    choice check prints a usage screen)."""
+
+    def check(value: Any) -> Any:
+        if value is not None and value not in choices:
+            raise VditscopeError(f"{option} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value}")
+        return value
+
+    return check
+
+
+TopMassOpt = Annotated[
+    str,
+    typer.Option(
+        help="Top-k mass curve: auto, exact, estimate or off.",
+        callback=one_of("--top-mass", ("auto", "exact", "estimate", "off")),
+    ),
+]
+LayersOpt = Annotated[str | None, typer.Option(help="Layers, e.g. 0,2,5-7 (default all).")]
+CaptureStepsOpt = Annotated[str | None, typer.Option(help="Denoising steps to observe (default all).")]
+
+# Option groups: (annotation, default) by parameter name, added to a command's signature by `with_options`.
+OptionGroup = dict[str, tuple[Any, Any]]
+MODEL: OptionGroup = {"model": (ModelOpt, None)}
+VIDEO: OptionGroup = {
+    "steps": (StepsOpt, None),
+    "num_frames": (FramesOpt, None),
+    "height": (HeightOpt, None),
+    "width": (WidthOpt, None),
+    "device": (DeviceOpt, "auto"),
+    "dtype": (DtypeOpt, "float32"),
+    "threads": (ThreadsOpt, None),
+}
+OVERWRITE: OptionGroup = {"overwrite": (OverwriteOpt, False)}
+EXECUTION: OptionGroup = {"executor": (ExecutorOpt, "local"), "address": (AddressOpt, None)}
+EDIT_WHERE: OptionGroup = {"heads": (HeadsOpt, None), "edit_steps": (EditStepsOpt, None), "branch": (BranchOpt, None)}
+GENERATING: tuple[OptionGroup, ...] = (MODEL, VIDEO, OVERWRITE)  # every command that generates videos
+
+
+def with_options(*groups: OptionGroup, **overrides: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Add the groups' options to a command's signature (after its own, which win on a name clash; an override
+    ``name=default`` or ``name=(annotation, default)`` changes one). The command receives every option's value by
+    name in its keyword-only parameter ``options`` (a dict, like its locals()), its own ones also by name."""
+
+    def decorate(command: Callable[..., T]) -> Callable[..., T]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "options"]
+        shared: OptionGroup = {name: spec for group in groups for name, spec in group.items()}
+        for name, value in overrides.items():
+            shared[name] = value if isinstance(value, tuple) else (shared[name][0], value)
+        taken = {p.name for p in own}
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+            for name, (annotation, default) in shared.items()
+            if name not in taken
+        ]
+
+        @functools.wraps(command)
+        def run(**values: Any) -> T:
+            if "threads" in values:
+                use_threads(values["threads"])
+            return command(**{p.name: values[p.name] for p in own}, options=values)
+
+        run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+        )
+        run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}  # type: ignore[attr-defined]
+        return run
+
+    return decorate
+
+
+def free_cores(cores: int, load: float) -> int:
+    """Threads that do not oversubscribe a machine of `cores` cores whose run queue holds `load` other jobs
+    (at least 1): two busy jobs with torch's default threads each on 2 cores ran 10-30x slower."""
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def use_threads(threads: int | None) -> None:
+    """Set torch's CPU threads: `threads`, or (None) the free cores unless OMP_NUM_THREADS already says."""
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise VditscopeError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ and hasattr(os, "getloadavg") and hasattr(os, "sched_getaffinity"):
+        torch.set_num_threads(free_cores(len(os.sched_getaffinity(0)), os.getloadavg()[0]))
+
 
 # The shared generation options (parameter name -> request field), as generation_fields hands them on.
 _GENERATION_FIELDS = {

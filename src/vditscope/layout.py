@@ -62,10 +62,17 @@ class TokenLayout:
         return size, -(-self.num_video // size)
 
     def check_fits(self, num_tokens: int) -> None:
-        """Raise ValueError when the layout does not fit a sequence of ``num_tokens`` tokens."""
+        """Raise ValueError unless the layout fits a sequence of ``num_tokens`` tokens. Without text, the video
+        must be the whole sequence: a layout of a part of it is a wrong grid (the frame maps' rows would sum to
+        the part's mass, not 1). With text, other tokens may sit beside both (their mass is in neither)."""
         stop = max(self.video_stop, self.text[1] if self.text else 0)
         if stop > num_tokens:
             raise ValueError(f"layout {self} needs {stop} tokens but the sequence has {num_tokens}")
+        if self.text is None and self.num_video != num_tokens:
+            raise ValueError(
+                f"layout {self} covers {self.num_video} of the sequence's {num_tokens} tokens and has no text: "
+                "without text the video grid must cover the whole sequence"
+            )
 
     def to_dict(self) -> dict:
         return {

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..layout import TokenLayout
+from .recipe import Recipe
 
 SiteKind = Literal["self", "cross"]
 
@@ -44,6 +45,8 @@ class FamilyAdapter:
     cfg_mode: ClassVar[Literal["separate", "batched"]] = "separate"
     # the model's attributes holding its transformer blocks (ModuleLists), in execution order
     block_attributes: ClassVar[tuple[str, ...]]
+    # how the family is trained (train-tiny, retrain): a recipe, or None where vditscope has none
+    recipe: ClassVar[Recipe | None] = None
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,15 +12,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..adapters.settings import default_prompts, model_settings
 from ..capture.intervene import AttentionEdit
 from ..errors import VditscopeError
-from ..executors import Executor, Job, ModelFacts, ModelSpec, Pool, checked_model_dir, executor_for
+from ..executors import Executor, Job, JobPlan, ModelFacts, ModelSpec, checked_model_dir, executor_for, run_jobs
 from ..report import write_report
-from ..store import OutputDir, library_versions, write_json, write_table, write_tensors
+from ..report.explorer import FRAME_BUDGET as EXPLORER_FRAME_BUDGET
+from ..report.explorer import MAP_BUDGET as EXPLORER_MAP_BUDGET
+from ..store import OutputDir, files_of, library_versions, write_json, write_table, write_tensors
 from ..tiny import DEFAULT_MODEL
 from .captured import CaptureCache, Captured, CaptureJob, writable
-from .options import GenerationOptions, checked_layers, checked_prompts_and_seeds, checked_steps
-from .settings import default_prompts, model_settings
+from .options import ExecutorOptions, checked_layers, checked_prompts_and_seeds, checked_steps
 from .structure import Structure, analyze_structure
 from .sweep_tables import check_plan, load_plan
 
@@ -29,14 +30,11 @@ from .sweep_tables import check_plan, load_plan
 # they are stored as the mean over heads (shape (1, T, T)), which run.json records.
 TOKEN_MAP_BUDGET = 32 * 2**20
 # what `vditscope analyze` writes at the top of its run directory (the output policy's declared names)
-RUN_FILES = (
-    "run.json", "stats.parquet", "maps.safetensors", "videos.safetensors", "similarity.parquet", "heads.parquet",
-    "text_attention.parquet", "head_sinks.parquet", "report.html",
-)  # fmt: skip
+RUN_FILES = files_of("analyze")
 
 
 @dataclass
-class AnalyzeRequest(GenerationOptions):
+class AnalyzeRequest(ExecutorOptions):
     """What to analyze; None fields take the model's defaults (vditscope.json, then the pipeline's)."""
 
     prompts: Sequence[str] = ()
@@ -48,8 +46,6 @@ class AnalyzeRequest(GenerationOptions):
     map_tiles: int = 256
     map_steps: Sequence[int] | None = None
     plan: Path | None = None
-    executor: str = "local"  # or "ray": generations run on the workers of a Ray cluster
-    address: str | None = None  # the Ray cluster (None: this node's, started when there is none)
 
 
 ProgressFn = Callable[[str, int, int], None]
@@ -57,9 +53,11 @@ ProgressFn = Callable[[str, int, int], None]
 
 def expected_run_bytes(generation: dict[str, Any], generations: int) -> int:
     """A rough size of a run directory, checked against the free space before anything runs: the videos
-    (float32) in the run, in the resumable cache beside it and in the report, plus the token maps."""
+    (float32) in the run, in the resumable cache beside it and in the report, plus the token maps and what the
+    report's attention explorer embeds (base64: 4 bytes per 3)."""
     size = [int(generation.get(key, 0) or 0) for key in ("num_frames", "height", "width")]
-    return 3 * generations * int(np.prod(size)) * 3 * 4 + 2 * TOKEN_MAP_BUDGET
+    explorer = (EXPLORER_MAP_BUDGET + EXPLORER_FRAME_BUDGET) * 4 // 3
+    return 3 * generations * int(np.prod(size)) * 3 * 4 + 2 * TOKEN_MAP_BUDGET + explorer
 
 
 def recorded_generation(generation: dict[str, Any], frames: int, notes: list[str]) -> dict[str, Any]:
@@ -166,7 +164,8 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, exe
             checked_layers(request.layers, facts.layers)  # here, so that no worker starts on a bad set
             started = time.perf_counter()
             jobs = capture_jobs(request, plan)
-            results = _run_generations(pool, jobs, cache, str(plan.model_dir), request.dtype, progress)
+            keyed = [Job(key=job.key(str(plan.model_dir), request.dtype), task=job) for job in jobs]
+            results = run_jobs(pool, JobPlan(keyed, store=cache, noun="generations"), progress).results
         if progress:
             progress("writing the run directory", len(jobs), len(jobs))
         elapsed = time.perf_counter() - started
@@ -285,30 +284,3 @@ def write_run(
         write_table(staging / "text_attention.parquet", structure.text)
         write_table(staging / "head_sinks.parquet", structure.sinks)
         write_report(staging / "report.html", run, gathered.stats, gathered.maps, gathered.videos, structure)
-
-
-def _run_generations(
-    pool: Pool, jobs: list[CaptureJob], cache: CaptureCache, model: str, dtype: str, progress: ProgressFn | None
-) -> list[Captured]:
-    """Every job's result in job order: from the cache when an earlier run finished it, else from the
-    pool; each new result is cached (atomically, by this driver alone) as soon as it arrives."""
-    keys = [job.key(model, dtype) for job in jobs]
-    results: dict[int, Captured] = {i: cache.load(key) for i, key in enumerate(keys) if cache.has(key)}
-    waiting = deque(Job(key=keys[i], task=job) for i, job in enumerate(jobs) if i not in results)
-
-    def report() -> None:
-        if progress:
-            workers = pool.worker_summary()
-            message = f"generations {len(results)}/{len(jobs)}" + (f" | {workers}" if workers else "")
-            progress(message, len(results), len(jobs))
-
-    report()
-    while waiting or pool.pending:
-        while waiting and pool.pending < pool.capacity:
-            pool.submit(waiting.popleft())
-        job, result = pool.next_result()
-        assert isinstance(job.task, CaptureJob)
-        cache.save(job.key, result)
-        results[job.task.index] = result
-        report()
-    return [results[i] for i in range(len(jobs))]

@@ -3,7 +3,6 @@ settings), from their run directories alone."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,35 +11,23 @@ import pandas as pd
 import torch
 
 from ..errors import VditscopeError
-from ..store import OutputDir, write_table
+from ..store import OutputDir, RunWriter, files_of, open_run
 from ..store.map_names import MapName, parse_map_name
 from .results import Comparison, RunData
 from .structure import pearson_matrix
 
 COLUMNS = ["layer_a", "layer_b", "pairs", "similarity", "within_a", "map"]
+COMPARE_NEEDS = ("run.json", "maps.safetensors")  # what compare reads of an analyze run (older runs included)
 
 
 def load_run(path: Path) -> RunData:
-    """Read run.json, maps.safetensors and (when present) similarity.parquet; clear errors otherwise."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_dir():
-        raise VditscopeError(f"{path} is not a run directory (it does not exist)")
-    for name in ("run.json", "maps.safetensors"):
-        if not (path / name).is_file():
-            raise VditscopeError(f"{path} is not a vditscope run directory: {name} is missing")
-    try:
-        run = json.loads((path / "run.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise VditscopeError(f"{path / 'run.json'} is not valid JSON ({exc})") from exc
-    try:
-        raw = load_file(str(path / "maps.safetensors"))
-    except Exception as exc:
-        raise VditscopeError(f"could not read {path / 'maps.safetensors'}: {str(exc).splitlines()[0]}") from exc
+    """An analyze run's run.json, maps.safetensors and (when present) similarity.parquet, read through the
+    run format's reader (``open_run``); one clear error for a missing, foreign or damaged run."""
+    run = open_run(path, "analyze", require=COMPARE_NEEDS)
+    raw = run.tensors("maps.safetensors")
     maps = {parsed: tensor for name, tensor in raw.items() if (parsed := parse_map_name(name)) is not None}
-    similarity = pd.read_parquet(path / "similarity.parquet") if (path / "similarity.parquet").is_file() else None
-    return RunData(path=path, run=run, maps=maps, similarity=similarity)
+    similarity = run.table("similarity.parquet") if "similarity.parquet" in run.files else None
+    return RunData(path=run.path, run=run.info, maps=maps, similarity=similarity)
 
 
 def _self_maps(data: RunData, key: str) -> dict[MapName, torch.Tensor]:
@@ -133,7 +120,7 @@ def compare_runs(path_a: Path, path_b: Path) -> Comparison:
     return Comparison(table=table, run_a=a, run_b=b, notes=notes)
 
 
-COMPARE_FILES = ("compare.parquet", "compare.csv", "compare.png", "compare.html")
+COMPARE_FILES = files_of("compare")
 
 
 def run_compare(run_a: Path, run_b: Path, out: Path, overwrite: bool = False) -> tuple[Comparison, Path]:
@@ -151,9 +138,10 @@ def write_comparison(comparison: Comparison, output: OutputDir) -> Path:
     from ..report.figures import comparison_bars
 
     with output.staging() as staging:
-        write_table(staging / "compare.parquet", comparison.table)
-        comparison.table.to_csv(staging / "compare.csv", index=False)
+        writer = RunWriter(staging, "compare")
+        writer.table("compare.parquet", comparison.table)
+        writer.csv("compare.csv", comparison.table)
         figure = comparison_bars(comparison.table, comparison.run_a.path.name, comparison.run_b.path.name)
-        (staging / "compare.png").write_bytes(figure)
-        write_compare_report(staging / "compare.html", comparison, figure)
+        writer.bytes("compare.png", figure)
+        write_compare_report(writer.path("compare.html", "html"), comparison, figure)
     return output.path

@@ -18,22 +18,35 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..adapters.loaded import model_directory
+from ..adapters.settings import model_settings
 from ..capture.transfer import TRANSFER_MODES, TransferConfig, transfer
 from ..data import shapes
 from ..errors import VditscopeError
+from ..executors import (
+    Executor,
+    Job,
+    JobPlan,
+    ModelSpec,
+    Pool,
+    Workbench,
+    checked_model_dir,
+    executor_for,
+    run_jobs,
+)
 from ..media import gif_bytes, write_mp4
-from ..store import OutputDir, json_safe, write_tensors
+from ..store import OutputDir, files_of, json_safe, write_tensors
+from ..tiny import DEFAULT_MODEL
 from . import quality
-from .loaded import LoadedPipeline, model_directory
-from .options import GenerationOptions, checked_layers, checked_seed
+from .options import ExecutorOptions, checked_layers, checked_seed
 
 ProgressFn = Callable[[str, int, int], None]
-EDIT_FILES = ("source.mp4", "target.mp4", "edited.mp4", "preview.gif", "frames.safetensors", "metrics.json")
-EDIT_SWEEP_FILES = ("edit_sweep.parquet", "edit_sweep.csv", "edit_sweep.png", "report.html")
+EDIT_FILES = files_of("edit")
+EDIT_SWEEP_FILES = files_of("edit-sweep")
 
 
 @dataclass
-class EditRequest(GenerationOptions):
+class EditRequest(ExecutorOptions):
     """Source and target prompts, where and how to transfer; None fields take the model's defaults."""
 
     source_prompt: str = ""
@@ -47,64 +60,102 @@ class EditRequest(GenerationOptions):
 
 
 @dataclass
-class EditSession:
-    """A loaded pipeline with the settings of one edit request."""
+class EditSetup:
+    """An edit request resolved before anything loads: the model, its generation settings, the background."""
 
-    pipe: Any
-    num_layers: int
-    generation: dict[str, Any]
-    device: str
-    background: str | None
     model: str
+    model_dir: Path
+    generation: dict[str, Any]
+    background: str | None
 
 
 def claim_output(request: EditRequest, command: str, files: Sequence[str]) -> OutputDir:
     """The output claim of an edit command (checked before the model loads)."""
 
-    model_dir = model_directory(request)
+    model_dir = model_directory(request.model)
     return OutputDir(request.out, command, files=files, inputs=[model_dir], overwrite=request.overwrite)
 
 
-def open_session(request: EditRequest) -> EditSession:
-    """Check the request, load the model, resolve the generation settings (clear errors, nothing written)."""
+def edit_setup(request: EditRequest) -> EditSetup:
+    """Check the request against the model's files and settings (clear errors, nothing loaded or written)."""
     if not request.source_prompt.strip() or not request.target_prompt.strip():
         raise VditscopeError("empty prompt: --source-prompt and --target-prompt need text")
     if request.mode not in TRANSFER_MODES:
         raise VditscopeError(f"unknown transfer mode {request.mode}; choose {' or '.join(TRANSFER_MODES)}")
     if request.window < 1:
         raise VditscopeError(f"--window must be positive, got {request.window}")
-    loaded = LoadedPipeline.load(request)
-    generation = loaded.generation(request)
-    num_layers = loaded.self_layers
-    checked_layers(request.layers, num_layers)
+    model = request.model or DEFAULT_MODEL
+    model_dir = checked_model_dir(model)
+    settings = model_settings(model_dir)
+    generation = request.generation_kwargs(settings)
     total = int(generation.get("num_inference_steps", 0)) or None
     if request.steps is not None and total is not None and request.steps[1] > total:
         raise VditscopeError(f"step range {request.steps[0]}:{request.steps[1]} is outside the {total}-step schedule")
-    background = shapes.prompt_background(request.source_prompt, loaded.settings)
-    return EditSession(loaded.pipe, num_layers, generation, loaded.device, background, str(loaded.model_dir))
+    background = shapes.prompt_background(request.source_prompt, settings)
+    return EditSetup(model, model_dir, generation, background)
 
 
-def lockstep(
-    session: EditSession, request: EditRequest, config: TransferConfig | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(source frames, target frames) of one lockstep run, with the transfer when ``config`` is given."""
-    generators = [torch.Generator(device=session.device).manual_seed(int(request.seed)) for _ in range(2)]
+def start_pool(request: EditRequest, setup: EditSetup, executor: Executor) -> Pool:
+    """Workers with the model loaded; the layer set is checked against it before any job runs."""
+    pool = executor.start(ModelSpec.of(setup.model, request.device, request.dtype))
+    try:
+        checked_layers(request.layers, pool.facts.self_layers)
+    except BaseException:
+        pool.close()
+        raise
+    return pool
 
-    def run() -> Any:
-        return session.pipe(
-            prompt=[request.source_prompt, request.target_prompt],
-            generator=generators,
-            output_type="np",
-            **session.generation,
-        )
 
-    if config is None:
-        result = run()
-    else:
-        with transfer(session.pipe, config):
+@dataclass(frozen=True)
+class Lockstep:
+    """One lockstep run of the source and target prompts (same noise), with the transfer when ``config``
+    is given: a job returning (source frames, target frames)."""
+
+    source_prompt: str
+    target_prompt: str
+    seed: int
+    generation: dict[str, Any]
+    config: TransferConfig | None = None
+
+    def __call__(self, bench: Workbench) -> tuple[np.ndarray, np.ndarray]:
+        generators = [torch.Generator(device=bench.device).manual_seed(int(self.seed)) for _ in range(2)]
+
+        def run() -> Any:
+            return bench.pipe(
+                prompt=[self.source_prompt, self.target_prompt],
+                generator=generators,
+                output_type="np",
+                **self.generation,
+            )
+
+        if self.config is None:
             result = run()
-    frames = np.asarray(result.frames, dtype=np.float32)
-    return frames[0], frames[1]
+        else:
+            with transfer(bench.pipe, self.config):
+                result = run()
+        frames = np.asarray(result.frames, dtype=np.float32)
+        return frames[0], frames[1]
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    """An edit-sweep row: the layout scores of the edited video of ``lockstep`` (or, without one, of the
+    plain target) against the plain source, the job's one input."""
+
+    layers: str
+    first_layer: int
+    background: str | None
+    lockstep: Lockstep | None = None
+
+    def __call__(self, bench: Workbench, plain: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+        source, target = plain
+        video = target if self.lockstep is None else self.lockstep(bench)[1]
+        return {"layers": self.layers, "first_layer": self.first_layer, **layout_scores(video, source, self.background)}
+
+
+def lockstep_of(request: EditRequest, setup: EditSetup, config: TransferConfig | None) -> Lockstep:
+    """The lockstep job of a request, with the transfer ``config`` (None: the plain source and target)."""
+    return Lockstep(request.source_prompt, request.target_prompt, int(request.seed), setup.generation, config)
 
 
 def track(frames: np.ndarray, background: str | None) -> np.ndarray | None:
@@ -124,24 +175,27 @@ def layout_scores(edited: np.ndarray, source: np.ndarray, background: str | None
 
 
 def run_edit(request: EditRequest) -> tuple[Path, dict[str, Any]]:
-    """Source, plain target and edited videos; writes mp4s, preview.gif, frames.safetensors, metrics.json."""
+    """Source, plain target and edited videos; writes mp4s, preview.gif, frames.safetensors, metrics.json.
+    The two lockstep runs (plain, with the transfer) are jobs on ``request.executor``."""
     checked_seed(request.seed)
+    executor = executor_for(request.executor, request.address)
     with claim_output(request, "edit", EDIT_FILES) as output:
-        return output.path, _edit(request, output)
+        return output.path, _edit(request, output, executor)
 
 
-def _edit(request: EditRequest, output: OutputDir) -> dict[str, Any]:
-    session = open_session(request)
+def _edit(request: EditRequest, output: OutputDir, executor: Executor) -> dict[str, Any]:
+    setup = edit_setup(request)
     config = TransferConfig(
         layers=frozenset(request.layers) if request.layers is not None else None, steps=request.steps, mode=request.mode
     )
-    source, target = lockstep(session, request, None)
-    _, edited = lockstep(session, request, config)
+    jobs = [Job("plain", lockstep_of(request, setup, None)), Job("edited", lockstep_of(request, setup, config))]
+    with start_pool(request, setup, executor) as pool:
+        (source, target), (_, edited) = run_jobs(pool, JobPlan(jobs, noun="generations")).results
     metrics: dict[str, Any] = {
         "source_prompt": request.source_prompt,
         "target_prompt": request.target_prompt,
         "seed": request.seed,
-        "model": session.model,
+        "model": str(setup.model_dir),
         "mode": request.mode,
         "layers": sorted(config.layers) if config.layers is not None else "all",
         "steps": list(config.steps) if config.steps is not None else "all",
@@ -149,14 +203,15 @@ def _edit(request: EditRequest, output: OutputDir) -> dict[str, Any]:
         "edited_vs_target": {"ssim": quality.ssim(edited, target), "psnr": quality.psnr(edited, target)},
         "target_vs_source": {"ssim": quality.ssim(target, source), "psnr": quality.psnr(target, source)},
     }
-    if session.background is not None:
-        measured = {name: shapes.measure_clip(video, session.background) for name, video in
+    if setup.background is not None:
+        measured = {name: shapes.measure_clip(video, setup.background) for name, video in
                     (("source", source), ("target", target), ("edited", edited))}  # fmt: skip
         metrics["colour"] = {name: m.color for name, m in measured.items()}
         metrics["track_distance_px"] = {
-            "edited_vs_source": layout_scores(edited, source, session.background)["track_distance_px"],
-            "target_vs_source": layout_scores(target, source, session.background)["track_distance_px"],
+            "edited_vs_source": layout_scores(edited, source, setup.background)["track_distance_px"],
+            "target_vs_source": layout_scores(target, source, setup.background)["track_distance_px"],
         }
+    metrics["executor"] = executor.name
     videos = {"source": source, "target": target, "edited": edited}
     with output.staging() as staging:
         write_tensors(staging / "frames.safetensors", {k: torch.from_numpy(v) for k, v in videos.items()})
@@ -169,32 +224,41 @@ def _edit(request: EditRequest, output: OutputDir) -> dict[str, Any]:
 
 def run_edit_sweep(request: EditRequest, progress: ProgressFn | None = None) -> tuple[Path, Any]:
     """Transfer one window of ``request.window`` consecutive layers at a time; score how much of the
-    source's layout each keeps. Writes edit_sweep.parquet/.csv, a figure and report.html."""
+    source's layout each keeps. Writes edit_sweep.parquet/.csv, a figure and report.html.
+
+    Each window is a job on ``request.executor``; the plain lockstep run is computed once and shared."""
     checked_seed(request.seed)
+    executor = executor_for(request.executor, request.address)
     with claim_output(request, "edit-sweep", EDIT_SWEEP_FILES) as output:
-        return output.path, _edit_sweep(request, output, progress)
+        return output.path, _edit_sweep(request, output, executor, progress)
 
 
-def _edit_sweep(request: EditRequest, output: OutputDir, progress: ProgressFn | None) -> Any:
+def edit_sweep_plan(request: EditRequest, setup: EditSetup, num_layers: int) -> JobPlan:
+    """One job per row: the plain target, then each window, all scored against the shared plain lockstep run."""
+    candidates = sorted(request.layers) if request.layers is not None else list(range(num_layers))
+    windows = [candidates[i : i + request.window] for i in range(0, len(candidates) - request.window + 1)]
+    plain = "plain"
+    jobs = [Job("none", WindowScores("none", -1, setup.background), needs=(plain,), label="plain target")]
+    for window in windows:
+        config = TransferConfig(layers=frozenset(window), steps=request.steps, mode=request.mode)
+        label = ",".join(map(str, window))
+        task = WindowScores(label, window[0], setup.background, lockstep_of(request, setup, config))
+        jobs.append(Job(f"layers {label}", task, needs=(plain,), label=f"layers {window[0]}-{window[-1]}"))
+    return JobPlan(jobs, inputs={plain: Job(plain, lockstep_of(request, setup, None))}, noun="transfers")
+
+
+def _edit_sweep(request: EditRequest, output: OutputDir, executor: Executor, progress: ProgressFn | None) -> Any:
     import pandas as pd
 
     from ..report.figures import edit_sweep_bars
     from ..report.study_html import write_edit_sweep_report
 
-    session = open_session(request)
-    candidates = sorted(request.layers) if request.layers is not None else list(range(session.num_layers))
-    windows = [candidates[i : i + request.window] for i in range(0, len(candidates) - request.window + 1)]
-    source, target = lockstep(session, request, None)
-    rows = [{"layers": "none", "first_layer": -1, **layout_scores(target, source, session.background)}]
-    for index, window in enumerate(windows):
-        if progress:
-            progress(f"layers {window[0]}-{window[-1]}", index, len(windows))
-        config = TransferConfig(layers=frozenset(window), steps=request.steps, mode=request.mode)
-        _, edited = lockstep(session, request, config)
-        label = ",".join(map(str, window))
-        rows.append({"layers": label, "first_layer": window[0], **layout_scores(edited, source, session.background)})
+    setup = edit_setup(request)
+    with start_pool(request, setup, executor) as pool:
+        plan = edit_sweep_plan(request, setup, pool.facts.self_layers)
+        rows = run_jobs(pool, plan, progress).results
     if progress:
-        progress("writing", len(windows), len(windows))
+        progress("writing", len(rows) - 1, len(rows) - 1)
     table = pd.DataFrame(rows)
     figure = edit_sweep_bars(table)
     with output.staging() as staging:

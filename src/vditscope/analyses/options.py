@@ -39,6 +39,16 @@ class GenerationOptions:
         return generation
 
 
+@dataclass
+class ExecutorOptions(GenerationOptions):
+    """The generation options of a long command, plus where its jobs run: ``executor`` "local" (this
+    process) or "ray" (the workers of a Ray cluster at ``address``; None: this node's, started when
+    there is none). Checked by ``executors.executor_for`` before anything is loaded or written."""
+
+    executor: str = "local"
+    address: str | None = None
+
+
 def checked_layers(layers: Iterable[int] | None, num_layers: int, what: str = "layer") -> set[int] | None:
     """The chosen layer indices as a set (None = all), checked against the model's ``num_layers``
     before anything is generated or written."""

@@ -10,20 +10,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..capture.intervene import intervene
+from ..adapters.loaded import generate, model_directory
+from ..adapters.settings import default_prompts, model_settings
+from ..capture.intervene import AttentionEdit, intervene
 from ..errors import VditscopeError
+from ..executors import Job, JobPlan, ModelSpec, Workbench, checked_model_dir, executor_for, run_jobs
 from ..media import gif_bytes
+from ..store import files_of
 from . import quality
-from .generation import generate
-from .loaded import LoadedPipeline, model_directory
-from .options import GenerationOptions, checked_seed
+from .options import ExecutorOptions, checked_seed
 from .sweep_tables import check_plan, load_plan
 
-GENERATE_FILES = ("frames.safetensors", "preview.gif", "metrics.json")
+GENERATE_FILES = files_of("generate")
 
 
 @dataclass
-class GenerateRequest(GenerationOptions):
+class GenerateRequest(ExecutorOptions):
     """A prompt, a seed and an optional plan; None fields take the model's defaults."""
 
     plan: Path | None = None
@@ -32,38 +34,59 @@ class GenerateRequest(GenerationOptions):
     out: Path = Path("runs/generate")
 
 
+@dataclass(frozen=True)
+class PlannedJob:
+    """One seeded generation, dense (no edits) or under the plan's edits: its frames, and with edits the
+    sparsity and attention mass the edits dropped."""
+
+    prompt: str
+    seed: int
+    generation: dict[str, Any]
+    edits: tuple[AttentionEdit, ...] = ()
+
+    def __call__(self, bench: Workbench) -> dict[str, Any]:
+        if not self.edits:
+            return {"frames": generate(bench.pipe, self.prompt, self.seed, self.generation, bench.device)[0]}
+        with intervene(bench.pipe, list(self.edits)) as session:
+            frames, _ = generate(bench.pipe, self.prompt, self.seed, self.generation, bench.device)
+        return {"frames": frames, "sparsity": session.totals.sparsity, "mass_dropped": session.totals.mass_dropped}
+
+
 def run_generate(request: GenerateRequest) -> tuple[Path, dict[str, Any]]:
-    """Generate dense and (with a plan) planned; write frames.safetensors, preview.gif (side by side)
-    and metrics.json (PSNR/SSIM of planned vs dense, null when identical)."""
+    """Generate dense and (with a plan) planned, as jobs on ``request.executor``; write frames.safetensors,
+    preview.gif (side by side) and metrics.json (PSNR/SSIM of planned vs dense, null when identical)."""
     from ..store import OutputDir, json_safe, write_tensors
 
     if request.prompt is not None and not request.prompt.strip():
         raise VditscopeError("empty prompt: --prompt needs text")
     checked_seed(request.seed)
+    executor = executor_for(request.executor, request.address)
     edits = load_plan(request.plan) if request.plan is not None else []
-    model_dir = model_directory(request)
+    model_dir = model_directory(request.model)
     output = OutputDir(request.out, "generate", files=GENERATE_FILES, inputs=[model_dir, request.plan],
                        overwrite=request.overwrite)  # fmt: skip
     with output:
-        loaded = LoadedPipeline.load(request, model_dir)
-        pipe, device, model_dir = loaded.pipe, loaded.device, loaded.model_dir
-        prompt = request.prompt or loaded.prompts()[0]
-        generation = loaded.generation(request)
+        settings = model_settings(checked_model_dir(str(model_dir)))
+        prompt = request.prompt or default_prompts(settings)[0]
+        generation = request.generation_kwargs(settings)
         steps = int(generation.get("num_inference_steps", 0)) or None
-        check_plan(edits, steps=steps, layers=loaded.self_layers, heads=loaded.heads)
-        frames = {}
-        frames["dense"], _ = generate(pipe, prompt, request.seed, generation, device)
+        jobs = [Job("dense", PlannedJob(prompt, request.seed, generation))]
+        if edits:
+            jobs.append(Job("planned", PlannedJob(prompt, request.seed, generation, tuple(edits))))
+        with executor.start(ModelSpec.of(str(model_dir), request.device, request.dtype)) as pool:
+            check_plan(edits, steps=steps, layers=pool.facts.self_layers, heads=pool.facts.heads)
+            results = run_jobs(pool, JobPlan(jobs, noun="generations")).results
+        frames = {job.key: result["frames"] for job, result in zip(jobs, results, strict=True)}
         metrics: dict[str, Any] = {"prompt": prompt, "seed": request.seed, "model": str(model_dir), "plan": None}
         if edits:
-            with intervene(pipe, edits) as session:
-                frames["planned"], _ = generate(pipe, prompt, request.seed, generation, device)
             metrics |= {
                 "plan": str(request.plan),
                 "psnr": quality.psnr(frames["planned"], frames["dense"]),
                 "ssim": quality.ssim(frames["planned"], frames["dense"]),
-                "sparsity": session.totals.sparsity,
-                "mass_dropped": session.totals.mass_dropped,
+                "sparsity": results[1]["sparsity"],
+                "mass_dropped": results[1]["mass_dropped"],
             }
+        metrics["executor"] = executor.name
         with output.staging() as staging:
             write_tensors(staging / "frames.safetensors", {k: torch.from_numpy(v) for k, v in frames.items()})
             (staging / "preview.gif").write_bytes(gif_bytes(np.concatenate(list(frames.values()), axis=2)))

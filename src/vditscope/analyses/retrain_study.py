@@ -14,19 +14,19 @@ from typing import Any
 
 import pandas as pd
 
+from ..adapters.loaded import generate
+from ..adapters.settings import default_prompts, model_settings
 from ..errors import VditscopeError
-from ..store import OutputDir, write_json, write_table
+from ..store import OutputDir, files_of, write_json, write_table
 from . import quality
-from .generation import generate
 from .options import GenerationOptions
-from .settings import default_prompts, model_settings
 from .sinks import SinksRequest, video_sinks
 from .sweep import SweepRequest, run_sweep
 from .sweep_tables import level_column
 
 ProgressFn = Callable[[str, int, int], None]
 MODELS = ("original", "retrained")
-STUDY_FILES = ("study*", "sweep-*")  # what the study adds to the retraining run's directory
+STUDY_FILES = files_of("retrain", stage="study")  # what the study adds to the retraining run's directory
 
 
 @dataclass

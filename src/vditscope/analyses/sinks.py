@@ -8,6 +8,7 @@ same tables; the report puts a video model and a language model (``lm``) side by
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,16 +17,28 @@ from typing import Any
 
 import pandas as pd
 
+from ..adapters.loaded import generate
+from ..adapters.settings import default_prompts, model_settings
+from ..adapters.text_models import TextModel, is_text_model_dir, load_text_model
 from ..capture.sink_ablation import PATHS, SELECTIONS, ablate_sinks
 from ..capture.sink_capture import sink_capture
 from ..errors import VditscopeError
-from ..store import OutputDir, library_versions, write_json, write_table
+from ..executors import (
+    Executor,
+    Job,
+    JobPlan,
+    ModelSpec,
+    Pool,
+    Workbench,
+    checked_model_dir,
+    executor_for,
+    run_jobs,
+)
+from ..store import OutputDir, files_of, library_versions, write_json, write_table
 from ..tiny import DEFAULT_MODEL
 from . import quality
 from .captured import token_labels
-from .generation import generate
-from .loaded import LoadedPipeline
-from .options import GenerationOptions, checked_layers, checked_prompts_and_seeds, checked_steps
+from .options import ExecutorOptions, checked_layers, checked_prompts_and_seeds, checked_steps
 from .results import SinkResult
 from .sink_tables import (
     SINK_THRESHOLD,
@@ -36,18 +49,15 @@ from .sink_tables import (
     video_labels,
     where_table,
 )
-from .text_model import DEFAULT_TEXT, TextModel, is_text_model_dir, load_text_model, text_ablation, text_key_stats
+from .text_model import DEFAULT_TEXT, text_ablation, text_key_stats
 
 ProgressFn = Callable[[str, int, int], None]
 # what `vditscope sinks` writes at the top of its run directory (lm_* with --lm)
-SINKS_FILES = (
-    "run.json", "report.html", "sink_calls.parquet", "sinks.parquet", "sink_layers.parquet", "sink_where.parquet",
-    "sink_consistency.parquet", "sink_ablation.parquet", "lm_sink*.parquet",
-)  # fmt: skip
+SINKS_FILES = files_of("sinks")
 
 
 @dataclass
-class SinksRequest(GenerationOptions):
+class SinksRequest(ExecutorOptions):
     """What to study; None fields take the model's defaults."""
 
     prompts: Sequence[str] = ()  # video prompts, or texts for a text model
@@ -99,52 +109,123 @@ def _ablation_layers(request: SinksRequest, summary: pd.DataFrame, num_layers: i
 
 
 # -- video pipelines ------------------------------------------------------------------------------
-def video_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> SinkResult:
-    """Generate each prompt and seed under sink capture; tables, then the ablation on the first one."""
+@dataclass(frozen=True)
+class SinkJob:
+    """One generation under sink capture: its top-key call table (``generation`` renumbered by the driver),
+    the per-layer key totals of its conditional calls, the token layout and labels, and for the first
+    generation its frames and latents (the ablation's reference)."""
 
-    loaded = LoadedPipeline.load(request)
-    pipe, adapter, device = loaded.pipe, loaded.adapter, loaded.device
-    prompts = loaded.prompts(request.prompts)
-    generation = loaded.generation(request)
-    num_layers = loaded.self_layers
-    layers = checked_layers(request.layers, num_layers)
-    checked_layers(request.ablation_layers, num_layers, "ablation layer")
+    prompt: str
+    seed: int
+    generation: dict[str, Any]
+    layers: frozenset[int] | None
+    capture_steps: tuple[int, ...] | None
+    top_keys: int
+    chunk_size: int | None
+    label_prompt: str  # the prompt whose tokens label the keys (the first)
+    keep_video: bool = False
+
+    def __call__(self, bench: Workbench) -> dict[str, Any]:
+        pipe = bench.pipe
+        with sink_capture(
+            pipe, self.layers, self.capture_steps, top_keys=self.top_keys, chunk_size=self.chunk_size
+        ) as session:
+            frames, latents = generate(pipe, self.prompt, self.seed, self.generation, bench.device)
+        result: dict[str, Any] = {"calls": session.calls_table(), "totals": session.totals, "layout": None}
+        if session.totals:
+            num_keys = int(next(iter(session.totals.values())).received.shape[1])
+            layout = bench.adapter.layout(session.grid, num_keys) if session.grid else None
+            result["layout"] = layout
+            result["special"] = set(getattr(getattr(pipe, "tokenizer", None), "all_special_tokens", []) or [])
+            labelled = layout is not None and layout.text
+            result["tokens"] = token_labels(pipe, self.label_prompt, layout.num_text) if labelled else []
+        if self.keep_video:
+            result["dense"] = {"frames": frames, "latents": latents}
+        return result
+
+
+@dataclass
+class SinkRuns:
+    """The generations of a video sink study merged in order, as one capture session would have left them."""
+
+    totals: dict[int, Any]  # layer -> key totals (sums and counts over the conditional calls)
+    calls: pd.DataFrame
+    last: dict[str, Any]  # the last generation's result (layout and labels, as the session ended)
+    dense: dict[str, Any]
+
+
+def merge_sink_runs(results: list[dict[str, Any]]) -> SinkRuns:
+    """Sum the key totals per layer (a layer whose key count changes starts again, as in a session) and
+    stack the call tables with each generation's index."""
+    totals: dict[int, Any] = {}
+    for result in results:
+        for layer, part in result["totals"].items():
+            merged = totals.get(layer)
+            if merged is None or merged.received.shape != part.received.shape:
+                totals[layer] = copy.deepcopy(part)
+                continue
+            for name in ("received", "visible", "key_norm", "value_norm"):
+                getattr(merged, name).add_(getattr(part, name))
+            merged.calls += part.calls
+            merged.num_queries = part.num_queries
+    tables = [result["calls"].assign(generation=index) for index, result in enumerate(results)]
+    return SinkRuns(totals, pd.concat(tables, ignore_index=True), results[-1], results[0].get("dense", {}))
+
+
+def sink_jobs(request: SinksRequest, prompts: list[str], generation: dict[str, Any], layers: set[int] | None) -> list:
+    """One job per prompt and seed, in the order a single session would have generated them."""
+    steps = tuple(request.capture_steps) if request.capture_steps is not None else None
+    chosen = frozenset(layers) if layers is not None else None
+    jobs = []
+    for p, prompt in enumerate(prompts):
+        for s, seed in enumerate(request.seeds):
+            task = SinkJob(prompt, int(seed), generation, chosen, steps, request.top_keys, request.chunk_size,
+                           prompts[0], keep_video=p == 0 and s == 0)  # fmt: skip
+            jobs.append(Job(f"p{p}.s{seed}", task, label=f"prompt {p + 1}, seed {seed}"))
+    return jobs
+
+
+def video_sinks(
+    request: SinksRequest, progress: ProgressFn | None = None, executor: Executor | None = None
+) -> SinkResult:
+    """Generate each prompt and seed under sink capture, as jobs on ``executor`` (default: the one
+    ``request.executor`` names); tables, then the ablation on the first generation."""
+    executor = executor or executor_for(request.executor, request.address)
+    model = request.model if request.model is not None else DEFAULT_MODEL
+    model_dir = checked_model_dir(model)
+    settings = model_settings(model_dir)
+    prompts = list(request.prompts) or default_prompts(settings)
+    generation = request.generation_kwargs(settings)
     checked_steps(request.capture_steps, int(generation.get("num_inference_steps", 0)) or None)
-    total = len(prompts) * len(request.seeds)
-    dense: dict[str, Any] = {}
-    with sink_capture(
-        pipe, layers, request.capture_steps, top_keys=request.top_keys, chunk_size=request.chunk_size
-    ) as session:
-        for p, prompt in enumerate(prompts):
-            for s, seed in enumerate(request.seeds):
-                if progress:
-                    progress(f"sinks: prompt {p + 1}, seed {seed}", p * len(request.seeds) + s, total)
-                frames, latents = generate(pipe, prompt, seed, generation, device)
-                if not dense:
-                    dense = {"frames": frames, "latents": latents}
-    if not session.totals:
-        raise VditscopeError("no self-attention call was observed (check --capture-steps against the schedule)")
-    heads = int(next(iter(session.totals.values())).received.shape[0])
-    num_keys = int(next(iter(session.totals.values())).received.shape[1])
-    layout = adapter.layout(session.grid, num_keys) if session.grid else None
-    special = set(getattr(getattr(pipe, "tokenizer", None), "all_special_tokens", []) or [])
-    tokens = token_labels(pipe, prompts[0], layout.num_text) if layout is not None and layout.text else []
-    labels = video_labels(layout, num_keys, tokens, special)
-    keys = pd.concat(
-        [
-            key_table(totals.mean(), layer, labels, keep=request.top_keys, threshold=request.threshold)
-            for layer, totals in sorted(session.totals.items())
-        ],
-        ignore_index=True,
-    )
-    summary = layer_summary(keys, heads)
-    calls = session.calls_table()
-    calls["sink"] = calls["ratio"] >= request.threshold
-    overlap = consistency(calls, request.threshold)
-    summary = summary.merge(overlap, on="layer", how="left")
-    ablation = pd.DataFrame()
-    if request.ablation:
-        ablation = _video_ablation(pipe, request, prompts[0], generation, device, dense, summary, num_layers, progress)
+    with executor.start(ModelSpec.of(model, request.device, request.dtype)) as pool:
+        num_layers, family = pool.facts.self_layers, pool.facts.family
+        layers = checked_layers(request.layers, num_layers)
+        checked_layers(request.ablation_layers, num_layers, "ablation layer")
+        jobs = sink_jobs(request, prompts, generation, layers)
+        runs = merge_sink_runs(run_jobs(pool, JobPlan(jobs, noun="generations"), progress).results)
+        if not runs.totals:
+            raise VditscopeError("no self-attention call was observed (check --capture-steps against the schedule)")
+        heads = int(next(iter(runs.totals.values())).received.shape[0])
+        num_keys = int(next(iter(runs.totals.values())).received.shape[1])
+        layout = runs.last["layout"]
+        labels = video_labels(layout, num_keys, runs.last["tokens"], runs.last["special"])
+        keys = pd.concat(
+            [
+                key_table(totals.mean(), layer, labels, keep=request.top_keys, threshold=request.threshold)
+                for layer, totals in sorted(runs.totals.items())
+            ],
+            ignore_index=True,
+        )
+        summary = layer_summary(keys, heads)
+        calls = runs.calls
+        calls["sink"] = calls["ratio"] >= request.threshold
+        overlap = consistency(calls, request.threshold)
+        summary = summary.merge(overlap, on="layer", how="left")
+        ablation = pd.DataFrame()
+        if request.ablation:
+            reference = AblationReference(prompts[0], int(request.seeds[0]), generation, pool.share(runs.dense))
+            ablation = _video_ablation(pool, request, reference, _ablation_layers(request, summary, num_layers),
+                                       progress)  # fmt: skip
     info = {
         "prompts": prompts,
         "seeds": list(request.seeds),
@@ -155,54 +236,68 @@ def video_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> Si
         "layout": None if layout is None else {"grid": list(layout.grid), "text": layout.text},
         "calls": calls,
     }
-    return SinkResult(
-        "video", str(loaded.model_dir), adapter.family, keys, summary, where_table(keys), overlap, ablation, info
-    )
+    return SinkResult("video", str(model_dir), family, keys, summary, where_table(keys), overlap, ablation, info)
+
+
+@dataclass(frozen=True)
+class AblationReference:
+    """The generation the ablations are scored against: its prompt, seed, settings and shared frames."""
+
+    prompt: str
+    seed: int
+    generation: dict[str, Any]
+    dense: Any  # a handle from Pool.share of {"frames", "latents"}
+
+
+@dataclass(frozen=True)
+class SinkAblationJob:
+    """The reference generation with the sinks (or as many random keys) masked or value-zeroed in
+    ``layers``: one row of quality against the unchanged generation (the job's one input)."""
+
+    path: str
+    selection: str
+    layers: tuple[int, ...]
+    threshold: float
+    chunk_size: int | None
+    prompt: str
+    seed: int
+    generation: dict[str, Any]
+
+    def __call__(self, bench: Workbench, dense: dict[str, Any]) -> dict[str, Any]:
+        with ablate_sinks(
+            bench.pipe, list(self.layers), path=self.path, selection=self.selection, threshold=self.threshold,
+            seed=self.seed, chunk_size=self.chunk_size,
+        ) as session:  # fmt: skip
+            frames, latents = generate(bench.pipe, self.prompt, self.seed, self.generation, bench.device)
+        removed = session.ablation_table()
+        return {
+            "path": self.path,
+            "keys": self.selection,
+            "layers": ",".join(map(str, self.layers)),
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "psnr": quality.psnr(frames, dense["frames"]),
+            "ssim": quality.ssim(frames, dense["frames"]),
+            "latent_mse": quality.latent_mse(latents, dense["latents"]),
+            "keys_per_head": float(removed["keys"].mean()) if len(removed) else 0.0,
+            "mass_removed": float(removed["mass"].mean()) if len(removed) else 0.0,
+        }
 
 
 def _video_ablation(
-    pipe: Any,
-    request: SinksRequest,
-    prompt: str,
-    generation: dict[str, Any],
-    device: str,
-    dense: dict[str, Any],
-    summary: pd.DataFrame,
-    num_layers: int,
-    progress: ProgressFn | None,
+    pool: Pool, request: SinksRequest, reference: AblationReference, layers: list[int], progress: ProgressFn | None
 ) -> pd.DataFrame:
-    """Sinks and as many random keys, masked or value-zeroed, in the ablation layers: quality
-    against the unchanged generation of the first prompt and seed."""
-    layers = _ablation_layers(request, summary, num_layers)
+    """Sinks and as many random keys, masked or value-zeroed, in the ablation layers: quality against the
+    unchanged generation of the first prompt and seed, one job per variant."""
     if not layers:
         return pd.DataFrame()
-    seed = int(request.seeds[0])
-    rows = []
-    variants = [(path, selection) for path in PATHS for selection in SELECTIONS]
-    for i, (path, selection) in enumerate(variants):
-        if progress:
-            progress(f"ablation: {path}, {selection}", i, len(variants))
-        with ablate_sinks(
-            pipe, layers, path=path, selection=selection, threshold=request.threshold, seed=seed,
-            chunk_size=request.chunk_size,
-        ) as session:  # fmt: skip
-            frames, latents = generate(pipe, prompt, seed, generation, device)
-        removed = session.ablation_table()
-        rows.append(
-            {
-                "path": path,
-                "keys": selection,
-                "layers": ",".join(map(str, layers)),
-                "prompt": prompt,
-                "seed": seed,
-                "psnr": quality.psnr(frames, dense["frames"]),
-                "ssim": quality.ssim(frames, dense["frames"]),
-                "latent_mse": quality.latent_mse(latents, dense["latents"]),
-                "keys_per_head": float(removed["keys"].mean()) if len(removed) else 0.0,
-                "mass_removed": float(removed["mass"].mean()) if len(removed) else 0.0,
-            }
-        )
-    return pd.DataFrame(rows)
+    ref, jobs = reference, []
+    for path in PATHS:
+        for selection in SELECTIONS:
+            task = SinkAblationJob(path, selection, tuple(layers), request.threshold, request.chunk_size, ref.prompt,
+                                   ref.seed, ref.generation)  # fmt: skip
+            jobs.append(Job(f"{path}.{selection}", task, inputs=(ref.dense,), label=f"{path}, {selection}"))
+    return pd.DataFrame(run_jobs(pool, JobPlan(jobs, noun="ablations"), progress).results)
 
 
 # -- language models ---------------------------------------------------------------------------------
@@ -271,9 +366,11 @@ def _text_ablation(
 # -- the command -----------------------------------------------------------------------------------
 def run_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> Path:
     """Study the model (and ``lm``), then write the run directory atomically: sinks.parquet and the
-    other tables, run.json and report.html."""
+    other tables, run.json and report.html. A video pipeline's generations run on ``request.executor``;
+    a text model's forward passes (short) run in this process."""
     validate(request)
     started = time.perf_counter()
+    executor = executor_for(request.executor, request.address)
     kind, directory = model_kind(request.model)
     lm_directory = None
     if request.lm is not None:
@@ -284,24 +381,30 @@ def run_sinks(request: SinksRequest, progress: ProgressFn | None = None) -> Path
         request.out, "sinks", files=SINKS_FILES, inputs=[directory, lm_directory], overwrite=request.overwrite
     )
     with output:
-        return _run_sinks(request, output, kind, directory, lm_directory, started, progress)
+        return _run_sinks(request, output, SinkModels(kind, directory, lm_directory, executor), started, progress)
+
+
+@dataclass
+class SinkModels:
+    """What a sinks run studies: the model (video pipeline or text model), the text model beside it, and
+    the executor of the video pipeline's generations."""
+
+    kind: str
+    directory: Path
+    lm_directory: Path | None
+    executor: Executor
 
 
 def _run_sinks(
-    request: SinksRequest,
-    output: OutputDir,
-    kind: str,
-    directory: Path,
-    lm_directory: Path | None,
-    started: float,
-    progress: ProgressFn | None,
+    request: SinksRequest, output: OutputDir, models: SinkModels, started: float, progress: ProgressFn | None
 ) -> Path:
     from ..report.sinks_html import write_sinks_report
 
-    if kind == "video":
-        primary = video_sinks(request, progress)
+    if models.kind == "video":
+        primary = video_sinks(request, progress, models.executor)
     else:
-        primary = text_sinks(directory, request.prompts, request, progress)
+        primary = text_sinks(models.directory, request.prompts, request, progress)
+    lm_directory = models.lm_directory
     lm = text_sinks(lm_directory, request.lm_texts, request, progress) if lm_directory is not None else None
     calls = primary.info.pop("calls", None)
     run = {
@@ -313,6 +416,7 @@ def _run_sinks(
         **primary.info,
         "lm": None if lm is None else {"model": lm.model, "family": lm.family, **lm.info},
         "seconds": round(time.perf_counter() - started, 2),
+        "executor": models.executor.name if models.kind == "video" else "local",
         "versions": library_versions(),
     }
     with output.staging() as staging:

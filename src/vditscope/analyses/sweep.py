@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +21,15 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..adapters.loaded import generate
+from ..adapters.settings import default_prompts, model_settings
 from ..capture.intervene import AttentionEdit, intervene
 from ..errors import VditscopeError
-from ..executors import Executor, Job, ModelSpec, Pool, Workbench, checked_model_dir, executor_for
-from ..store import OutputDir, write_atomic
+from ..executors import Executor, Job, JobPlan, ModelSpec, Workbench, checked_model_dir, executor_for, run_jobs
+from ..store import OutputDir, files_of, write_atomic
 from ..tiny import DEFAULT_MODEL
 from . import quality
-from .generation import generate
-from .options import GenerationOptions, checked_prompts_and_seeds, checked_unique
-from .settings import default_prompts, model_settings
+from .options import ExecutorOptions, checked_prompts_and_seeds, checked_unique
 from .sweep_tables import (
     LEVEL_METHODS,
     PLAN_VERSION,
@@ -70,11 +69,11 @@ TABLE_COLUMNS = [
 
 ProgressFn = Callable[[str, int, int], None]
 # what a sweep writes at the top of its (resumable) directory
-SWEEP_FILES = ("cells", "dense", "sweep.parquet", "sweep.csv", "plan.json", "sweep.json", "report.html")
+SWEEP_FILES = files_of("sweep sparsity")  # the same for every sweep mode
 
 
 @dataclass
-class SweepRequest(GenerationOptions):
+class SweepRequest(ExecutorOptions):
     """What to sweep; None fields take the model's defaults."""
 
     mode: str = "sparsity"
@@ -95,8 +94,6 @@ class SweepRequest(GenerationOptions):
     psnr_target: float = 30.0
     chunk_size: int | None = None
     guidance_scale: float | None = None
-    executor: str = "local"  # or "ray": cells run on the workers of a Ray cluster
-    address: str | None = None  # the Ray cluster (None: this node's, started when there is none)
 
 
 @dataclass(frozen=True)
@@ -196,23 +193,19 @@ def plan_cells(request: SweepRequest, num_layers: int, num_prompts: int) -> list
     if request.method in MASK_METHODS:
         request = _replace(request, levels=(0.0,))
     variants: list[tuple[AttentionEdit, str, int]] = []
-    if request.mode == "temperature":
+    if request.mode == "temperature" or request.scope == "global":  # the chosen layers together
         label = "all" if chosen == every else ",".join(map(str, chosen))
-        for tau in request.temperatures:
-            for level in request.levels:
-                edit = _edit(request, level, tau, None if chosen == every else set(chosen))
-                variants.append((edit, label, chosen[0] if len(chosen) == 1 else -1))
+        grid = [(level, tau) for level in request.levels for tau in request.temperatures]
+        if request.mode == "temperature":  # temperature-major, as its table reads
+            grid = [(level, tau) for tau in request.temperatures for level in request.levels]
+        for level, tau in grid:
+            edit = _edit(request, level, tau, None if chosen == every else set(chosen))
+            variants.append((edit, label, chosen[0] if len(chosen) == 1 else -1))
     elif request.scope == "per-layer":
         for layer in chosen:
             for level in request.levels:
                 for tau in request.temperatures:
                     variants.append((_edit(request, level, tau, {layer}), str(layer), layer))
-    elif request.scope == "global":
-        label = "all" if chosen == every else ",".join(map(str, chosen))
-        for level in request.levels:
-            for tau in request.temperatures:
-                edit = _edit(request, level, tau, None if chosen == every else set(chosen))
-                variants.append((edit, label, chosen[0] if len(chosen) == 1 else -1))
     else:  # leave-out: all layers, and all but the given ones, at each level
         kept = sorted(set(every) - set(request.leave_out or []))
         if not kept:
@@ -296,122 +289,73 @@ def run_sweep(request: SweepRequest, progress: ProgressFn | None = None, executo
 
         out = output.open()
         model_name = str(model_dir)
-        keys = [cell.key(prompts[cell.prompt_index], generation, model_name) for cell in cells]
         started = time.perf_counter()
-        run = _CellRun(out, pool, cells, keys, prompts, generation, model_name, request, progress)
-        run.compute()
+        finished = run_jobs(pool, cell_plan(out, cells, prompts, generation, model_name, request), progress)
         if progress:
             progress("writing the sweep table", len(cells), len(cells))
-        rows = [json.loads((out / "cells" / f"{key}.json").read_text()) for key in keys]
-        table = pd.DataFrame(rows)[TABLE_COLUMNS]
+        table = pd.DataFrame(finished.results)[TABLE_COLUMNS]
         execution = {
             "executor": executor.name,
             "workers": pool.worker_summary() or "this process",
-            "cells_computed": run.computed,
+            "cells_computed": finished.computed,
             "retries": pool.retries,
         }
         _write_outputs(
-            out, request, table, model_name, facts.family, prompts, generation, run.reused,
+            out, request, table, model_name, facts.family, prompts, generation, finished.reused,
             time.perf_counter() - started, execution,
         )  # fmt: skip
     return out
 
 
-class _CellRun:
-    """The driver's side of a sweep: hands missing cells (and the dense references they need) to a
-    pool, a few at a time and grouped by prompt and seed, and writes each result once, atomically."""
+def cell_plan(
+    out: Path, cells: list[Cell], prompts: list[str], generation: dict[str, Any], model: str, request: SweepRequest
+) -> JobPlan:
+    """The sweep as driver jobs: one per cell (its row, in ``cells/``), each needing the dense generation of
+    its prompt and seed (in ``dense/``), computed once and shared by the cells that score against it."""
+    jobs, dense = [], {}
+    for cell in cells:
+        prompt = prompts[cell.prompt_index]
+        dense_key = _dense_key(prompt, cell.seed, generation, model)
+        dense.setdefault(dense_key, Job(key=dense_key, task=DenseJob(prompt, cell.seed, generation)))
+        label = f"{cell.layers} k/p={_level(cell.edit)} tau={cell.edit.temperature:g}"
+        task = CellJob(cell, prompt, generation, request)
+        jobs.append(Job(key=cell.key(prompt, generation, model), task=task, needs=(dense_key,), label=label))
+    return JobPlan(jobs, CellStore(out / "cells"), dense, DenseStore(out / "dense"), noun="cells")
 
-    def __init__(
-        self,
-        out: Path,
-        pool: Pool,
-        cells: list[Cell],
-        keys: list[str],
-        prompts: list[str],
-        generation: dict[str, Any],
-        model: str,
-        request: SweepRequest,
-        progress: ProgressFn | None,
-    ) -> None:
-        self.out, self.pool, self.generation, self.request, self.progress = out, pool, generation, request, progress
-        self.total = len(cells)
-        self.reused = sum((out / "cells" / f"{key}.json").is_file() for key in keys)
-        self.done = self.reused
-        self.computed = 0
-        # missing cells grouped by their dense reference, in plan order
-        self.groups: dict[str, list[Job]] = {}
-        self.group_of: dict[str, str] = {}
-        for cell, key in zip(cells, keys, strict=True):
-            if (out / "cells" / f"{key}.json").is_file():
-                continue
-            prompt = prompts[cell.prompt_index]
-            dense_key = self.group_of[key] = _dense_key(prompt, cell.seed, generation, model)
-            self.groups.setdefault(dense_key, []).append(Job(key=key, task=CellJob(cell, prompt, generation, request)))
-        self.unopened = deque(self.groups)
-        self.ready: deque[Job] = deque()
-        self.left = {dense_key: len(jobs) for dense_key, jobs in self.groups.items()}
-        self.handles: dict[str, Any] = {}  # shared dense references of the open groups
 
-    def compute(self) -> None:
-        self._report("")
-        self._fill()
-        while self.pool.pending:
-            job, result = self.pool.next_result()
-            if isinstance(job.task, DenseJob):
-                self._dense_done(job.key, result)
-            else:
-                self._cell_done(job, result)
-            self._fill()
+class CellStore:
+    """The finished cells of a sweep: one JSON row per cell, written once, atomically."""
 
-    def _fill(self) -> None:
-        """Keep the pool busy: ready cells first, else open the next prompt and seed."""
-        while self.pool.pending < self.pool.capacity:
-            if self.ready:
-                self.pool.submit(self.ready.popleft())
-            elif self.unopened:
-                dense_key = self.unopened.popleft()
-                path = self._dense_path(dense_key)
-                if path.is_file():
-                    self._open(dense_key, load_file(str(path)))
-                else:
-                    task = self.groups[dense_key][0].task
-                    assert isinstance(task, CellJob)
-                    self.pool.submit(Job(key=dense_key, task=DenseJob(task.prompt, task.cell.seed, self.generation)))
-            else:
-                return
+    def __init__(self, root: Path) -> None:
+        self.root = root
 
-    def _open(self, dense_key: str, dense: dict[str, torch.Tensor]) -> None:
-        handle = self.pool.share(dense)
-        self.handles[dense_key] = handle
-        self.ready.extend(Job(job.key, job.task, (handle,)) for job in self.groups.pop(dense_key))
+    def has(self, key: str) -> bool:
+        return (self.root / f"{key}.json").is_file()
 
-    def _dense_path(self, dense_key: str) -> Path:
-        return self.out / "dense" / f"{dense_key}.safetensors"
+    def load(self, key: str) -> dict[str, Any]:
+        return json.loads((self.root / f"{key}.json").read_text())
 
-    def _dense_done(self, dense_key: str, tensors: dict[str, torch.Tensor]) -> None:
-        write_atomic(self._dense_path(dense_key), lambda p: save_file(tensors, str(p)))
-        self._open(dense_key, tensors)
-
-    def _cell_done(self, job: Job, row: dict[str, Any]) -> None:
-        path = self.out / "cells" / f"{job.key}.json"
+    def save(self, key: str, row: dict[str, Any]) -> None:
+        path = self.root / f"{key}.json"
         if path.is_file():  # never written twice: a cell's first result stands
-            raise VditscopeError(f"cell {job.key} came back twice")
+            raise VditscopeError(f"cell {key} came back twice")
         write_atomic(path, lambda p: p.write_text(json.dumps(row, indent=1) + "\n"))
-        self.done += 1
-        self.computed += 1
-        dense_key = self.group_of[job.key]
-        self.left[dense_key] -= 1
-        if not self.left[dense_key]:
-            self.handles.pop(dense_key, None)  # the last cell of this prompt and seed: free its reference
-        assert isinstance(job.task, CellJob)
-        cell = job.task.cell
-        self._report(f"{cell.layers} k/p={_level(cell.edit)} tau={cell.edit.temperature:g}")
 
-    def _report(self, label: str) -> None:
-        if self.progress:
-            workers = self.pool.worker_summary()
-            message = f"cells {self.done}/{self.total}" + (f" {label}" if label else "")
-            self.progress(message + (f" | {workers}" if workers else ""), self.done, self.total)
+
+class DenseStore:
+    """The dense references of a sweep (frames and final latents), one safetensors file per prompt and seed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def has(self, key: str) -> bool:
+        return (self.root / f"{key}.safetensors").is_file()
+
+    def load(self, key: str) -> dict[str, torch.Tensor]:
+        return load_file(str(self.root / f"{key}.safetensors"))
+
+    def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        write_atomic(self.root / f"{key}.safetensors", lambda p: save_file(tensors, str(p)))
 
 
 def _level(edit: AttentionEdit) -> float | str:

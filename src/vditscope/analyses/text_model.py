@@ -1,5 +1,5 @@
-"""Language models for the sink comparison: load a Hugging Face transformers text model from a local
-directory, and read the per-key statistics of each of its attention layers on one text.
+"""Language models for the sink comparison: the per-key statistics of each attention layer of a text model
+(loaded by ``adapters/text_models.py``) on one text, and the same with sinks removed.
 
 The model runs with ``attn_implementation="sdpa"``, so every layer's attention reaches torch SDPA
 with its final q, k, v (after RoPE, grouped-query heads as they are); the routed SDPA hands each
@@ -9,87 +9,22 @@ call to the statistics in call order, which is the layer order of one forward pa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..adapters.text_models import TextModel
 from ..capture.sdpa_patch import routed_sdpa, sdpa_handler
 from ..capture.session import SdpaCall
 from ..capture.sink_ablation import ablate_call
 from ..errors import VditscopeError
 from ..stats.key_stats import KeyStats, key_stats
 
-# safetensors only: a pickled checkpoint (pytorch_model.bin) can run code while it loads
-WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
 DEFAULT_TEXT = (
     "The history of the city begins in the early middle ages, when a small market grew around the "
     "bridge. Merchants came from the north and the south; they traded wool, salt and wine. By 1400 "
     "the town had a wall, three churches and a school."
 )
-
-
-@dataclass
-class TextModel:
-    """A loaded text model with its tokenizer."""
-
-    model: Any
-    tokenizer: Any
-    directory: Path
-    causal: bool
-
-    @property
-    def num_layers(self) -> int:
-        config = self.model.config
-        return int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0))
-
-    def special_tokens(self) -> set[str]:
-        return set(getattr(self.tokenizer, "all_special_tokens", []) or [])
-
-
-def is_text_model_dir(path: Path) -> bool:
-    """A transformers model directory (config.json, no diffusers model_index.json)."""
-    return (path / "config.json").is_file() and not (path / "model_index.json").is_file()
-
-
-def load_text_model(directory: Path, device: str = "cpu", dtype: str = "float32") -> TextModel:
-    """Load a causal LM or encoder from a local directory, offline, with SDPA attention."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    from ..adapters.loading import DTYPES, quiet_loading
-    from ..adapters.model_files import check_weights_match_config, vet_text_model_dir
-
-    # the directory is untrusted input: no code shipped with it (auto_map, *.py), safetensors only,
-    # all checked before transformers reads anything
-    vet_text_model_dir(directory)
-    if not any(next(directory.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
-        raise VditscopeError(f"{directory} has a config.json but no model weights (*.safetensors)")
-    try:
-        config = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-    except Exception as exc:
-        raise VditscopeError(f"could not read the model config in {directory}: {str(exc).splitlines()[0]}") from exc
-    architectures = list(getattr(config, "architectures", None) or [])
-    causal = any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
-    loader = AutoModelForCausalLM if causal else AutoModel
-    try:
-        with quiet_loading():
-            check_weights_match_config(directory, lambda: loader.from_config(config, trust_remote_code=False))
-            model = loader.from_pretrained(
-                directory,
-                attn_implementation="sdpa",
-                local_files_only=True,
-                dtype=DTYPES.get(dtype, torch.float32),
-                trust_remote_code=False,
-                use_safetensors=True,
-            )
-            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-    except VditscopeError:
-        raise
-    except Exception as exc:
-        raise VditscopeError(f"could not load the text model in {directory}: {str(exc).splitlines()[0]}") from exc
-    model.to(device).eval()
-    return TextModel(model, tokenizer, directory, causal)
 
 
 def _encode(text_model: TextModel, text: str, max_tokens: int) -> dict[str, torch.Tensor]:

@@ -11,6 +11,8 @@ from torch import nn
 
 # around(module, original_forward, args, kwargs) -> output
 Around = Callable[[nn.Module, Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+# context_around(cache_context_name, module, original_forward, args, kwargs) -> output
+ContextAround = Callable[[str | None, nn.Module, Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 
 
 class AroundHook(ModelHook):
@@ -29,14 +31,19 @@ class _NoState:
         pass
 
 
-class ContextAroundHook(AroundHook):
-    """An AroundHook that also receives the pipeline's ``cache_context`` (cond / uncond / cond_uncond)."""
+class ContextAroundHook(ModelHook):
+    """A hook whose ``around`` also receives the pipeline's ``cache_context`` name (cond / uncond /
+    cond_uncond), which diffusers hands only to stateful hooks."""
 
     _is_stateful = True
 
-    def __init__(self, around: Around) -> None:
-        super().__init__(around)
+    def __init__(self, around: ContextAround) -> None:
+        super().__init__()
+        self._around = around
         self.state = StateManager(_NoState)
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return self._around(self.context_name, module, self.fn_ref.original_forward, args, kwargs)
 
     @property
     def context_name(self) -> str | None:

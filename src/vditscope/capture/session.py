@@ -1,18 +1,22 @@
-"""`capture`: record attention statistics of every observed attention call of a generation.
+"""`HookSession`: the mechanics every hook technique shares, and `observing`, the one way to apply one.
 
-Hooks around the transformer (which forward: step, CFG branch, video grid) and around each
-selected attention module (which layer) route that module's torch SDPA calls to the streaming
-statistics. Everything is removed on exit, also when the block raises.
+A session resolves the transformer(s) and attention sites of a model or pipeline, picks the sites
+its ``Selection`` names, and while attached: hooks each transformer (which forward: step, CFG
+branch, video grid) and each site (routes that module's torch SDPA calls to the observer), counts
+steps on the scheduler, keeps observed modules on the native attention backend, and removes every
+trace on exit, also when the block raises. A technique is a frozen config (with a ``Selection``
+named ``where``), an observer with one method ``observe(call) -> Tensor`` and a ``Technique``
+whose ``apply(model, config)`` opens it (the shape of diffusers' ``apply_pyramid_attention_broadcast``).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -20,428 +24,223 @@ from torch import nn
 from ..adapters import AttentionSite, FamilyAdapter, adapter_for
 from ..adapters.base import hidden_states_arg
 from ..errors import VditscopeError
-from ..stats import attention_stats
-from ..stats.streaming import TopMassMode
+from .backend import native_attention
+from .calls import ObservedCall, SdpaCall
+from .clock import StepClock, scheduler_clock
 from .hooks import AroundHook, ContextAroundHook, attach, invalidate_registry_cache
-from .records import CallRecord, records_from_stats, records_table
-from .sdpa_patch import routed_sdpa, sdpa_handler
-from .state import ForwardState
+from .sdpa_patch import open_routing, scoped_routing, sdpa_handler
+from .selection import Selection, checked_site_layers, layer_count
+from .sites import self_attention_sites, transformers_of
+from .state import ForwardState, branch_labels
 
-HOOK_NAME = "vditscope_capture"
+__all__ = [
+    "ForwardState",
+    "HookSession",
+    "ObservedCall",
+    "Observer",
+    "SdpaCall",
+    "SessionObserver",
+    "StepClock",
+    "Technique",
+    "branch_labels",
+    "checked_site_layers",
+    "observing",
+    "self_attention_sites",
+    "transformers_of",
+]
 
-
+# the forward being run; shared by all sessions, so a nested session sees the outer one's forward
 _forward: ContextVar[ForwardState | None] = ContextVar("vditscope_forward", default=None)
 
 
-@dataclass
-class SdpaCall:
-    """One routed torch SDPA call: its tensors and options, and the SDPA to run it with."""
+class Observer(Protocol):
+    """What a technique does with each observed SDPA call: return the output the model receives."""
 
-    original: Callable[..., torch.Tensor]
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    attn_mask: torch.Tensor | None
-    dropout_p: float
-    is_causal: bool
-    scale: float | None
-    enable_gqa: bool
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """The options as SDPA keyword arguments."""
-        kwargs = {
-            "attn_mask": self.attn_mask,
-            "dropout_p": self.dropout_p,
-            "is_causal": self.is_causal,
-            "scale": self.scale,
-        }
-        if self.enable_gqa:
-            kwargs["enable_gqa"] = True
-        return kwargs
-
-    def run(self) -> torch.Tensor:
-        """The call as the model made it."""
-        return self.original(self.q, self.k, self.v, **self.kwargs)
-
-    def labels(self, state: ForwardState, start: int) -> list[tuple[str, int]]:
-        """(branch, sample) of each batch element, the call's first element being batch row ``start``."""
-        return [state.labels[(start + i) % len(state.labels)] for i in range(self.q.shape[0])]
+    def observe(self, call: ObservedCall) -> torch.Tensor: ...
 
 
-@dataclass
-class StepClock:
-    """Denoising step and generation counters, driven by the scheduler when a pipeline is given."""
-
-    driven_by_scheduler: bool = False
-    generation: int = 0
-    step: int = 0
-    calls: dict[str, int] = field(default_factory=dict)
-    started: bool = False
-
-    def set_timesteps(self) -> None:
-        self.generation += 1 if self.started else 0
-        self.started = True
-        self.step = 0
-
-    def scheduler_step(self) -> None:
-        self.step += 1
-
-    def forward_step(self, branch_key: str) -> int:
-        """Step of a transformer forward: the scheduler's count, or the call count of a bare model."""
-        if self.driven_by_scheduler:
-            return self.step
-        step = self.calls.get(branch_key, 0)
-        self.calls[branch_key] = step + 1
-        return step
+ObserverT = TypeVar("ObserverT", bound=Observer)
 
 
-def branch_labels(context_name: str | None, batch: int) -> list[tuple[str, int]]:
-    """CFG branch and sample index of each batch element, from the pipeline's cache_context name."""
-    if context_name == "cond_uncond" and batch % 2 == 0:
-        half = batch // 2
-        return [("uncond", i) for i in range(half)] + [("cond", i) for i in range(half)]
-    branch = "uncond" if context_name == "uncond" else "cond"
-    return [(branch, i) for i in range(batch)]
+class HookSession:
+    """The hooks of one technique on one model: ``name`` is the function that opens it (for
+    messages), ``hook`` the hook name (one per module and technique, so kinds compose)."""
 
-
-def _native_backend_names() -> set[str]:
-    from diffusers.models.attention_dispatch import AttentionBackendName
-
-    return {name.value for name in AttentionBackendName if name.value.lstrip("_").startswith("native")}
-
-
-class Capture:
-    """Statistics recorded inside a ``capture`` block; ``table()`` gives one row per call, branch, head."""
-
-    hook_name = HOOK_NAME
-    session_name = "capture"  # the function that opens this kind of session, for error messages
-
-    def __init__(
-        self,
-        models: list[nn.Module],
-        adapter: FamilyAdapter,
-        sites: list[AttentionSite],
-        *,
-        steps: set[int] | None,
-        top_mass: TopMassMode,
-        fused: bool,
-        chunk_size: int | None,
-        keep_maps: bool,
-        map_tiles: int | None = None,
-        map_steps: set[int] | None = None,
-    ) -> None:
-        self.models = models
-        self.adapter = adapter
-        self.sites = sites
-        self.steps = steps
-        self.top_mass = top_mass
-        self.fused = fused
-        self.chunk_size = chunk_size
-        self.keep_maps = keep_maps
-        self.map_tiles = map_tiles
-        self.map_steps = map_steps
+    def __init__(self, model_or_pipeline: Any, where: Selection, *, name: str, hook: str | None = None) -> None:
+        self.models, self.scheduler = transformers_of(model_or_pipeline)
+        self.adapter: FamilyAdapter = adapter_for(self.models[0])
+        self.model_layers = layer_count(self.adapter.sites(self.models[0]))
+        where.check_layers(self.model_layers)
+        self.where = where
+        self.sites: list[AttentionSite] = [
+            site for model in self.models for site in self.adapter.sites(model) if where.takes_site(site)
+        ]
+        self.name = name
+        self.hook = hook or f"vditscope_{name}"
         self.clock = StepClock()
-        self.records: list[CallRecord] = []
         self.notes: list[str] = []
 
     @property
     def family(self) -> str:
         return self.adapter.family
 
-    @property
-    def num_layers(self) -> int:
-        return len({site.layer for site in self.sites})
+    def check_layers(self, layers: frozenset[int] | None) -> None:
+        """ValueError when a layer set names a layer the model lacks."""
+        Selection(layers=layers).check_layers(self.model_layers)
 
-    def table(self) -> Any:
-        """A pandas DataFrame: one row per generation, step, branch, sample, layer, site kind and head."""
-        return records_table(self.records)
-
-    # -- hooks -------------------------------------------------------------------------------
-    def _around_transformer(self, hook_ref: list[ContextAroundHook]) -> Callable[..., Any]:
-        def around(module: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-            if _forward.get() is not None:  # a nested call (e.g. a second transformer inside): keep outer state
-                return forward(*args, **kwargs)
-            hidden = hidden_states_arg(args, kwargs)
-            context_name = hook_ref[0].context_name
-            labels = branch_labels(context_name, hidden.shape[0])
-            step = self.clock.forward_step(context_name or "cond")
-            timestep = kwargs.get("timestep")
-            if isinstance(timestep, torch.Tensor) and timestep.numel() > 0:
-                timestep = float(timestep.flatten()[0])
-            elif not isinstance(timestep, (int, float)):
-                timestep = None
-            state = ForwardState(
-                grid=self.adapter.video_grid(module, args, kwargs),
-                labels=labels,
-                generation=self.clock.generation,
-                step=step,
-                timestep=timestep,
-            )
-            token = _forward.set(state)
-            try:
-                return forward(*args, **kwargs)
-            finally:
-                _forward.reset(token)
-
-        return around
-
-    def _around_site(self, site: AttentionSite) -> Callable[..., Any]:
-        def around(module: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-            state = _forward.get()
-            if state is None or (self.steps is not None and state.step not in self.steps):
-                return forward(*args, **kwargs)
-            offset = [0]
-
-            def handler(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa):
-                call = SdpaCall(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-                start = offset[0]
-                offset[0] += q.shape[0] if q.ndim == 4 else 0
-                return self._observe(site, state, start, call)
-
-            with sdpa_handler(handler):
-                return forward(*args, **kwargs)
-
-        return around
-
-    def _observe(self, site: AttentionSite, state: ForwardState, start: int, call: SdpaCall) -> torch.Tensor:
-        """Run one SDPA call of an observed site and record its statistics (``start``: the call's first
-        batch row within the forward, for the CFG labels)."""
-        q, k, v = call.q, call.k, call.v
-        if call.dropout_p > 0 or q.ndim != 4:
-            self._note(f"{site.name}: SDPA call with dropout or non-4D inputs is not observed")
-            return call.run()
-        layout = self.adapter.layout(state.grid, k.shape[2]) if site.kind == "self" else None
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        fused = self.fused and not needs_grad
-        out = None if fused else call.run()
-        with torch.no_grad():
-            fused_out, stats = attention_stats(
-                q.detach(),
-                k.detach(),
-                v.detach(),
-                scale=call.scale,
-                layout=layout,
-                chunk_size=self.chunk_size,
-                attn_mask=call.attn_mask,
-                is_causal=call.is_causal,
-                top_mass=self.top_mass,
-                compute_output=fused,
-                map_tiles=self._tiles_at(state.step) if layout is not None else None,
-            )
-        labels = call.labels(state, start)
-        self.records.extend(records_from_stats(stats, site, state, labels, layout, keep_maps=self.keep_maps))
-        return fused_out if fused else out
-
-    def _tiles_at(self, step: int) -> int | None:
-        """Token-map tiles for a call at this step: only when maps are kept and the step is chosen."""
-        if not self.keep_maps or self.map_tiles is None:
-            return None
-        return self.map_tiles if self.map_steps is None or step in self.map_steps else None
-
-    def _note(self, message: str) -> None:
+    def note(self, message: str) -> None:
+        """Keep a message once and warn with it (what the session left as the model made it)."""
         if message not in self.notes:
             self.notes.append(message)
             warnings.warn(message, stacklevel=3)
 
+    @contextmanager
+    def attached(self, observer: Observer) -> Iterator[None]:
+        """Attach the hooks, the scheduler clock and the SDPA routing for the block; remove every trace
+        on exit, also when it raises. The same technique already open on one of these modules raises
+        VditscopeError before anything is attached."""
+        self._check_not_open()
+        detachers: list[Callable[[], None]] = []
+        with ExitStack() as stack:
+            stack.enter_context(native_attention(self.sites, self.note))
+            stack.enter_context(scheduler_clock(self.scheduler, self.clock))
+            stack.enter_context(open_routing())
+            try:
+                for model in self.models:
+                    hook = ContextAroundHook(self._around_transformer)
+                    detachers.append(attach(model, hook, self.hook))
+                for site in self.sites:
+                    detachers.append(attach(site.module, AroundHook(self._around_site(site, observer)), self.hook))
+                for model in self.models:
+                    invalidate_registry_cache(model)
+                yield
+            finally:
+                for detach in reversed(detachers):
+                    detach()
+                for model in self.models:
+                    invalidate_registry_cache(model)
 
-def transformers_of(model_or_pipeline: Any) -> tuple[list[nn.Module], Any]:
-    """The denoising transformer(s) of a pipeline (Wan 2.2 has two) and its scheduler, or (model, None)."""
-    if isinstance(model_or_pipeline, nn.Module):
-        return [model_or_pipeline], None
-    components = getattr(model_or_pipeline, "components", None)
-    if isinstance(components, dict):
-        models = [
-            components[name] for name in ("transformer", "transformer_2") if isinstance(components.get(name), nn.Module)
-        ]
-        if models:
-            return models, components.get("scheduler")
-    raise TypeError(f"capture needs a diffusers video transformer or pipeline, got {type(model_or_pipeline).__name__}")
-
-
-def checked_site_layers(layers: Iterable[int] | None, sites: list[AttentionSite]) -> set[int] | None:
-    if layers is None:
-        return None
-    num_layers = len({site.layer for site in sites})
-    chosen = {int(layer) for layer in layers}
-    if not chosen:
-        raise ValueError("the layer set is empty")
-    bad = sorted(layer for layer in chosen if not 0 <= layer < num_layers)
-    if bad:
-        raise ValueError(f"layer {bad[0]} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
-    return chosen
-
-
-def self_attention_sites(
-    model_or_pipeline: Any, layers: Iterable[int] | None
-) -> tuple[list[nn.Module], Any, FamilyAdapter, list[AttentionSite]]:
-    """(transformers, scheduler, adapter, the self-attention sites of the chosen layers) of a model or
-    pipeline; a layer out of range raises ValueError."""
-    models, scheduler = transformers_of(model_or_pipeline)
-    adapter = adapter_for(models[0])
-    chosen = checked_site_layers(layers, adapter.sites(models[0]))
-    sites = [
-        site
-        for model in models
-        for site in adapter.sites(model)
-        if site.kind == "self" and (chosen is None or site.layer in chosen)
-    ]
-    return models, scheduler, adapter, sites
-
-
-@contextmanager
-def _native_attention(sites: list[AttentionSite], note: Callable[[str], None]) -> Iterator[None]:
-    """Make the observed modules use diffusers' native backend (the only one that calls torch SDPA)."""
-    from diffusers.models.attention_dispatch import _AttentionBackendRegistry, attention_backend
-
-    native = _native_backend_names()
-    changed: list[tuple[Any, Any]] = []
-    with ExitStack() as stack:
-        active = _AttentionBackendRegistry._active_backend
-        if getattr(active, "value", str(active)) not in native:
-            note(
-                f"attention backend {getattr(active, 'value', active)} does not call torch SDPA: "
-                "capture uses the native backend while it is open"
-            )
-            stack.enter_context(attention_backend("native"))
-        for site in sites:
-            processor = getattr(site.module, "processor", None)
-            backend = getattr(processor, "_attention_backend", None)
-            if backend is not None and getattr(backend, "value", str(backend)) not in native:
-                note(
-                    f"{site.name}: attention backend {getattr(backend, 'value', backend)} does not call "
-                    "torch SDPA: capture uses the native backend while it is open"
+    def _check_not_open(self) -> None:
+        for module in [*self.models, *(site.module for site in self.sites)]:
+            registry = module.__dict__.get("_diffusers_hook")
+            if registry is not None and self.hook in registry.hooks:
+                raise VditscopeError(
+                    f"{self.name} is already open on this model; close it first (one {self.name} per model at a time)"
                 )
-                changed.append((processor, backend))
-                processor._attention_backend = None
+
+    def _around_transformer(
+        self, context_name: str | None, module: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict
+    ) -> Any:
+        """Run one transformer forward with its ForwardState set (a nested forward keeps the outer one's)."""
+        if _forward.get() is not None:
+            return forward(*args, **kwargs)
+        timestep = kwargs.get("timestep")
+        if isinstance(timestep, torch.Tensor) and timestep.numel() > 0:
+            timestep = float(timestep.flatten()[0])
+        elif not isinstance(timestep, (int, float)):
+            timestep = None
+        state = ForwardState(
+            grid=self.adapter.video_grid(module, args, kwargs),
+            labels=branch_labels(context_name, hidden_states_arg(args, kwargs).shape[0]),
+            generation=self.clock.generation,
+            step=self.clock.forward_step(context_name or "cond"),
+            timestep=timestep,
+        )
+        token = _forward.set(state)
         try:
-            yield
+            return forward(*args, **kwargs)
         finally:
-            for processor, backend in changed:
-                processor._attention_backend = backend
+            _forward.reset(token)
+
+    def _around_site(self, site: AttentionSite, observer: Observer) -> Callable[..., Any]:
+        """Route the SDPA calls of one site's forward to the observer (selected steps only)."""
+
+        def around(module: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+            state = _forward.get()
+            if state is None or not self.where.takes_step(state.step):
+                return forward(*args, **kwargs)
+            offset = [0]
+
+            def handler(original: Callable[..., torch.Tensor], *sdpa_args: Any) -> torch.Tensor:
+                sdpa = SdpaCall(original, *sdpa_args)
+                start = offset[0]
+                offset[0] += sdpa.q.shape[0] if sdpa.q.ndim == 4 else 0
+                return observer.observe(ObservedCall(site, state, start, sdpa))
+
+            with sdpa_handler(handler), scoped_routing():
+                return forward(*args, **kwargs)
+
+        return around
+
+
+class SessionObserver:
+    """Base of the techniques' observers (the objects their apply functions yield): the session's
+    facts under the names ``capture`` has always shown."""
+
+    def __init__(self, session: HookSession) -> None:
+        self.session = session
+
+    def observe(self, call: ObservedCall) -> torch.Tensor:
+        return call.run()
+
+    @property
+    def models(self) -> list[nn.Module]:
+        return self.session.models
+
+    @property
+    def adapter(self) -> FamilyAdapter:
+        return self.session.adapter
+
+    @property
+    def sites(self) -> list[AttentionSite]:
+        return self.session.sites
+
+    @property
+    def notes(self) -> list[str]:
+        return self.session.notes
+
+    @property
+    def family(self) -> str:
+        return self.session.family
+
+    @property
+    def num_layers(self) -> int:
+        """Video layers among the observed sites."""
+        return layer_count(self.session.sites)
 
 
 @contextmanager
-def _scheduler_clock(scheduler: Any, clock: StepClock) -> Iterator[None]:
-    """Count denoising steps and generations by wrapping the scheduler's set_timesteps and step."""
-    if scheduler is None or not callable(getattr(scheduler, "step", None)):
-        yield
-        return
-    own = {name: scheduler.__dict__[name] for name in ("step", "set_timesteps") if name in scheduler.__dict__}
-    original_step = scheduler.step
-    original_set = scheduler.set_timesteps
-
-    def step(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return original_step(*args, **kwargs)
-        finally:
-            clock.scheduler_step()
-
-    def set_timesteps(*args: Any, **kwargs: Any) -> Any:
-        clock.set_timesteps()
-        return original_set(*args, **kwargs)
-
-    scheduler.step = step
-    scheduler.set_timesteps = set_timesteps
-    clock.driven_by_scheduler = True
-    try:
-        yield
-    finally:
-        for name in ("step", "set_timesteps"):
-            if name in own:
-                setattr(scheduler, name, own[name])
-            else:
-                scheduler.__dict__.pop(name, None)
-
-
-@contextmanager
-def capture(
+def observing(
     model_or_pipeline: Any,
-    layers: Iterable[int] | None = None,
-    steps: Iterable[int] | None = None,
+    where: Selection,
+    make_observer: Callable[[HookSession], ObserverT],
     *,
-    top_mass: TopMassMode = "auto",
-    fused: bool = False,
-    chunk_size: int | None = None,
-    keep_maps: bool = True,
-    cross_attention: bool = True,
-    map_tiles: int | None = None,
-    map_steps: Iterable[int] | None = None,
-) -> Iterator[Capture]:
-    """Record attention statistics of every observed attention call made inside the block.
-
-    ``layers``/``steps``: video layer indices and denoising steps to observe (None = all); the
-    others run through the model's own path untouched. By default the model receives the output
-    of its own SDPA call (bit-identical to a run without capture) and the statistics come from a
-    second, output-free pass; ``fused=True`` hands it the output of the statistics pass instead
-    (one attention instead of two, equal to SDPA within float rounding). ``keep_maps`` keeps
-    per-head frame maps, locality profiles and text masses on each record (small tensors);
-    ``map_tiles`` T adds a T x T tile-pooled token map of the video tokens (``token_map``) at the
-    ``map_steps`` (None = every observed step).
-    """
-    if map_tiles is not None and map_tiles < 1:
-        raise ValueError(f"map_tiles must be positive, got {map_tiles}")
-    models, scheduler = transformers_of(model_or_pipeline)
-    adapter = adapter_for(models[0])
-    all_sites = [site for model in models for site in adapter.sites(model)]
-    chosen = checked_site_layers(layers, adapter.sites(models[0]))
-    sites = [
-        site
-        for site in all_sites
-        if (chosen is None or site.layer in chosen) and (cross_attention or site.kind == "self")
-    ]
-    session = Capture(
-        models,
-        adapter,
-        sites,
-        steps=None if steps is None else {int(s) for s in steps},
-        top_mass=top_mass,
-        fused=fused,
-        chunk_size=chunk_size,
-        keep_maps=keep_maps,
-        map_tiles=map_tiles,
-        map_steps=None if map_steps is None else {int(s) for s in map_steps},
-    )
-    with attached(session, models, scheduler):
-        yield session
+    name: str,
+    hook: str | None = None,
+) -> Iterator[ObserverT]:
+    """Hook ``make_observer(session)`` into the sites of ``model_or_pipeline`` that ``where`` selects for
+    the block; yields the observer. ``name``: the technique's opener, for messages."""
+    session = HookSession(model_or_pipeline, where, name=name, hook=hook)
+    observer = make_observer(session)
+    with session.attached(observer):
+        yield observer
 
 
-@contextmanager
-def attached(session: Capture, models: list[nn.Module], scheduler: Any) -> Iterator[None]:
-    """Attach a session's hooks (transformers and its sites), the scheduler clock and the SDPA
-    routing; remove every trace on exit, also when the block raises. A session of the same kind
-    already open on one of these modules raises VditscopeError before anything is attached."""
-    _check_not_open(session, models)
-    detachers: list[Callable[[], None]] = []
-    with ExitStack() as stack:
-        stack.enter_context(_native_attention(session.sites, session._note))
-        stack.enter_context(_scheduler_clock(scheduler, session.clock))
-        stack.enter_context(routed_sdpa())
-        try:
-            for model in models:
-                ref: list[ContextAroundHook] = []
-                hook = ContextAroundHook(session._around_transformer(ref))
-                ref.append(hook)
-                detachers.append(attach(model, hook, session.hook_name))
-            for site in session.sites:
-                detachers.append(attach(site.module, AroundHook(session._around_site(site)), session.hook_name))
-            for model in models:
-                invalidate_registry_cache(model)
-            yield
-        finally:
-            for detach in reversed(detachers):
-                detach()
-            for model in models:
-                invalidate_registry_cache(model)
+@dataclass(frozen=True)
+class Technique(Generic[ObserverT]):
+    """A hook technique: the name of the function that opens it (messages), its observer, built as
+    ``observer(session, config)``, and its hook name (default ``vditscope_<name>``)."""
 
+    name: str
+    observer: Callable[[HookSession, Any], ObserverT]
+    hook: str | None = None
 
-def _check_not_open(session: Capture, models: list[nn.Module]) -> None:
-    """One session of a kind per model at a time: each kind's hooks have one name per module
-    (sessions of different kinds compose)."""
-    for module in [*models, *(site.module for site in session.sites)]:
-        registry = module.__dict__.get("_diffusers_hook")
-        if registry is not None and session.hook_name in registry.hooks:
-            name = session.session_name
-            raise VditscopeError(
-                f"{name} is already open on this model; close it first (one {name} per model at a time)"
-            )
+    def apply(self, model_or_pipeline: Any, config: Any) -> AbstractContextManager[ObserverT]:
+        """Observe the calls ``config.where`` selects with a fresh observer of ``config`` in the block."""
+        return observing(
+            model_or_pipeline,
+            config.where,
+            lambda session: self.observer(session, config),
+            name=self.name,
+            hook=self.hook,
+        )

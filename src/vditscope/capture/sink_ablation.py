@@ -13,16 +13,17 @@ layer).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..adapters import AttentionSite, FamilyAdapter
-from ..stats.key_stats import KeyStats, key_stats
-from .session import Capture, ForwardState, SdpaCall, attached, self_attention_sites
+from ..stats.key_stats import KeyStats
+from .calls import ObservedCall, SdpaCall
+from .selection import SELF_ONLY, Selection
+from .session import HookSession, SessionObserver, Technique
+from .sink_capture import call_key_stats
 
 PATHS = ("mask", "zero-values")
 SELECTIONS = ("sinks", "random")
@@ -119,63 +120,57 @@ def ablate_call(
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, KeyStats]:
     """(ablated output, chosen keys (B, H, Nk), the call's key statistics) of one SDPA call."""
+    stats = call_key_stats(call, chunk_size)
     with torch.no_grad():
-        stats = key_stats(
-            call.q.detach(),
-            call.k.detach(),
-            call.v.detach(),
-            scale=call.scale,
-            attn_mask=call.attn_mask,
-            is_causal=call.is_causal,
-            chunk_size=chunk_size,
-        )
         chosen = choose_keys(stats, threshold, selection, generator)
     return ablated_attention(call, chosen, path), chosen, stats
 
 
-class SinkAblation(Capture):
-    """Hooks that compute the observed self-attention calls with sinks (or random keys) removed."""
+@dataclass(frozen=True)
+class SinkAblationConfig:
+    """Where to ablate (self-attention layers), which path, which keys ("sinks" or "random"), the sink
+    threshold (ratio to the median key), the seed of the random control and the chunk size."""
 
-    hook_name = "vditscope_sink_ablation"
-    session_name = "ablate_sinks"
+    where: Selection = field(default_factory=lambda: Selection(kinds=SELF_ONLY))
+    path: str = "mask"
+    keys: str = "sinks"
+    threshold: float = DEFAULT_THRESHOLD
+    seed: int = 0
+    chunk_size: int | None = None
 
-    def __init__(
-        self,
-        models: list[nn.Module],
-        adapter: FamilyAdapter,
-        sites: list[AttentionSite],
-        *,
-        path: str,
-        selection: str,
-        threshold: float,
-        seed: int,
-        chunk_size: int | None,
-    ) -> None:
-        super().__init__(
-            models, adapter, sites, steps=None, top_mass="off", fused=False, chunk_size=chunk_size, keep_maps=False
-        )
-        self.path, self.selection, self.threshold, self.seed = path, selection, threshold, seed
-        self.records: list[AblationRecord] = []  # type: ignore[assignment]
+    def __post_init__(self) -> None:
+        check_ablation(self.path, self.keys, self.threshold)
 
-    def _observe(self, site: AttentionSite, state: ForwardState, start: int, call: SdpaCall) -> torch.Tensor:
-        if call.q.ndim != 4 or call.dropout_p > 0:
-            return call.run()
+
+class SinkAblation(SessionObserver):
+    """Computes the observed self-attention calls with sinks (or random keys) removed."""
+
+    def __init__(self, session: HookSession, config: SinkAblationConfig) -> None:
+        super().__init__(session)
+        self.config = config
+        self.path, self.selection, self.threshold, self.seed = config.path, config.keys, config.threshold, config.seed
+        self.records: list[AblationRecord] = []
+
+    def observe(self, call: ObservedCall) -> torch.Tensor:
+        sdpa, state, layer = call.sdpa, call.state, call.site.layer
+        if sdpa.q.ndim != 4 or sdpa.dropout_p > 0:
+            return sdpa.run()
         generator = torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + state.generation * 10_007 + state.step * 101 + site.layer) % 2**63
+            (self.seed * 1_000_003 + state.generation * 10_007 + state.step * 101 + layer) % 2**63
         )
         out, chosen, stats = ablate_call(
-            call,
+            sdpa,
             path=self.path,
             selection=self.selection,
             threshold=self.threshold,
             generator=generator,
-            chunk_size=self.chunk_size,
+            chunk_size=self.config.chunk_size,
         )
         mass = (stats.received * chosen).sum(-1).mean(-1)
         keys = chosen.float().sum(-1).mean(-1)
-        for b, (branch, _) in enumerate(call.labels(state, start)):
+        for b, (branch, _) in enumerate(call.labels):
             self.records.append(
-                AblationRecord(state.generation, state.step, branch, site.layer, float(keys[b]), float(mass[b]))
+                AblationRecord(state.generation, state.step, branch, layer, float(keys[b]), float(mass[b]))
             )
         return out
 
@@ -184,6 +179,9 @@ class SinkAblation(Capture):
         import pandas as pd
 
         return pd.DataFrame([asdict(r) for r in self.records], columns=list(AblationRecord.__dataclass_fields__))
+
+
+SINK_ABLATION = Technique("ablate_sinks", SinkAblation, hook="vditscope_sink_ablation")
 
 
 @contextmanager
@@ -199,10 +197,12 @@ def ablate_sinks(
 ) -> Iterator[SinkAblation]:
     """Remove the sinks (or as many random keys) of every self-attention call of the chosen layers
     (None = all) made inside the block. Hooks are removed on exit, also on errors."""
-    check_ablation(path, selection, threshold)
-    models, scheduler, adapter, sites = self_attention_sites(model_or_pipeline, layers)
-    session = SinkAblation(
-        models, adapter, sites, path=path, selection=selection, threshold=threshold, seed=seed, chunk_size=chunk_size
-    )
-    with attached(session, models, scheduler):
+    where = Selection(layers=None if layers is None else frozenset(int(layer) for layer in layers), kinds=SELF_ONLY)
+    config = SinkAblationConfig(where, path, selection, threshold, seed, chunk_size)
+    with apply_sink_ablation(model_or_pipeline, config) as session:
         yield session
+
+
+def apply_sink_ablation(model_or_pipeline: Any, config: SinkAblationConfig) -> AbstractContextManager[SinkAblation]:
+    """Ablate the sinks of the self-attention calls ``config.where`` selects; yields the ``SinkAblation``."""
+    return SINK_ABLATION.apply(model_or_pipeline, config)

@@ -9,17 +9,17 @@ so the run-level table covers every key exactly, not only the keys that topped s
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..adapters import AttentionSite, FamilyAdapter
 from ..stats.key_stats import KeyStats, key_stats, median_received
-from .session import Capture, ForwardState, SdpaCall, attached, self_attention_sites
+from .calls import ObservedCall, SdpaCall
+from .selection import SELF_ONLY, Selection
+from .session import HookSession, SessionObserver, Technique
 
 CALL_COLUMNS = [
     "generation",
@@ -90,6 +90,20 @@ class KeyTotals:
         )
 
 
+def call_key_stats(call: SdpaCall, chunk_size: int | None) -> KeyStats:
+    """The per-key statistics of one SDPA call, computed without autograd."""
+    with torch.no_grad():
+        return key_stats(
+            call.q.detach(),
+            call.k.detach(),
+            call.v.detach(),
+            scale=call.scale,
+            attn_mask=call.attn_mask,
+            is_causal=call.is_causal,
+            chunk_size=chunk_size,
+        )
+
+
 def top_keys(stats: KeyStats, b: int, count: int) -> dict[str, np.ndarray]:
     """The ``count`` most attended keys per head of batch element b, with their statistics."""
     received = stats.received[b]
@@ -107,58 +121,48 @@ def top_keys(stats: KeyStats, b: int, count: int) -> dict[str, np.ndarray]:
     }
 
 
-class SinkCapture(Capture):
-    """Hooks that record the key statistics of observed self-attention calls; outputs unchanged."""
+@dataclass(frozen=True)
+class SinkCaptureConfig:
+    """Where to record key statistics (self-attention layers and steps) and how many top keys per head."""
 
-    hook_name = "vditscope_sinks"
-    session_name = "sink_capture"
+    where: Selection = field(default_factory=lambda: Selection(kinds=SELF_ONLY))
+    top_keys: int = 16
+    chunk_size: int | None = None
 
-    def __init__(
-        self,
-        models: list[nn.Module],
-        adapter: FamilyAdapter,
-        sites: list[AttentionSite],
-        *,
-        steps: set[int] | None,
-        top_keys: int,
-        chunk_size: int | None,
-    ) -> None:
-        super().__init__(
-            models, adapter, sites, steps=steps, top_mass="off", fused=False, chunk_size=chunk_size, keep_maps=False
-        )
-        if top_keys < 1:
-            raise ValueError(f"top_keys must be positive, got {top_keys}")
-        self.top_keys = top_keys
+    def __post_init__(self) -> None:
+        if self.top_keys < 1:
+            raise ValueError(f"top_keys must be positive, got {self.top_keys}")
+
+
+class SinkCapture(SessionObserver):
+    """Records the key statistics of observed self-attention calls; outputs unchanged."""
+
+    def __init__(self, session: HookSession, config: SinkCaptureConfig) -> None:
+        super().__init__(session)
+        self.config = config
+        self.top_keys = config.top_keys
         self.calls: list[SinkCall] = []
         self.totals: dict[int, KeyTotals] = {}
         self.grid: tuple[int, int, int] | None = None
 
-    def _observe(self, site: AttentionSite, state: ForwardState, start: int, call: SdpaCall) -> torch.Tensor:
-        out = call.run()
-        if site.kind != "self" or call.q.ndim != 4 or call.dropout_p > 0:
+    def observe(self, call: ObservedCall) -> torch.Tensor:
+        sdpa, state, layer = call.sdpa, call.state, call.site.layer
+        out = sdpa.run()
+        if sdpa.q.ndim != 4 or sdpa.dropout_p > 0:
             return out
-        with torch.no_grad():
-            stats = key_stats(
-                call.q.detach(),
-                call.k.detach(),
-                call.v.detach(),
-                scale=call.scale,
-                attn_mask=call.attn_mask,
-                is_causal=call.is_causal,
-                chunk_size=self.chunk_size,
-            )
+        stats = call_key_stats(sdpa, self.config.chunk_size)
         self.grid = state.grid
-        for b, (branch, sample) in enumerate(call.labels(state, start)):
+        for b, (branch, sample) in enumerate(call.labels):
             top = top_keys(stats, b, self.top_keys)
             self.calls.append(
-                SinkCall(state.generation, state.step, branch, sample, site.layer, stats.received.shape[-1], **top)
+                SinkCall(state.generation, state.step, branch, sample, layer, stats.received.shape[-1], **top)
             )
             if branch == "cond":
-                totals = self.totals.get(site.layer)
+                totals = self.totals.get(layer)
                 if totals is None or totals.received.shape != stats.received[b].shape:
                     zeros = torch.zeros_like(stats.received[b])
                     totals = KeyTotals(zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone())
-                    self.totals[site.layer] = totals
+                    self.totals[layer] = totals
                 totals.add(stats, b)
         return out
 
@@ -193,6 +197,9 @@ class SinkCapture(Capture):
         return pd.DataFrame({name: np.concatenate([p[name] for p in parts]) for name in CALL_COLUMNS})
 
 
+SINK_CAPTURE = Technique("sink_capture", SinkCapture, hook="vditscope_sinks")
+
+
 @contextmanager
 def sink_capture(
     model_or_pipeline: Any,
@@ -205,14 +212,15 @@ def sink_capture(
     """Record per-key statistics (received attention, key and value norms) of every observed
     self-attention call made inside the block; the model's outputs are its own. Hooks are removed
     on exit, also on errors."""
-    models, scheduler, adapter, sites = self_attention_sites(model_or_pipeline, layers)
-    session = SinkCapture(
-        models,
-        adapter,
-        sites,
-        steps=None if steps is None else {int(s) for s in steps},
-        top_keys=top_keys,
-        chunk_size=chunk_size,
+    where = Selection(
+        layers=None if layers is None else frozenset(int(layer) for layer in layers),
+        steps=None if steps is None else frozenset(int(s) for s in steps),
+        kinds=SELF_ONLY,
     )
-    with attached(session, models, scheduler):
+    with apply_sink_capture(model_or_pipeline, SinkCaptureConfig(where, top_keys, chunk_size)) as session:
         yield session
+
+
+def apply_sink_capture(model_or_pipeline: Any, config: SinkCaptureConfig) -> AbstractContextManager[SinkCapture]:
+    """Record key statistics of the self-attention calls ``config.where`` selects; yields the ``SinkCapture``."""
+    return SINK_CAPTURE.apply(model_or_pipeline, config)

@@ -15,3 +15,12 @@ class ForwardState:
     generation: int
     step: int
     timestep: float | None
+
+
+def branch_labels(context_name: str | None, batch: int) -> list[tuple[str, int]]:
+    """CFG branch and sample index of each batch element, from the pipeline's cache_context name."""
+    if context_name == "cond_uncond" and batch % 2 == 0:
+        half = batch // 2
+        return [("uncond", i) for i in range(half)] + [("cond", i) for i in range(half)]
+    branch = "uncond" if context_name == "uncond" else "cond"
+    return [(branch, i) for i in range(batch)]

@@ -10,40 +10,46 @@ Two ways, both family-agnostic:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..adapters import AttentionSite, FamilyAdapter, adapter_for
-from .session import Capture, ForwardState, SdpaCall, attached, transformers_of
+from .calls import ObservedCall
+from .selection import Selection
+from .session import HookSession, SessionObserver, Technique
 
 ABLATIONS = ("mask", "truncate")
 
 
-class FirstTextTokenMask(Capture):
-    """Hooks that hide every text key but the first from each attention call."""
+@dataclass(frozen=True)
+class TextMaskConfig:
+    """Where to hide the text keys but the first (default: every self- and cross-attention site)."""
 
-    hook_name = "vditscope_text_ablation"
-    session_name = "first_text_token_only"
+    where: Selection = field(default_factory=Selection)
 
-    def __init__(self, models: list[nn.Module], adapter: FamilyAdapter, sites: list[AttentionSite]) -> None:
-        super().__init__(
-            models, adapter, sites, steps=None, top_mass="off", fused=False, chunk_size=None, keep_maps=False
-        )
+
+class FirstTextTokenMask(SessionObserver):
+    """Hides every text key but the first from each attention call."""
+
+    def __init__(self, session: HookSession, config: TextMaskConfig | None = None) -> None:
+        super().__init__(session)
+        self.config = config or TextMaskConfig()
         self.masked_calls = 0
 
-    def _observe(self, site: AttentionSite, state: ForwardState, start: int, call: SdpaCall) -> torch.Tensor:
-        k, v, attn_mask = call.k, call.v, call.attn_mask
-        kwargs = {name: value for name, value in call.kwargs.items() if name != "attn_mask"}
+    def observe(self, call: ObservedCall) -> torch.Tensor:
+        sdpa = call.sdpa
+        k, v, attn_mask = sdpa.k, sdpa.v, sdpa.attn_mask
+        kwargs = {name: value for name, value in sdpa.kwargs.items() if name != "attn_mask"}
         num = k.shape[2]
-        if site.kind == "cross":
+        if call.site.kind == "cross":
             keep = torch.tensor([0], device=k.device)
         else:
-            layout = self.adapter.layout(state.grid, num)
+            layout = self.adapter.layout(call.state.grid, num)
             if layout.text is None or layout.num_text < 2:
-                return call.run()
+                return sdpa.run()
             hidden = torch.zeros(num, dtype=torch.bool, device=k.device)
             hidden[layout.text[0] + 1 : layout.text[1]] = True
             keep = (~hidden).nonzero().flatten()
@@ -52,7 +58,7 @@ class FirstTextTokenMask(Capture):
                 attn_mask = attn_mask.unsqueeze(0)
             attn_mask = attn_mask[..., keep] if attn_mask.shape[-1] == num else attn_mask
         self.masked_calls += 1
-        return call.original(call.q, k[:, :, keep], v[:, :, keep], attn_mask=attn_mask, **kwargs)
+        return sdpa.original(sdpa.q, k[:, :, keep], v[:, :, keep], attn_mask=attn_mask, **kwargs)
 
 
 def _keep_first_token(_module: nn.Module, _args: Any, output: Any) -> Any:
@@ -63,8 +69,11 @@ def _keep_first_token(_module: nn.Module, _args: Any, output: Any) -> Any:
     return output
 
 
+TEXT_MASK = Technique("first_text_token_only", FirstTextTokenMask, hook="vditscope_text_ablation")
+
+
 @contextmanager
-def first_text_token_only(pipeline: Any, method: str = "mask") -> Iterator[Capture | None]:
+def first_text_token_only(pipeline: Any, method: str = "mask") -> Iterator[FirstTextTokenMask | None]:
     """Generations inside the block see only the first text token (``mask`` or ``truncate``)."""
     if method not in ABLATIONS:
         raise ValueError(f"unknown ablation {method!r}; choose {' or '.join(ABLATIONS)}")
@@ -78,9 +87,10 @@ def first_text_token_only(pipeline: Any, method: str = "mask") -> Iterator[Captu
         finally:
             handle.remove()
         return
-    models, scheduler = transformers_of(pipeline)
-    adapter = adapter_for(models[0])
-    sites = [site for model in models for site in adapter.sites(model)]
-    session = FirstTextTokenMask(models, adapter, sites)
-    with attached(session, models, scheduler):
+    with apply_text_mask(pipeline, TextMaskConfig()) as session:
         yield session
+
+
+def apply_text_mask(model_or_pipeline: Any, config: TextMaskConfig) -> AbstractContextManager[FirstTextTokenMask]:
+    """Hide every text key but the first in the calls ``config.where`` selects; yields the mask observer."""
+    return TEXT_MASK.apply(model_or_pipeline, config)

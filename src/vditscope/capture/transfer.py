@@ -18,23 +18,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..adapters import AttentionSite, FamilyAdapter, adapter_for
 from ..layout import TokenLayout
-from .session import Capture, ForwardState, SdpaCall, attached, checked_site_layers, transformers_of
+from .calls import ObservedCall
+from .selection import SELF_ONLY, Selection, step_range
+from .session import HookSession, SessionObserver, Technique
 
 TRANSFER_MODES = ("attention", "kv")
 
 
 @dataclass(frozen=True)
 class TransferConfig:
-    """Where to transfer (None = every self-attention layer / every step) and how."""
+    """Where to transfer (None = every self-attention layer / every step) and how; ``where`` is the
+    same place as a ``Selection`` of self-attention calls."""
 
     layers: frozenset[int] | None = None
     steps: tuple[int, int] | None = None
@@ -43,49 +45,41 @@ class TransferConfig:
     def __post_init__(self) -> None:
         if self.mode not in TRANSFER_MODES:
             raise ValueError(f"unknown transfer mode {self.mode!r}; choose {' or '.join(TRANSFER_MODES)}")
-        if self.layers is not None:
-            if not self.layers:
-                raise ValueError("the layer set of a transfer is empty")
-            object.__setattr__(self, "layers", frozenset(int(x) for x in self.layers))
         if self.steps is not None:
-            start, stop = (int(s) for s in self.steps)
-            if not 0 <= start < stop:
-                raise ValueError(f"a step range must be start < stop with start >= 0, got {self.steps}")
-            object.__setattr__(self, "steps", (start, stop))
+            steps = step_range(self.steps)
+            object.__setattr__(self, "steps", (steps.start, steps.stop))
+        object.__setattr__(self, "layers", self.where.layers)
+
+    @cached_property
+    def where(self) -> Selection:
+        """The transfer's place as a Selection of self-attention calls."""
+        steps = None if self.steps is None else range(*self.steps)
+        return Selection(layers=self.layers, steps=steps, kinds=SELF_ONLY, owner="a transfer")
 
     def matches(self, layer: int, step: int) -> bool:
-        return (self.layers is None or layer in self.layers) and (
-            self.steps is None or self.steps[0] <= step < self.steps[1]
-        )
+        return self.where.matches(layer, step)
 
 
-class Transfer(Capture):
-    """Hooks that replace the target element's self-attention output by the transferred one."""
+class Transfer(SessionObserver):
+    """Replaces the target element's self-attention output by the transferred one."""
 
-    hook_name = "vditscope_transfer"
-    session_name = "transfer"
-
-    def __init__(
-        self, models: list[nn.Module], adapter: FamilyAdapter, sites: list[AttentionSite], config: TransferConfig
-    ) -> None:
-        super().__init__(
-            models, adapter, sites, steps=None, top_mass="off", fused=False, chunk_size=None, keep_maps=False
-        )
+    def __init__(self, session: HookSession, config: TransferConfig) -> None:
+        super().__init__(session)
         self.config = config
         self.transferred_calls = 0
 
-    def _observe(self, site: AttentionSite, state: ForwardState, start: int, call: SdpaCall) -> torch.Tensor:
-        q, k, v = call.q, call.k, call.v
-        out = call.run()
-        if site.kind != "self" or q.ndim != 4 or not self.config.matches(site.layer, state.step):
+    def observe(self, call: ObservedCall) -> torch.Tensor:
+        sdpa, site = call.sdpa, call.site
+        q, k, v = sdpa.q, sdpa.k, sdpa.v
+        out = sdpa.run()
+        if q.ndim != 4:
             return out
-        if call.attn_mask is not None or call.is_causal or call.dropout_p > 0 or k.shape[1] != q.shape[1]:
-            self._note(f"{site.name}: transfer needs unmasked, non-grouped self-attention; call left as is")
+        if sdpa.attn_mask is not None or sdpa.is_causal or sdpa.dropout_p > 0 or k.shape[1] != q.shape[1]:
+            self.session.note(f"{site.name}: transfer needs unmasked, non-grouped self-attention; call left as is")
             return out
-        labels = call.labels(state, start)
-        where = {label: i for i, label in enumerate(labels)}
-        layout = self.adapter.layout(state.grid, k.shape[2])
-        scale = 1.0 / math.sqrt(q.shape[-1]) if call.scale is None else call.scale
+        where = {label: i for i, label in enumerate(call.labels)}
+        layout = self.adapter.layout(call.state.grid, k.shape[2])
+        scale = 1.0 / math.sqrt(q.shape[-1]) if sdpa.scale is None else sdpa.scale
         out = out.clone()
         for (branch, sample), target in where.items():
             source = where.get((branch, 0))
@@ -94,7 +88,7 @@ class Transfer(Capture):
             src = (q[source : source + 1], k[source : source + 1], v[source : source + 1])
             tgt = (q[target : target + 1], k[target : target + 1], v[target : target + 1])
             out[target : target + 1] = transferred(
-                call.original, src, tgt, layout, scale, self.config.mode, out[target : target + 1]
+                sdpa.original, src, tgt, layout, scale, self.config.mode, out[target : target + 1]
             )
             self.transferred_calls += 1
         return out
@@ -133,14 +127,17 @@ def transferred(
     return out
 
 
+TRANSFER = Technique("transfer", Transfer)
+
+
 @contextmanager
 def transfer(model_or_pipeline: Any, config: TransferConfig) -> Iterator[Transfer]:
     """Transfer self-attention from batch element 0 (source) to element 1 (target) of every CFG branch
     in the generations run inside the block; hooks are removed on exit, also on errors."""
-    models, scheduler = transformers_of(model_or_pipeline)
-    adapter = adapter_for(models[0])
-    sites = [site for model in models for site in adapter.sites(model) if site.kind == "self"]
-    checked_site_layers(config.layers, sites)
-    session = Transfer(models, adapter, sites, config)
-    with attached(session, models, scheduler):
+    with apply_transfer(model_or_pipeline, config) as session:
         yield session
+
+
+def apply_transfer(model_or_pipeline: Any, config: TransferConfig) -> AbstractContextManager[Transfer]:
+    """Transfer attention in the self-attention calls ``config.where`` selects; yields the ``Transfer``."""
+    return TRANSFER.apply(model_or_pipeline, config)

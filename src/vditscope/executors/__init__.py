@@ -1,6 +1,7 @@
-"""Where the cells of a sweep or the generations of an analysis run: in this process (``local``) or
-on the workers of a Ray cluster (``ray``). The driver plans the jobs, hands them to a pool and writes
-every result itself, so the run directory is the same whichever executor computed it.
+"""Where the jobs of a long command (analyze, the sweeps, edit, edit-sweep, sinks, text-ablation, generate)
+run: in this process (``local``) or on the workers of a Ray cluster (``ray``). One driver (``run_jobs``)
+hands the jobs to a pool, feeds jobs the shared results they need and saves every result itself, so
+the run directory is the same whichever executor computed it.
 
 Importing this package never imports Ray; ``executor_for("ray")`` checks that Ray is installed.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from ..errors import VditscopeError
 from .base import EXECUTORS, RAY_MISSING, Executor, Job, Pool, check_address
+from .driver import Finished, JobPlan, NoStore, ResultStore, run_jobs
 from .local import LocalExecutor
 from .ray_cluster import RayExecutor
 from .workbench import ModelFacts, ModelSpec, Workbench, checked_model_dir
@@ -34,12 +36,17 @@ __all__ = [
     "EXECUTORS",
     "RAY_MISSING",
     "Executor",
+    "Finished",
     "Job",
+    "JobPlan",
     "ModelFacts",
     "ModelSpec",
+    "NoStore",
     "Pool",
+    "ResultStore",
     "Workbench",
     "check_address",
     "checked_model_dir",
     "executor_for",
+    "run_jobs",
 ]

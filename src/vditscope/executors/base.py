@@ -21,11 +21,15 @@ class Job:
     """One unit of work: ``task(workbench, *inputs)`` on a worker; ``key`` names its result file.
 
     ``inputs`` are large values shared by many jobs (handles from ``Pool.share``), kept apart from the
-    task so that a cluster ships each of them to a node once."""
+    task so that a cluster ships each of them to a node once. ``needs`` names other jobs whose results
+    the driver (executors/driver.py) shares and appends to ``inputs``; ``label`` is what the progress
+    line shows when the job finishes. Pools look at ``key``, ``task`` and ``inputs`` only."""
 
     key: str
     task: Callable[..., Any]
     inputs: tuple[Any, ...] = field(default=())
+    needs: tuple[str, ...] = field(default=())
+    label: str = ""
 
 
 class Pool(Protocol):

@@ -23,6 +23,8 @@ from ..media import gif_bytes
 from ..stats.streaming import uniform_locality
 from ..store.map_names import MapName, parse_map_name
 from . import figures
+from .explorer import explorer_section
+from .findings_html import analyze_findings_section
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -30,7 +32,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-botto
 table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f4f4f4}.note{background:#fff6d6;padding:.6em 1em;border-left:4px solid #e0b000}
 figure{display:inline-block;margin:.5em}figcaption{font-size:.8em;color:#555;text-align:center}
-img{max-width:100%}
+img{max-width:100%}.table-wrap{overflow-x:auto;max-width:100%}
 """
 
 
@@ -68,8 +70,10 @@ def figure_html(data: bytes | None, mime: str, name: str, caption: str = "") -> 
 
 
 def table_html(frame: pd.DataFrame) -> Markup:
-    """A DataFrame as an HTML table (3 decimals, a dash for missing values), headers and cells escaped."""
-    return Markup(frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="–", border=0, escape=True))
+    """A DataFrame as an HTML table (3 decimals, a dash for missing values), headers and cells escaped; a table
+    wider than the page scrolls sideways in its own box instead of widening the page."""
+    table = Markup(frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="–", border=0, escape=True))
+    return format_html('<div class="table-wrap">{}</div>', table)
 
 
 def key_value_table(rows: Mapping[object, object]) -> Markup:
@@ -100,7 +104,8 @@ def write_report(
     videos: dict[str, np.ndarray],
     structure: Structure,
 ) -> None:
-    """Write report.html for a run directory: one self-contained file (inline PNG/GIF, no scripts).
+    """Write report.html for a run directory: one self-contained file (inline PNG/GIF; the explorer's one script
+    and its JSON data, no network).
     The report renders the finished structure analysis; it computes nothing of its own."""
     parts: list[Markup] = []
     if run.get("trained") is False:
@@ -108,6 +113,8 @@ def write_report(
             Markup("<p class='note'>This model has <b>random weights</b>: its attention is close to uniform.</p>")
         )
     parts += _overview(run, structure)
+
+    parts += analyze_findings_section(structure)
     for note in run.get("notes", []):
         parts.append(format_html("<p class='note'>{}</p>", note))
 
@@ -122,6 +129,7 @@ def write_report(
     parts.append(table_html(layer_summary(stats)))
 
     parts += _structure_section(run, maps, structure)
+    parts += explorer_section(run, maps, videos)  # the attention explorer, built from the token maps
     parts.append(Markup("<h2>Entropy by layer and step</h2>"))
     parts.append(figure_html(figures.entropy_heatmap(stats), "image/png", "entropy heatmap"))
     parts.append(Markup("<h2>Frame-to-frame attention</h2>"))
@@ -175,7 +183,7 @@ def _overview(run: dict[str, Any], structure: Structure) -> list[Markup]:
 
 
 def _structure_section(run: dict[str, Any], maps: dict[str, torch.Tensor], structure: Structure) -> list[Markup]:
-    parts = [Markup("<h2>Structure: how similar the attention maps are</h2>")]
+    parts = [Markup("<h2 id='similarity'>Structure: how similar the attention maps are</h2>")]
     table = structure.similarity_table()
     if table.empty:
         parts.append(Markup("<p>One generation and one map step: nothing to compare.</p>"))
@@ -261,7 +269,7 @@ def _heads_section(structure: Structure) -> list[Markup]:
     if structure.heads.empty:
         return []
     return [
-        Markup("<h2>Heads: spatial, temporal, mixed, sink-dominated</h2>"),
+        Markup("<h2 id='heads'>Heads: spatial, temporal, mixed, sink-dominated</h2>"),
         format_html("<p>Rule: {}</p>", HEAD_RULE),
         figure_html(figures.head_classes(structure.heads), "image/png", "head classes"),
         format_html("<details><summary>Per-head masses</summary>{}</details>", table_html(structure.heads)),
@@ -272,7 +280,7 @@ def _text_section(structure: Structure) -> list[Markup]:
     if structure.text.empty:
         return []
     parts = [
-        Markup("<h2>Text attention</h2>"),
+        Markup("<h2 id='text-attention'>Text attention</h2>"),
         Markup(
             "<p>Mass that video queries give each text token (mean over heads, prompts and steps; the first "
             "text token in red), and the first token's share of all text attention (text-token dominance).</p>"
@@ -290,7 +298,7 @@ def _sinks_section(structure: Structure) -> list[Markup]:
     sinks = structure.sinks.sort_values("sink_ratio", ascending=False)
     found = int(sinks["sink"].sum())
     return [
-        Markup("<h2>Attention sinks</h2>"),
+        Markup("<h2 id='sinks'>Attention sinks</h2>"),
         format_html(
             "<p>The most attended key of each head; it counts as a sink when it receives at least {:g}x "
             "the median key's mass (sink_ratio). {} of {} heads have one. consistency = share of "

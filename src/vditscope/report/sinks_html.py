@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from ..analyses.findings import sink_findings
 from . import sink_figures
+from .findings_html import findings_section
 from .html import Markup, figure_html, format_html, page, table_html
 
 if TYPE_CHECKING:
@@ -26,14 +28,14 @@ def _top_sinks(keys: pd.DataFrame) -> pd.DataFrame:
     return keys[keys["sink"]].sort_values("ratio", ascending=False).head(TOP_ROWS)[columns]
 
 
-def _section(result: SinkResult, threshold: float) -> list[Markup]:
+def _section(result: SinkResult, threshold: float, anchor: str) -> list[Markup]:
     name = _name(result)
     summary = result.layers
     total_heads = int(summary["heads"].sum()) if len(summary) else 0
     sink_heads = int(summary["sink_heads"].sum()) if len(summary) else 0
     none = Markup("<p>No sinks.</p>")
     parts = [
-        format_html("<h2>{}</h2>", name),
+        format_html("<h2 id='{}'>{}</h2>", anchor, name),
         format_html(
             "<p>{} of {} heads have at least one sink (a key receiving >= {:g}x the median key's attention, "
             "averaged over the observed steps and prompts for a video model).</p>",
@@ -42,9 +44,9 @@ def _section(result: SinkResult, threshold: float) -> list[Markup]:
             threshold,
         ),
         figure_html(sink_figures.ratio_heatmap(result.keys, name, threshold), "image/png", f"ratios {name}"),
-        Markup("<h3>Per layer</h3>"),
+        format_html("<h3 id='{}-layers'>Per layer</h3>", anchor),
         table_html(summary),
-        Markup("<h3>Where the sinks sit</h3>"),
+        format_html("<h3 id='{}-where'>Where the sinks sit</h3>", anchor),
         table_html(result.where) if not result.where.empty else none,
         Markup("<h3>Strongest sinks</h3>"),
         table_html(_top_sinks(result.keys)) if result.keys["sink"].any() else none,
@@ -56,10 +58,11 @@ def _section(result: SinkResult, threshold: float) -> list[Markup]:
         if metric not in result.ablation:
             metric, label = "output_change", "relative output change"
         parts += [
-            Markup(
-                "<h3>Ablation: sinks against as many random keys</h3>"
+            format_html(
+                "<h3 id='{}-ablation'>Ablation: sinks against as many random keys</h3>"
                 "<p>mask: the keys are hidden from every query (scores); zero-values: the attention stays, their "
-                "values are zeroed.</p>"
+                "values are zeroed.</p>",
+                anchor,
             ),
             figure_html(sink_figures.ablation_bars(result.ablation, metric, label), "image/png", f"ablation {name}"),
             table_html(result.ablation.drop(columns=["prompt"], errors="ignore")),
@@ -82,20 +85,23 @@ def write_sinks_report(
         primary.family,
         threshold,
     )
+    findings = [f for i, r in enumerate(results) for f in sink_findings(r, threshold, f"model-{i}")]
     parts = [
         intro,
+        *findings_section(findings),
         figure_html(sink_figures.depth_profile({_name(r): r.layers for r in results}), "image/png", "depth profile"),
         figure_html(sink_figures.norm_scatter({_name(r): r.keys for r in results}), "image/png", "value norms"),
+        Markup(
+            "<p id='consistency'>Consistency: mean Jaccard overlap of each head's sink set between denoising steps "
+            "of a generation and between prompts (or texts) at the same step; sets are capped at the captured top "
+            "keys per head.</p>"
+        ),
         figure_html(
             sink_figures.consistency_bars({_name(r): r.consistency for r in results}), "image/png", "consistency"
         ),
-        Markup(
-            "<p>Consistency: mean Jaccard overlap of each head's sink set between denoising steps of a generation "
-            "and between prompts (or texts) at the same step; sets are capped at the captured top keys per head.</p>"
-        ),
     ]
-    for result in results:
-        parts += _section(result, threshold)
+    for i, result in enumerate(results):
+        parts += _section(result, threshold, f"model-{i}")
         if result is primary and calls is not None and not calls.empty:
             figure = sink_figures.step_heatmap(calls, threshold)
             parts += [Markup("<h3>Per denoising step</h3>"), figure_html(figure, "image/png", "sinks per step")]

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..analyses.findings import EDIT_SWEEP_ANCHOR, TEXT_ABLATION_ANCHOR, edit_sweep_findings, text_ablation_findings
 from ..media import gif_bytes
+from .findings_html import findings_section
 from .html import figure_html, format_html, page, table_html
 
 
@@ -33,7 +35,9 @@ def write_edit_sweep_report(
         window,
         steps_text,
     )
-    parts = [intro, figure_html(figure, "image/png", "edit sweep"), table_html(table)]
+    scores = format_html("<div id='{}'>{}{}</div>", EDIT_SWEEP_ANCHOR, figure_html(figure, "image/png", "edit sweep"),
+                         table_html(table))  # fmt: skip
+    parts = [intro, *findings_section(edit_sweep_findings(table)), scores]
     path.write_text(page("vditscope edit-sweep", "Which layers carry layout", parts))
 
 
@@ -57,7 +61,8 @@ def write_text_ablation_report(
             family,
             seed,
         ),
-        table_html(table),
+        *findings_section(text_ablation_findings(table)),
+        format_html("<div id='{}'>{}</div>", TEXT_ABLATION_ANCHOR, table_html(table)),
     ]
     for p, prompt in enumerate(prompts):
         strip = np.concatenate([videos[f"p{p}.full"], *(videos[f"p{p}.{m}"] for m in methods)], axis=2)

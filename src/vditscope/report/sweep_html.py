@@ -14,7 +14,9 @@ from .html import Markup, figure_html, format_html, key_value_table, page, table
 
 def write_sweep_report(path: Path, meta: dict[str, Any], table: pd.DataFrame, plan: dict[str, Any]) -> None:
     """report.html of a sweep: settings, the figures, the sensitivity table, the plan and every cell."""
+    from ..analyses.findings import sweep_findings
     from ..analyses.sweep_tables import sensitivity_table
+    from .findings_html import findings_section
 
     settings = {
         "model": meta["model"],
@@ -32,8 +34,9 @@ def write_sweep_report(path: Path, meta: dict[str, Any], table: pd.DataFrame, pl
         Markup("<h2>Settings</h2>"),
         key_value_table(settings),
         *(format_html("<p class='note'>{}</p>", note) for note in meta.get("notes", [])),
+        *findings_section(sweep_findings(table, plan)),
         Markup(
-            "<h2>Quality against sparsity</h2>"
+            "<h2 id='quality'>Quality against sparsity</h2>"
             "<p>Every cell is scored against the dense generation with the same prompt and seed: PSNR and SSIM of "
             "the decoded frames, MSE of the final latents. sparsity = share of all self-attention entries dropped "
             "in the generation; mass_dropped = mean attention mass dropped per edited query row.</p>"
@@ -45,13 +48,13 @@ def write_sweep_report(path: Path, meta: dict[str, Any], table: pd.DataFrame, pl
     sensitivity = sensitivity_table(table)
     if not sensitivity.empty:
         parts += [
-            Markup("<h2>Layer sensitivity</h2>"),
+            Markup("<h2 id='sensitivity'>Layer sensitivity</h2>"),
             figure_html(figures.sweep_sensitivity(table), "image/png", "sensitivity"),
             table_html(sensitivity),
         ]
     if plan:
         parts += [
-            Markup("<h2>Sparsity plan</h2>"),
+            Markup("<h2 id='plan'>Sparsity plan</h2>"),
             format_html(
                 "<p>{}. Apply it with <code>vditscope generate --plan plan.json</code> or "
                 "<code>vditscope analyze --plan plan.json</code>. Each layer was tested alone: check the combined "
@@ -60,5 +63,5 @@ def write_sweep_report(path: Path, meta: dict[str, Any], table: pd.DataFrame, pl
             ),
             format_html("<pre>{}</pre>", json.dumps(plan["layers"], indent=1)),
         ]
-    parts += [Markup("<h2>Every cell</h2>"), table_html(table)]
+    parts += [Markup("<h2 id='cells'>Every cell</h2>"), table_html(table)]
     path.write_text(page("vditscope sweep", "vditscope sweep: sparsity and temperature", parts))

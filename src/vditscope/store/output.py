@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import VditscopeError
 from ..version import __version__
+from .run_format import files_of
 
 MARKER_PREFIX = ".vditscope-"
 STAGING_MARK = ".vditscope-staging"
@@ -190,7 +191,8 @@ class OutputDir:
     Resumable commands call ``output.open()`` instead and write into ``output.path`` as they go.
 
     ``files`` are the names (fnmatch patterns allowed) the command writes at the top of its output; with
-    ``overwrite`` they must not already exist there as someone else's files.
+    ``overwrite`` they must not already exist there as someone else's files. By default they are the ones
+    the command's run format declares (``files_of(command)``, store/run_format.py).
     """
 
     def __init__(
@@ -198,7 +200,7 @@ class OutputDir:
         out: str | Path,
         command: str,
         *,
-        files: Sequence[str],
+        files: Sequence[str] | None = None,
         inputs: Iterable[str | Path | None] = (),
         overwrite: bool = False,
         resumable: bool = False,
@@ -206,7 +208,7 @@ class OutputDir:
     ) -> None:
         self.path = Path(os.path.abspath(Path(out).expanduser()))
         self.command = command
-        self.files = tuple(files)
+        self.files = tuple(files) if files is not None else files_of(command)
         self.inputs = [Path(os.path.realpath(Path(p).expanduser())) for p in inputs if p is not None]
         self.overwrite = overwrite
         self.resumable = resumable

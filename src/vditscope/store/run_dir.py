@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..version import __version__
+
+if TYPE_CHECKING:  # torch loads when a tensor is written, so that importing store (the CLI) stays light
+    import torch
 
 
 def library_versions() -> dict[str, str]:
@@ -18,6 +19,7 @@ def library_versions() -> dict[str, str]:
     import platform
 
     import diffusers
+    import torch
     import transformers
 
     return {

@@ -90,7 +90,7 @@ def write_shape_clips(
     if count < 1:
         raise VditscopeError(f"the clip count must be positive, got {count}")
     checked_seed(seed)
-    output = OutputDir(folder, "render-clips", files=("clip*.mp4", "clip*.txt"), overwrite=overwrite)
+    output = OutputDir(folder, "render-clips", overwrite=overwrite)
     with output, output.staging() as staging:
         train, _ = shapes.split_specs(seed)
         rng = np.random.default_rng(seed)

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from ..adapters.loading import load_pipeline, quiet_loading, resolve_device, resolve_model_dir
+from ..adapters.settings import DEFAULT_PROMPTS, model_settings
 from ..analyses.options import checked_seed
 from ..errors import VditscopeError
-from ..store import OutputDir, write_json
+from ..store import OutputDir, files_of, write_json
 from ..tiny import DEFAULT_MODEL
 from .checkpoint import load_checkpoint, optimizer_step, optimizer_tensors, restore_optimizer, save_checkpoint
 from .clips import find_clips
@@ -31,7 +32,7 @@ from .objectives import DistillObjective, FlowObjective, encode_clips, encode_pr
 from .recipes import RECIPES, Recipe
 
 # what a retrain run directory holds: checkpoint, loss plot, the retrained pipeline, the before/after study
-RETRAIN_FILES = ("checkpoint.safetensors", "state.json", "loss.png", "model", "study*", "sweep-*")
+RETRAIN_FILES = files_of("retrain")
 
 Mode = Literal["distill", "flow"]
 MODES: tuple[Mode, ...] = ("distill", "flow")
@@ -149,7 +150,6 @@ def retrain(request: RetrainRequest, progress: ProgressFn | None = None) -> Path
 
 
 def _retrain(request: RetrainRequest, output: OutputDir, model_dir: Path, progress: ProgressFn | None) -> Path:
-    from ..analyses.settings import model_settings
 
     device = resolve_device(request.device)
     pipe, adapter, model_dir = load_pipeline(model_dir, device=device)
@@ -234,7 +234,6 @@ def _objective(
     prefix: list[nn.Module],
 ) -> DistillObjective | FlowObjective:
     """The request's loss, with its prompt (or caption) embeddings and, in flow mode, its encoded videos."""
-    from ..analyses.settings import DEFAULT_PROMPTS
 
     shift = _noise_shift(pipe, settings)
     max_length = settings.get("generation", {}).get("max_sequence_length")
@@ -303,7 +302,7 @@ def _export(pipe: Any, settings: dict[str, Any], target: Path, run: dict[str, An
         "final_loss": float(np.mean(losses[-tail:])),
         **({"previous": previous} if previous else {}),
     }
-    with OutputDir(target, "retrain export", files=("*",)) as output, output.staging() as staging, quiet_loading():
+    with OutputDir(target, "retrain export") as output, output.staging() as staging, quiet_loading():
         pipe.save_pretrained(staging, safe_serialization=True)
         write_json(staging / "vditscope.json", info)
     return output.path

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..data import shapes
-from ..store import OutputDir, write_json
+from ..store import OutputDir, files_of, write_json
+from ..tiny import TinyConfig
 from .checkpoint import (
     CHECKPOINT,
     STATE,
@@ -30,9 +31,8 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .recipes import denoising_loss, recipe_for
-from .tiny_config import TinyConfig
 
-TRAIN_FILES = (CHECKPOINT, STATE)  # what a train-tiny run directory holds
+TRAIN_FILES = files_of("train-tiny")  # what a train-tiny run directory holds
 
 __all__ = ["CHECKPOINT", "STATE", "TinyConfig", "build_pipeline", "export_pipeline", "load_trained_pipeline", "train"]
 
@@ -198,7 +198,7 @@ def export_pipeline(
     run_dir: Path, target: Path, metrics: dict[str, Any] | None = None, overwrite: bool = False
 ) -> Path:
     """Save the trained pipeline as a diffusers directory with vditscope.json (generation, vocabulary)."""
-    with OutputDir(target, "train-tiny export", files=("*",), inputs=[run_dir], overwrite=overwrite) as output:
+    with OutputDir(target, "train-tiny export", inputs=[run_dir], overwrite=overwrite) as output:
         pipe, config = load_trained_pipeline(run_dir)
         with output.staging() as staging:
             pipe.save_pretrained(staging, safe_serialization=True)

@@ -296,26 +296,42 @@ def train_tiny_lm(
     eval_every: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
     overwrite: bool = False,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Path:
     """Train (or resume) the tiny LM in ``out``; stops at ``steps`` or after ``minutes``. Returns ``out``.
 
-    ``eval_every`` > 0 adds held-out losses (docs, code) to the history at those steps and the end.
+    ``eval_every`` > 0 measures held-out losses (docs, code) every that many steps and at the end, whether or
+    not a checkpoint falls there: they go into the history and to ``on_eval(step, {name: loss})``.
     ``out`` is new or an earlier run of train-tiny-lm (the output policy, ``store/output.py``).
     """
-    files = (CHECKPOINT, STATE, TOKENIZER, f"{CHECKPOINT}.tmp", f"{STATE}.tmp", f"{TOKENIZER}.tmp")
-    with OutputDir(out, "train-tiny-lm", files=files, overwrite=overwrite, resumable=True) as output:
+    schedule = Schedule(steps, minutes, checkpoint_every, eval_every)
+    with OutputDir(out, "train-tiny-lm", overwrite=overwrite, resumable=True) as output:
         output.open()
-        return _train(output.path, steps, config or TinyLMConfig(), minutes, checkpoint_every, eval_every, progress)
+        return _train(output.path, config or TinyLMConfig(), schedule, progress, on_eval)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a training run stops, checkpoints and measures its held-out losses."""
+
+    steps: int
+    minutes: float | None
+    checkpoint_every: int
+    eval_every: int
+
+    def evaluates(self, step: int) -> bool:
+        return self.eval_every > 0 and (step % self.eval_every == 0 or step == self.steps)
+
+    def checkpoints(self, step: int, timed_out: bool) -> bool:
+        return step % self.checkpoint_every == 0 or step == self.steps or timed_out
 
 
 def _train(
     out: Path,
-    steps: int,
     config: TinyLMConfig,
-    minutes: float | None,
-    checkpoint_every: int,
-    eval_every: int,
+    schedule: Schedule,
     progress: Callable[[int, int, float], None] | None,
+    on_eval: Callable[[int, dict[str, float]], None] | None,
 ) -> Path:
     if (out / STATE).is_file():
         saved = TinyLMConfig(**json.loads((out / STATE).read_text())["config"])
@@ -335,6 +351,7 @@ def _train(
     model.train()
     started = time.perf_counter()
     losses: list[float] = []
+    steps, minutes = schedule.steps, schedule.minutes
     while step < steps:
         ids = make_batch(config, step, stream)
         loss = model(input_ids=ids, labels=ids).loss
@@ -345,11 +362,16 @@ def _train(
         if progress:
             progress(step, steps, float(np.mean(losses[-50:])))
         timed_out = minutes is not None and time.perf_counter() - started > minutes * 60
-        if step % checkpoint_every == 0 or step == steps or timed_out:
-            entry: dict[str, Any] = {"step": step, "loss": float(np.mean(losses[-checkpoint_every:]))}
-            if eval_every > 0 and (step % eval_every == 0 or step == steps):
-                entry.update({f"heldout_{k}_loss": heldout_loss(model, config, v) for k, v in held.items()})
+        checkpoint = schedule.checkpoints(step, timed_out)
+        if checkpoint or schedule.evaluates(step):
+            entry: dict[str, Any] = {"step": step, "loss": float(np.mean(losses[-schedule.checkpoint_every :]))}
+            if schedule.evaluates(step):
+                heldout = {name: heldout_loss(model, config, held_stream) for name, held_stream in held.items()}
+                entry.update({f"heldout_{name}_loss": value for name, value in heldout.items()})
+                if on_eval:
+                    on_eval(step, heldout)
             history.append(entry)
+        if checkpoint:
             _save_checkpoint(out, model, optimizer, step, config, history)
         if timed_out:
             break
@@ -444,7 +466,7 @@ def export_tiny_lm(run_dir: Path, target: Path, storage: str = "float32", overwr
     """
     from transformers import AutoModelForCausalLM
 
-    output = OutputDir(target, "train-tiny-lm export", files=("*",), inputs=[run_dir], overwrite=overwrite)
+    output = OutputDir(target, "train-tiny-lm export", inputs=[run_dir], overwrite=overwrite)
     with output, output.staging() as target:
         model, tokenizer, config = load_trained_lm(run_dir)
         model.config.use_cache = True

@@ -31,7 +31,7 @@ from vditscope.training.retrain import (
     retrain,
 )
 
-from .families import ALL_FAMILIES
+from ..families import ALL_FAMILIES
 
 # a small training size keeps every step fast; the shipped models generate 32 x 32 x 17
 SMALL = {"height": 16, "width": 16, "num_frames": 5, "device": "cpu"}

@@ -11,6 +11,7 @@ legends, tick labels), where a pair of dollar signs must not start a mathtext pa
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -28,8 +29,28 @@ HOSTILE = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>$\\frac{$ &a
 SHOWN = "<script>alert(1)</script>"  # the part of HOSTILE that survives any quoting (JSON)
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "b", "br", "code", "pre",
-    "table", "thead", "tbody", "tr", "th", "td", "figure", "figcaption", "img", "details", "summary",
+    "table", "thead", "tbody", "tr", "th", "td", "figure", "figcaption", "img", "details", "summary", "div",
+    "label", "select", "option", "canvas",  # the attention explorer's controls and view
+    "ul", "li", "a",  # the findings list and its links to the sections
 }  # fmt: skip
+# The analyze report's attention explorer: its JSON data block and its own code, the only scripts a report has.
+EXPLORER_SCRIPTS = re.compile(
+    r"<script type='application/json' id='vx-data'>(?P<data>.*?)</script>\s*<script>(?P<code>.*?)</script>", re.S
+)
+
+
+def without_explorer_scripts(text: str) -> tuple[str, int]:
+    """The page without the explorer's script blocks, and how many there were, after checking each: the data is
+    JSON holding no <, > or & (so no value in it can close the script, open a comment or show unescaped) and
+    the code is the explorer's constant, character for character (so nothing from the run is in it)."""
+    from vditscope.report.explorer import EXPLORER_JS
+
+    found = list(EXPLORER_SCRIPTS.finditer(text))
+    for match in found:
+        assert not set(match["data"]) & set("<>&"), "the explorer's JSON holds a raw <, > or &"
+        json.loads(match["data"])
+        assert match["code"] == EXPLORER_JS, "the explorer's script is not the explorer's own code"
+    return EXPLORER_SCRIPTS.sub("", text), len(found)
 
 
 def hostile(field: str) -> str:
@@ -62,10 +83,11 @@ class _Page(HTMLParser):
         self.comments.append(data)
 
 
-def check_page(path: Path, shown: list[str], shown_quoted: tuple[str, ...] = ()) -> None:
+def check_page(path: Path, shown: list[str], shown_quoted: tuple[str, ...] = ()) -> int:
     """No markup came from a hostile value, and each field in ``shown`` is on the page verbatim as text
-    or attribute value (those in ``shown_quoted`` up to the first quote: JSON quotes it)."""
-    text = path.read_text(encoding="utf-8")
+    or attribute value (those in ``shown_quoted`` up to the first quote: JSON quotes it). Returns the number
+    of explorer script blocks, checked and taken out before the rest is checked: no other script may remain."""
+    text, explorers = without_explorer_scripts(path.read_text(encoding="utf-8"))
     assert "<script" not in text.lower() and "<img src=x" not in text and "<!--" not in text
     assert "&lt;script&gt;alert(1)" in text  # the escaped form is there: the values were rendered
     # and only HOSTILE's tags are escaped: the report's own markup is never shown as text
@@ -82,6 +104,7 @@ def check_page(path: Path, shown: list[str], shown_quoted: tuple[str, ...] = ())
     missing = [field for field in shown if not any(hostile(field) in s for s in strings)]
     missing += [field for field in shown_quoted if not any(f"[{field}]{SHOWN}" in s for s in strings)]
     assert not missing, f"not shown verbatim: {missing}"
+    return explorers
 
 
 def _video(frames: int = 3, size: int = 8, seed: int = 0) -> np.ndarray:
@@ -126,7 +149,8 @@ def test_analyze_report(tmp_path: Path) -> None:
     videos = {"p0.s0": _video(), "p1.s0": _video(seed=1)}
     path = tmp_path / "report.html"
     write_report(path, run, stats, maps, videos, structure)
-    check_page(path, ["model", "family", "prompt0", "prompt1", "device", "dtype", "plan", "note"])
+    explorers = check_page(path, ["model", "family", "prompt0", "prompt1", "device", "dtype", "plan", "note"])
+    assert explorers == 1, "the analyze report has no attention explorer"
 
 
 # -- sweep -----------------------------------------------------------------------------------------

@@ -14,16 +14,19 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterable
 from fractions import Fraction
+from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vditscope import TOP_FRACTIONS, AttentionStats, TokenLayout, attention_stats
 from vditscope.stats.reference import dense_attention_stats
+
+from .qkv import random_qkv, sdpa64
 
 # exact fractions of the contract: top 1%, 5%, 10%, 20%, 50% of the keys
 FRACTIONS = (Fraction(1, 100), Fraction(5, 100), Fraction(10, 100), Fraction(20, 100), Fraction(50, 100))
@@ -56,37 +59,15 @@ RTOL32 = 1e-5
 # helpers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small inputs: one intra-op thread is faster and steadier on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 
 
 def make_qkv(
-    batch: int = 2,
-    q_heads: int = 3,
-    num_q: int = 112,
-    dim: int = 24,
-    *,
-    kv_heads: int | None = None,
-    num_k: int | None = None,
-    dim_v: int | None = None,
-    sharpness: float = 3.0,
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
+    batch: int, q_heads: int, num_q: int, dim: int, *, sharpness: float = 3.0, **kwargs: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random q, k, v; q is scaled so attention is peaked (top-k statistics are then informative)."""
-    gen = torch.Generator().manual_seed(seed)
-    kv_heads = q_heads if kv_heads is None else kv_heads
-    num_k = num_q if num_k is None else num_k
-    dim_v = dim if dim_v is None else dim_v
-    q = torch.randn(batch, q_heads, num_q, dim, generator=gen) * sharpness
-    k = torch.randn(batch, kv_heads, num_k, dim, generator=gen)
-    v = torch.randn(batch, kv_heads, num_k, dim_v, generator=gen)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+    """Random q, k, v (see ``random_qkv``), sized in the order of their shape; q is scaled so attention
+    is peaked (top-k statistics are then informative)."""
+    return random_qkv(num_q, batch=batch, q_heads=q_heads, dim=dim, sharpness=sharpness, **kwargs)
 
 
 def assert_close(
@@ -107,17 +88,10 @@ def assert_stats_match_reference(stats: dict, ref: dict, *, atol: float = ATOL32
         assert_close(value, expected, atol=atol, rtol=rtol, name=key)
 
 
-def sdpa(q, k, v, **kwargs) -> torch.Tensor:
-    """torch SDPA in float64 (the ground truth for ``out``), grouped-query heads enabled when needed.
-
-    A floating mask must be float64 too: torch 2.13 silently gives wrong results for a float64
-    query with a float32 additive mask on CPU.
-    """
-    gqa = q.shape[1] != k.shape[1]
-    mask = kwargs.get("attn_mask")
-    if mask is not None and mask.is_floating_point():
-        kwargs["attn_mask"] = mask.double()
-    return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), enable_gqa=gqa, **kwargs)
+def assert_same_stats(actual: dict, expected: dict, keys: Iterable[str], *, tol: float = 1e-6) -> None:
+    """Statistics ``keys`` of two runs on the same inputs by different paths agree to ``tol``."""
+    for key in keys:
+        assert_close(actual[key], expected[key], atol=tol, rtol=tol, name=key)
 
 
 def probs64(q, k, *, scale=None, attn_mask=None, is_causal=False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,12 +232,11 @@ def make_mask(kind: str, batch: int, heads: int, num_q: int, num_k: int, seed: i
 @pytest.mark.parametrize("chunk_size", [1, 13, None])
 @pytest.mark.parametrize("mask_kind", MASK_KINDS)
 def test_output_matches_sdpa_with_masks(mask_kind, chunk_size):
-    torch.manual_seed(0)
     q, k, v = make_qkv(2, 3, 37, 24, seed=3)
     mask, causal = make_mask(mask_kind, 2, 3, 37, 37)
     out, stats = attention_stats(q, k, v, attn_mask=mask, is_causal=causal, chunk_size=chunk_size)
     assert out.dtype == torch.float32
-    assert_close(out, sdpa(q, k, v, attn_mask=mask, is_causal=causal), name="out")
+    assert_close(out, sdpa64(q, k, v, attn_mask=mask, is_causal=causal), name="out")
     assert isinstance(stats, AttentionStats)
 
 
@@ -271,12 +244,11 @@ def test_output_matches_sdpa_with_masks(mask_kind, chunk_size):
 @pytest.mark.parametrize("mask_kind", ["none", "bool_key_padding", "float_full_inf", "causal"])
 @pytest.mark.parametrize(("q_heads", "kv_heads"), [(4, 2), (6, 1), (3, 3)])
 def test_output_matches_sdpa_grouped_query_heads(q_heads, kv_heads, mask_kind, chunk_size):
-    torch.manual_seed(0)
     q, k, v = make_qkv(2, q_heads, 29, 16, kv_heads=kv_heads, dim_v=11, seed=4)
     mask, causal = make_mask(mask_kind, 2, q_heads, 29, 29)
     out, stats = attention_stats(q, k, v, attn_mask=mask, is_causal=causal, chunk_size=chunk_size)
     assert out.shape == (2, q_heads, 29, 11)
-    assert_close(out, sdpa(q, k, v, attn_mask=mask, is_causal=causal), name="out")
+    assert_close(out, sdpa64(q, k, v, attn_mask=mask, is_causal=causal), name="out")
     _, ref = dense_attention_stats(q, k, v, attn_mask=mask, is_causal=causal)
     assert_stats_match_reference(stats, ref)
 
@@ -285,14 +257,13 @@ def test_output_matches_sdpa_grouped_query_heads(q_heads, kv_heads, mask_kind, c
 @pytest.mark.parametrize("mask_kind", ["none", "bool_key_padding", "float_full_inf", "causal"])
 @pytest.mark.parametrize(("num_q", "num_k"), [(19, 41), (41, 19), (1, 23), (23, 1)])
 def test_cross_attention_matches_sdpa_and_reference(num_q, num_k, mask_kind, chunk_size):
-    torch.manual_seed(0)
     if mask_kind == "bool_key_padding" and num_k < 8:
         pytest.skip("padding needs more keys")
     q, k, v = make_qkv(2, 2, num_q, 12, num_k=num_k, dim_v=9, seed=5)
     mask, causal = make_mask(mask_kind, 2, 2, num_q, num_k)
     out, stats = attention_stats(q, k, v, attn_mask=mask, is_causal=causal, chunk_size=chunk_size)
     assert out.shape == (2, 2, num_q, 9)
-    assert_close(out, sdpa(q, k, v, attn_mask=mask, is_causal=causal), name="out")
+    assert_close(out, sdpa64(q, k, v, attn_mask=mask, is_causal=causal), name="out")
     assert stats.entropy.shape == (2, 2, num_q)
     assert stats.received.shape == (2, 2, num_k)
     _, ref = dense_attention_stats(q, k, v, attn_mask=mask, is_causal=causal)
@@ -301,10 +272,9 @@ def test_cross_attention_matches_sdpa_and_reference(num_q, num_k, mask_kind, chu
 
 @pytest.mark.parametrize("scale", [0.05, 0.5, 1.0])
 def test_custom_scale_matches_sdpa_and_reference(scale):
-    torch.manual_seed(0)
     q, k, v = make_qkv(1, 2, 33, 8, seed=6)
     out, stats = attention_stats(q, k, v, scale=scale, chunk_size=7)
-    assert_close(out, sdpa(q, k, v, scale=scale), name="out")
+    assert_close(out, sdpa64(q, k, v, scale=scale), name="out")
     _, ref = dense_attention_stats(q, k, v, scale=scale)
     assert_stats_match_reference(stats, ref)
 
@@ -316,13 +286,12 @@ def test_custom_scale_matches_sdpa_and_reference(scale):
 @pytest.mark.parametrize("chunk_size", CHUNKS)
 @pytest.mark.parametrize("layout_name", list(LAYOUTS))
 def test_stats_match_dense_reference(layout_name, chunk_size):
-    torch.manual_seed(0)
     n, layout = LAYOUTS[layout_name]
     q, k, v = make_qkv(2, 3, n, 24, seed=7)
     out, stats = attention_stats(q, k, v, layout=layout, chunk_size=chunk_size)
     ref_out, ref = dense_attention_stats(q, k, v, layout=layout)
     assert_close(out, ref_out, name="out")
-    assert_close(out, sdpa(q, k, v), name="out vs sdpa")
+    assert_close(out, sdpa64(q, k, v), name="out vs sdpa")
     assert_stats_match_reference(stats, ref)
     assert stats.top_mass_method == "exact"
     # the statistics are informative: attention is peaked, far from uniform
@@ -332,7 +301,6 @@ def test_stats_match_dense_reference(layout_name, chunk_size):
 @pytest.mark.parametrize("layout_name", ["text_before_video", "text_after_video", "video_text_and_other", "no_layout"])
 def test_stats_match_their_definitions(layout_name):
     """Checks the reference's shared helpers too (frame_distance_profile, ring_profile, top_counts)."""
-    torch.manual_seed(0)
     n, layout = LAYOUTS[layout_name]
     q, k, v = make_qkv(2, 2, n, 24, seed=8)
     _, stats = attention_stats(q, k, v, layout=layout, chunk_size=13)
@@ -379,7 +347,6 @@ def test_token_map_is_absent_by_default_and_rejects_zero_tiles():
 
 def test_non_contiguous_inputs_give_the_same_results():
     """q, k, v are often (B, N, H, D) tensors viewed as (B, H, N, D)."""
-    torch.manual_seed(0)
     n, layout = LAYOUTS["text_before_video"]
     q, k, v = make_qkv(2, 2, n, 16, seed=23)
     views = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
@@ -387,12 +354,10 @@ def test_non_contiguous_inputs_give_the_same_results():
     out, stats = attention_stats(q, k, v, layout=layout, chunk_size=13)
     out_v, stats_v = attention_stats(*views, layout=layout, chunk_size=13)
     assert_close(out_v, out, atol=1e-6, rtol=1e-6, name="out")
-    for key in stats:
-        assert_close(stats_v[key], stats[key], atol=1e-6, rtol=1e-6, name=key)
+    assert_same_stats(stats_v, stats, stats)
 
 
 def test_stat_shapes_dtypes_and_attribute_access():
-    torch.manual_seed(0)
     n, layout = LAYOUTS["text_before_video"]
     q, k, v = make_qkv(2, 3, n, 24, seed=9)
     out, stats = attention_stats(q, k, v, layout=layout)
@@ -421,7 +386,6 @@ def test_stat_shapes_dtypes_and_attribute_access():
 
 
 def test_video_only_layout_has_zero_text_mass_and_no_text_received():
-    torch.manual_seed(0)
     n, layout = LAYOUTS["video_only"]
     q, k, v = make_qkv(1, 2, n, 24, seed=10)
     _, stats = attention_stats(q, k, v, layout=layout)
@@ -431,15 +395,13 @@ def test_video_only_layout_has_zero_text_mass_and_no_text_received():
 
 
 def test_spatial_false_drops_spatial_stats_and_keeps_the_rest():
-    torch.manual_seed(0)
     n, layout = LAYOUTS["text_after_video"]
     q, k, v = make_qkv(1, 2, n, 24, seed=11)
     _, with_space = attention_stats(q, k, v, layout=layout, chunk_size=13)
     _, without = attention_stats(q, k, v, layout=layout, chunk_size=13, spatial=False)
     assert "spatial_offsets" not in without and "locality_space" not in without
     assert set(with_space) - set(without) == {"spatial_offsets", "locality_space"}
-    for key in without:
-        assert_close(without[key], with_space[key], atol=1e-6, rtol=1e-6, name=key)
+    assert_same_stats(without, with_space, without)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 13, None])
@@ -448,7 +410,6 @@ def test_spatial_false_drops_spatial_stats_and_keeps_the_rest():
 )
 @pytest.mark.parametrize("layout_name", ["text_before_video", "text_after_video"])
 def test_stats_with_masks_match_dense_reference(layout_name, mask_kind, chunk_size):
-    torch.manual_seed(0)
     n, layout = LAYOUTS[layout_name]
     q, k, v = make_qkv(2, 2, n, 16, seed=12)
     mask, causal = make_mask(mask_kind, 2, 2, n, n)
@@ -461,12 +422,11 @@ def test_stats_with_masks_match_dense_reference(layout_name, mask_kind, chunk_si
 
 
 def test_grouped_query_heads_with_layout_match_reference():
-    torch.manual_seed(0)
     n, layout = LAYOUTS["text_before_video"]
     q, k, v = make_qkv(2, 4, n, 16, kv_heads=2, seed=13)
     out, stats = attention_stats(q, k, v, layout=layout, chunk_size=13)
     _, ref = dense_attention_stats(q, k, v, layout=layout)
-    assert_close(out, sdpa(q, k, v), name="out")
+    assert_close(out, sdpa64(q, k, v), name="out")
     assert_stats_match_reference(stats, ref)
 
 
@@ -477,7 +437,6 @@ def test_grouped_query_heads_with_layout_match_reference():
 @pytest.mark.parametrize("chunk_size", [13, None])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs_accumulate_in_float32(dtype, chunk_size):
-    torch.manual_seed(0)
     n, layout = LAYOUTS["text_before_video"]
     q, k, v = make_qkv(2, 2, n, 24, dtype=dtype, seed=14)
     mask, _ = make_mask("bool_key_padding", 2, 2, n, n)
@@ -494,7 +453,6 @@ def test_half_precision_inputs_accumulate_in_float32(dtype, chunk_size):
 
 @pytest.mark.parametrize("layout_name", ["text_before_video", "no_layout"])
 def test_compute_output_false_returns_none_and_same_stats(layout_name):
-    torch.manual_seed(0)
     n, layout = LAYOUTS[layout_name]
     q, k, v = make_qkv(2, 2, n, 24, seed=15)
     mask, _ = make_mask("float_key_padding_inf", 2, 2, n, n)
@@ -502,12 +460,10 @@ def test_compute_output_false_returns_none_and_same_stats(layout_name):
     none, stats_only = attention_stats(q, k, v, layout=layout, attn_mask=mask, chunk_size=13, compute_output=False)
     assert out is not None and none is None
     assert set(stats_only) == set(stats)
-    for key in stats:
-        assert_close(stats_only[key], stats[key], atol=1e-6, rtol=1e-6, name=key)
+    assert_same_stats(stats_only, stats, stats)
 
 
 def test_top_mass_off_has_no_topk_key():
-    torch.manual_seed(0)
     n, layout = LAYOUTS["text_before_video"]
     q, k, v = make_qkv(1, 2, n, 24, seed=16)
     out_off, off = attention_stats(q, k, v, layout=layout, top_mass="off")
@@ -516,14 +472,12 @@ def test_top_mass_off_has_no_topk_key():
     assert set(on) - set(off) == {"topk_mass"}
     assert off.top_mass_method == "off"
     assert_close(out_off, out_on, atol=1e-6, rtol=1e-6, name="out")
-    for key in off:
-        assert_close(off[key], on[key], atol=1e-6, rtol=1e-6, name=key)
+    assert_same_stats(off, on, off)
 
 
 @pytest.mark.parametrize("mode", ["auto", "exact", "estimate"])
 def test_top_mass_modes_on_small_input_match_reference(mode):
     """Below 2,048 queries "auto" is exact; "estimate" measures every row when there are few."""
-    torch.manual_seed(0)
     n, layout = LAYOUTS["text_before_video"]
     q, k, v = make_qkv(2, 2, n, 24, seed=17)
     _, stats = attention_stats(q, k, v, layout=layout, top_mass=mode, chunk_size=13)
@@ -561,7 +515,6 @@ def structured_qkv(num: int, heads: int, dim: int, seed: int):
 
 
 def test_top_mass_estimate_is_close_to_exact_on_structured_input():
-    torch.manual_seed(0)
     q, k, v = structured_qkv(3000, 2, 32, seed=0)
     _, exact = attention_stats(q, k, v, top_mass="exact", compute_output=False)
     _, estimate = attention_stats(q, k, v, top_mass="estimate", compute_output=False)
@@ -574,8 +527,7 @@ def test_top_mass_estimate_is_close_to_exact_on_structured_input():
     print(f"max |estimate - exact| top mass: {error:.5f}")
     assert error < 0.01, f"estimate off by {error}"
     # the other statistics do not depend on the top-mass mode
-    for key in ("entropy", "received"):
-        assert_close(estimate[key], exact[key], atol=1e-6, rtol=1e-6, name=key)
+    assert_same_stats(estimate, exact, ("entropy", "received"))
     # the input is a real test: top masses vary across rows and are not trivially 0 or 1
     assert 0.3 < float(exact.topk_mass[..., 0].min()) < 0.95
 
@@ -583,7 +535,6 @@ def test_top_mass_estimate_is_close_to_exact_on_structured_input():
 def test_top_mass_estimate_is_close_to_exact_with_causal_mask():
     """Above 2,048 queries "auto" estimates; with a causal mask the rows see 1..N keys, so their
     top masses vary with the row index, which the entropy / max-weight control variates miss."""
-    torch.manual_seed(0)
     q, k, v = structured_qkv(3000, 1, 32, seed=1)
     _, exact = attention_stats(q, k, v, is_causal=True, top_mass="exact", compute_output=False)
     _, auto = attention_stats(q, k, v, is_causal=True, compute_output=False)
@@ -598,7 +549,6 @@ def test_top_mass_estimate_is_close_to_exact_with_causal_mask():
 
 @pytest.mark.parametrize("chunk_size", [1, 13, None])
 def test_masked_keys_receive_zero_and_are_excluded_from_top_counts(chunk_size):
-    torch.manual_seed(0)
     num, visible_keys = 40, 23
     q, k, v = make_qkv(2, 2, num, 8, seed=18)
     mask = torch.zeros(2, 1, 1, num, dtype=torch.bool)
@@ -623,7 +573,6 @@ def test_masked_keys_receive_zero_and_are_excluded_from_top_counts(chunk_size):
 
 
 def test_causal_top_counts_use_the_visible_prefix():
-    torch.manual_seed(0)
     q = torch.zeros(1, 1, 30, 4)
     k, v = torch.randn(1, 1, 30, 4), torch.randn(1, 1, 30, 4)
     _, stats = attention_stats(q, k, v, is_causal=True, chunk_size=7)
@@ -638,7 +587,6 @@ def test_causal_top_counts_use_the_visible_prefix():
 @pytest.mark.parametrize("chunk_size", [1, 4, 13, None])
 def test_fully_masked_rows_give_finite_stats(chunk_size):
     """Some query rows see no key at all: no NaN, zero entropy, excluded from top-k means."""
-    torch.manual_seed(0)
     n, layout = LAYOUTS["text_before_video"]
     q, k, v = make_qkv(2, 2, n, 16, seed=19)
     mask = torch.ones(2, 2, n, n, dtype=torch.bool)
@@ -648,7 +596,7 @@ def test_fully_masked_rows_give_finite_stats(chunk_size):
     out, stats = attention_stats(q, k, v, layout=layout, attn_mask=mask, chunk_size=chunk_size)
     _, ref = dense_attention_stats(q, k, v, layout=layout, attn_mask=mask)
     assert torch.isfinite(out).all()
-    assert_close(out, sdpa(q, k, v, attn_mask=mask), name="out")  # SDPA gives 0 for fully masked rows
+    assert_close(out, sdpa64(q, k, v, attn_mask=mask), name="out")  # SDPA gives 0 for fully masked rows
     assert_stats_match_reference(stats, ref)
     assert torch.equal(stats.entropy[0, :, 3:5], torch.zeros(2, 2))
 
@@ -656,13 +604,12 @@ def test_fully_masked_rows_give_finite_stats(chunk_size):
 @pytest.mark.parametrize("chunk_size", [1, 13, None])
 def test_fully_masked_batch_element_gives_finite_stats(chunk_size):
     """A key padding mask that hides every key of one batch element (every row of every chunk)."""
-    torch.manual_seed(0)
     q, k, v = make_qkv(2, 2, 20, 8, seed=20)
     mask = torch.ones(2, 1, 1, 20, dtype=torch.bool)
     mask[1] = False
     out, stats = attention_stats(q, k, v, attn_mask=mask, chunk_size=chunk_size)
     _, ref = dense_attention_stats(q, k, v, attn_mask=mask)
-    assert_close(out, sdpa(q, k, v, attn_mask=mask), name="out")
+    assert_close(out, sdpa64(q, k, v, attn_mask=mask), name="out")
     assert_stats_match_reference(stats, ref)
     assert torch.equal(stats.topk_mass[1], torch.zeros(2, 5))
     assert torch.equal(stats.received[1], torch.zeros(2, 20))
@@ -673,7 +620,6 @@ def test_additive_mask_with_large_finite_negative_matches_reference(neg):
     """Additive masks often use a large finite negative (e.g. torch.finfo(float16).min, as HF does
     for half models) instead of -inf: those keys get exactly zero weight, and the dense reference
     drops them from the top-k counts."""
-    torch.manual_seed(0)
     q, k, v = make_qkv(2, 2, 30, 8, seed=21)
     dtype = torch.float16 if neg == "float16_min" else torch.float32
     value = torch.finfo(dtype).min if isinstance(neg, str) else neg
@@ -681,7 +627,7 @@ def test_additive_mask_with_large_finite_negative_matches_reference(neg):
     mask[..., 17:] = value
     out, stats = attention_stats(q, k, v, attn_mask=mask, chunk_size=13)
     _, ref = dense_attention_stats(q, k, v, attn_mask=mask)
-    assert_close(out, sdpa(q, k, v, attn_mask=mask.float()), name="out")
+    assert_close(out, sdpa64(q, k, v, attn_mask=mask.float()), name="out")
     assert torch.equal(stats.received[..., 17:], torch.zeros(2, 2, 13))
     assert_stats_match_reference(stats, ref)
 
@@ -764,7 +710,7 @@ def test_property_masses_entropy_and_top_mass_are_consistent(inputs):
     assert (top[..., 1:] >= top[..., :-1] - 1e-6).all(), "top mass must grow with the fraction"
     assert (top <= 1 + 1e-6).all() and (top > 0).all()
     assert (top[..., 0] >= 1.0 / num_k - 1e-6).all()  # the largest weight is at least the mean weight
-    assert_close(out, sdpa(q, k, v), name="out")
+    assert_close(out, sdpa64(q, k, v), name="out")
 
 
 @PROPERTY_SETTINGS
@@ -804,7 +750,7 @@ def test_property_masked_keys_get_nothing(inputs, seed, hide):
     assert (stats.entropy <= mask.sum(-1).double().log() + 1e-5).all()
     p, visible = probs64(q, k, attn_mask=mask)
     assert_close(stats.topk_mass, definitional_stats(p, visible, None)["topk_mass"], name="topk_mass")
-    assert_close(out, sdpa(q, k, v, attn_mask=mask), name="out")
+    assert_close(out, sdpa64(q, k, v, attn_mask=mask), name="out")
 
 
 @st.composite
@@ -861,19 +807,12 @@ MEMORY_SCRIPT = textwrap.dedent(
     from vditscope import attention_stats
     from vditscope.stats.reference import dense_probabilities
 
-    def hwm():  # peak resident set (bytes) since the last reset
+    def status(field):  # bytes; VmHWM: peak resident set since the last reset, VmRSS: resident set now
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmHWM")
-
-    def rss():
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+        raise RuntimeError("no " + field)
 
     def reset_peak():
         with open("/proc/self/clear_refs", "w") as f:
@@ -883,12 +822,12 @@ MEMORY_SCRIPT = textwrap.dedent(
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, n, 32, generator=g) for _ in range(3))
     attention_stats(q[:, :, :300], k[:, :, :300], v[:, :, :300], chunk_size=128)  # warm up
-    reset_peak(); base = rss()
+    reset_peak(); base = status("VmRSS")
     out, stats = attention_stats(q, k, v, chunk_size=128)
-    streaming = hwm() - base
-    reset_peak(); base = rss()
+    streaming = status("VmHWM") - base
+    reset_peak(); base = status("VmRSS")
     p = dense_probabilities(q, k, dtype=torch.float32)  # calibration: a dense map must show
-    dense = hwm() - base
+    dense = status("VmHWM") - base
     print(json.dumps({"streaming": streaming, "dense": dense, "method": stats.top_mass_method}))
     """
 )

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import vditscope
 from vditscope.adapters.loading import load_pipeline
-from vditscope.analyses.text_model import load_text_model
+from vditscope.adapters.text_models import load_text_model
 from vditscope.errors import VditscopeError
 from vditscope.tiny import SHIPPED_MODELS, TEXT_MODELS
 

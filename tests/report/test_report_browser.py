@@ -275,3 +275,113 @@ def test_checker_fails_a_broken_page(driver: WebDriver, tmp_path: Path) -> None:
     assert "'bad data uri') did not load" in problems, problems
     assert "'a figure with nothing in it') shows no loaded" in problems, problems
     assert "the HTML has 1 <img> but the browser shows 0 loaded" in problems, problems
+
+
+def test_a_wide_table_scrolls_in_its_box_and_leaves_the_page_its_width(driver: WebDriver, tmp_path: Path) -> None:
+    """Tables as wide as a sweep's 'every cell' table scroll sideways inside the page, not widen it."""
+    import pandas as pd
+
+    from vditscope.report.html import page, table_html
+
+    wide = pd.DataFrame({f"a rather long column name {i}": [0.123456, 1.5] for i in range(40)})
+    path = tmp_path / "wide.html"
+    path.write_text(page("wide", "wide", [table_html(wide)]), encoding="utf-8")
+    driver.get(path.as_uri())
+    page_width, window_width = driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    box_scrolls = driver.execute_script(
+        "const box = document.querySelector('.table-wrap'); return box.scrollWidth > box.clientWidth"
+    )
+    assert page_width <= window_width and box_scrolls
+
+
+def _expected_row(run_dir: Path, state: dict[str, Any]) -> Any:
+    """The row of the stored token map (maps.safetensors) that the explorer's state selects, in float64: the
+    query tile's row, the mean over the stored steps and/or heads where the state asks for a mean (-1)."""
+    import torch
+    from safetensors.torch import load_file
+
+    maps = load_file(run_dir / "maps.safetensors")
+    prefix, suffix = f"token_map.{state['generation']}.step", f".self.layer{state['layer']}"
+    chosen = [t for n, t in maps.items() if n.startswith(prefix) and n.endswith(suffix)]
+    if state["step"] >= 0:
+        chosen = [maps[f"{prefix}{state['step']}{suffix}"]]
+    stack = torch.stack([t.double() for t in chosen]).mean(0)
+    per_head = stack[:, state["query"]]
+    return (per_head.mean(0) if state["head"] < 0 else per_head[state["head"]]).numpy()
+
+
+def _explorer_matches(driver: WebDriver, run_dir: Path) -> tuple[dict[str, Any], list[float]]:
+    """The explorer's state and overlay row as the page reports them, after checking the row against the
+    stored map (8-bit per row: within 1/255 of the largest value of the rows it is the mean of)."""
+    import numpy as np
+
+    state = driver.execute_script("return window.vditscopeExplorer.state()")
+    row = driver.execute_script("return window.vditscopeExplorer.row()")
+    assert row is not None, f"no overlay for {state}"
+    expected = _expected_row(run_dir, state)
+    assert len(row) == len(expected) == state["tiles"]
+    np.testing.assert_allclose(row, expected, rtol=0, atol=float(expected.max()) / 255 + 1e-6)
+    return state, row
+
+
+def test_explorer_overlays_the_clicked_tile_and_matches_the_stored_maps(driver: WebDriver, report_html: Path) -> None:
+    """Click a position in the explorer's video, change layer, head and step: the overlay follows, each row it
+    draws equals the stored map's row for that query tile, arrow keys step frames, and nothing is logged."""
+    import json
+
+    from safetensors.torch import load_file
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    from vditscope.report.explorer import TileGrid, cell_span, query_tile
+
+    run_dir = report_html.parent
+    driver.get_log("browser")
+    driver.get(report_html.resolve().as_uri())
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return !!window.vditscopeExplorer"))
+    main = driver.find_element(By.ID, "vx-main")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", main)
+    first, _ = _explorer_matches(driver, run_dir)
+    before = driver.execute_script("return arguments[0].toDataURL()", main)
+
+    # click the middle of the token at (latent frame 0, row 1, last column) of frame 0
+    grid = json.loads((run_dir / "run.json").read_text())["layout"]["grid"]
+    frames, height, width, _ = load_file(run_dir / "videos.safetensors")[first["generation"]].shape
+    tiling = TileGrid.for_tiles(grid, first["tiles"])
+    ys, xs = cell_span(1, grid[1], height), cell_span(grid[2] - 1, grid[2], width)
+    y, x = (ys.start + ys.stop) / 2, (xs.start + xs.stop) / 2
+    size = main.size
+    offset = (x / width - 0.5) * size["width"], (y / height - 0.5) * size["height"]
+    ActionChains(driver).move_to_element_with_offset(main, round(offset[0]), round(offset[1])).click().perform()
+    clicked, clicked_row = _explorer_matches(driver, run_dir)
+    assert clicked["query"] == query_tile(tiling, 0, int(y), int(x), frames, height, width) != first["query"]
+    after_click = driver.execute_script("return arguments[0].toDataURL()", main)
+    assert after_click != before
+
+    layers = Select(driver.find_element(By.ID, "vx-layer"))
+    layers.select_by_index(len(layers.options) - 1)
+    Select(driver.find_element(By.ID, "vx-head")).select_by_value("1")
+    changed, changed_row = _explorer_matches(driver, run_dir)
+    assert changed["query"] == clicked["query"] and changed["head"] == 1 and changed["layer"] != clicked["layer"]
+    assert changed_row != clicked_row
+    assert driver.execute_script("return arguments[0].toDataURL()", main) != after_click
+    steps = Select(driver.find_element(By.ID, "vx-step"))
+    steps.select_by_index(len(steps.options) - 1)
+    stepped, _ = _explorer_matches(driver, run_dir)
+    assert stepped["step"] >= 0
+
+    explorer = driver.find_element(By.ID, "vx")
+    explorer.send_keys(Keys.ARROW_RIGHT)
+    explorer.send_keys(Keys.ARROW_RIGHT)
+    explorer.send_keys(Keys.ARROW_LEFT)
+    assert driver.execute_script("return window.vditscopeExplorer.state().frame") == 1
+    assert explorer.get_attribute("data-frame") == "1"
+    screenshot = os.environ.get("VDITSCOPE_EXPLORER_SCREENSHOT")
+    if screenshot:  # the README's picture: VDITSCOPE_EXPLORER_SCREENSHOT=docs/explorer.png
+        explorer.screenshot(screenshot)
+    errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, errors

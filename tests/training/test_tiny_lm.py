@@ -15,19 +15,9 @@ from vditscope.errors import VditscopeError
 from vditscope.tiny import ASSETS, SHIPPED_MODELS, TEXT_MODELS, tiny_model_dir
 from vditscope.training import tiny_lm
 
-SMALL = replace(
-    tiny_lm.TinyLMConfig(),
-    vocab_size=320,
-    hidden=16,
-    layers=1,
-    heads=2,
-    kv_heads=1,
-    ffn_dim=32,
-    context=16,
-    batch=2,
-    stdlib=False,
-    docs_repeat=1,
-)
+# one layer, two query heads sharing one key/value head, trained on short batches of the documentation only
+TINY = replace(tiny_lm.TinyLMConfig(), vocab_size=320, hidden=16, layers=1, heads=2, kv_heads=1, ffn_dim=32)
+SMALL = replace(TINY, context=16, batch=2, stdlib=False, docs_repeat=1)
 TEXTS = [
     "The quick brown fox jumps over the lazy dog while the children watch from the garden.",
     "A list comprehension consists of brackets containing an expression followed by a for clause, "
@@ -141,3 +131,20 @@ def test_batches_are_deterministic_and_repeat_on_request() -> None:
     repeated = tiny_lm.make_batch(replace(SMALL, repeat_fraction=1.0), 3, stream)
     half = SMALL.context // 2
     assert torch.equal(repeated[:, 1 : 1 + half - 1], repeated[:, 1 + half : 2 * half])
+
+
+def test_held_out_losses_come_every_eval_steps_between_checkpoints(tmp_path: Path) -> None:
+    seen: list[tuple[int, dict[str, float]]] = []
+    tiny_lm.train_tiny_lm(
+        tmp_path / "run",
+        5,
+        SMALL,
+        checkpoint_every=4,
+        eval_every=2,
+        on_eval=lambda step, loss: seen.append((step, loss)),
+    )
+    assert [step for step, _ in seen] == [2, 4, 5]  # every 2 steps and at the end, not only at checkpoint 4
+    assert all(set(losses) == {"docs"} and losses["docs"] > 0 for _, losses in seen)
+    history = json.loads((tmp_path / "run" / tiny_lm.STATE).read_text())["history"]
+    assert [entry["step"] for entry in history if "heldout_docs_loss" in entry] == [2, 4, 5]
+    assert history[-1]["heldout_docs_loss"] == seen[-1][1]["docs"]

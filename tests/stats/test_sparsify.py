@@ -11,46 +11,22 @@ Inputs are small and of odd sizes; chunk sizes never divide the number of querie
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from vditscope.stats import sparsify, streaming
 from vditscope.stats.sparsify import SparsityStats, score_factor, sparse_attention
 from vditscope.stats.streaming import LOG2E, MASKED, prepare_mask
 
+from .qkv import random_qkv, sdpa64
+
 FLOOR_TOL = 1e-9
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: steadier on a shared machine, and the reference's products round alike."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_qkv(
-    num_q: int,
-    num_k: int | None = None,
-    *,
-    batch: int = 2,
-    q_heads: int = 3,
-    kv_heads: int | None = None,
-    dim: int = 24,
-    sharpness: float = 2.0,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    kv_heads = q_heads if kv_heads is None else kv_heads
-    num_k = num_q if num_k is None else num_k
-    q = torch.randn(batch, q_heads, num_q, dim, generator=gen) * sharpness
-    k = torch.randn(batch, kv_heads, num_k, dim, generator=gen)
-    v = torch.randn(batch, kv_heads, num_k, dim, generator=gen)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_mask(kind: str, batch: int, heads: int, num_q: int, num_k: int) -> torch.Tensor | None:
@@ -100,25 +76,28 @@ def rule_cut(
     return torch.where(n > 0, cut, -math.inf)
 
 
+@dataclass(frozen=True)
+class Rule:
+    """The arguments of ``sparse_attention`` that decide which keys a row keeps, as the references take them."""
+
+    bottom_k: float = 0.0
+    top_p: float | None = None
+    temperature: float = 1.0
+    attn_mask: torch.Tensor | None = None
+
+
 def same_rounding_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    bottom_k: float = 0.0,
-    top_p: float | None = None,
-    temperature: float = 1.0,
-    attn_mask: torch.Tensor | None = None,
-    chunk_size: int,
-    scale: float | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, chunk_size: int, scale: float | None = None, **rule_args: Any
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """Output (float64), statistics and kept entries from scores rounded exactly like the kernel's."""
+    """Output (float64), statistics and kept entries from scores rounded exactly like the kernel's;
+    ``rule_args``: the fields of :class:`Rule`."""
+    rule = Rule(**rule_args)
     batch, q_heads, num_q, dim = q.shape
     kv_heads, num_k = k.shape[1], k.shape[2]
     group = q_heads // kv_heads
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
-    factor = score_factor(scale, temperature)
-    mask = prepare_mask(attn_mask, batch, q_heads, num_q, num_k)
+    factor = score_factor(scale, rule.temperature)
+    mask = prepare_mask(rule.attn_mask, batch, q_heads, num_q, num_k)
     out = torch.zeros(batch, q_heads, num_q, v.shape[-1], dtype=torch.float64)
     keep_all = torch.zeros(batch, q_heads, num_q, num_k, dtype=torch.bool)
     mass = torch.zeros(batch, q_heads, dtype=torch.float64)
@@ -142,7 +121,7 @@ def same_rounding_reference(
                 visible = s > MASKED / 2
                 row_max = s.amax(1).masked_fill(~visible.any(1), 0.0)
                 weights = torch.exp2(s - row_max[:, None])
-                keep = s.to(torch.float64) >= rule_cut(s, visible, weights, bottom_k, top_p)[:, None]
+                keep = s.to(torch.float64) >= rule_cut(s, visible, weights, rule.bottom_k, rule.top_p)[:, None]
                 keep_all[b, h, r0:r1] = keep
                 p = torch.exp2(s.to(torch.float64) - row_max[:, None].to(torch.float64)) * visible
                 dense = p.sum(1)
@@ -159,21 +138,17 @@ def same_rounding_reference(
 
 
 def float64_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    bottom_k: float = 0.0,
-    top_p: float | None = None,
-    temperature: float = 1.0,
-    attn_mask: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **rule_args: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 output by the same rule on float64 scores, and which rows have a clear cut-off (no
-    other score, or for top-p no cumulative mass, within a margin of the cut-off)."""
+    other score, or for top-p no cumulative mass, within a margin of the cut-off); ``rule_args``: the
+    fields of :class:`Rule`."""
+    rule = Rule(**rule_args)
+    attn_mask, top_p = rule.attn_mask, rule.top_p
     group = q.shape[1] // k.shape[1]
     k64 = k.to(torch.float64).repeat_interleave(group, dim=1)
     v64 = v.to(torch.float64).repeat_interleave(group, dim=1)
-    logits = q.to(torch.float64) @ k64.transpose(-1, -2) / math.sqrt(q.shape[-1]) / temperature
+    logits = q.to(torch.float64) @ k64.transpose(-1, -2) / math.sqrt(q.shape[-1]) / rule.temperature
     visible = torch.ones_like(logits, dtype=torch.bool)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
@@ -183,7 +158,7 @@ def float64_reference(
             visible = visible & (attn_mask > -1e4)
     logits = logits.masked_fill(~visible, -math.inf)
     p = torch.softmax(logits, dim=-1)
-    cut = rule_cut(logits, visible, p, bottom_k, top_p)
+    cut = rule_cut(logits, visible, p, rule.bottom_k, top_p)
     keep = logits >= cut[..., None]
     # the cut-off is clear when no other score is within 1e-4 of it and, for top-p, no cumulative
     # mass of the sorted weights is within 1e-5 of the budget
@@ -218,13 +193,10 @@ def check_against_reference(q, k, v, *, chunk_size, **kwargs) -> tuple[torch.Ten
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 @pytest.mark.parametrize("chunk_size", [13, None])
 def test_dense_equals_sdpa_with_temperature(mask_kind, temperature, chunk_size):
-    q, k, v = make_qkv(131)
+    q, k, v = random_qkv(131)
     mask = make_mask(mask_kind, 2, 3, 131, 131)
     out, stats = sparse_attention(q, k, v, temperature=temperature, attn_mask=mask, chunk_size=chunk_size)
-    sdpa_mask = mask.double() if mask is not None and mask.is_floating_point() else mask
-    expected = F.scaled_dot_product_attention(
-        q.double(), k.double(), v.double(), attn_mask=sdpa_mask, scale=1 / math.sqrt(24) / temperature
-    )
+    expected = sdpa64(q, k, v, attn_mask=mask, scale=1 / math.sqrt(24) / temperature)
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
     assert isinstance(stats, SparsityStats)
     assert (stats.mass_dropped == 0).all() and (stats.entries_dropped == 0).all()
@@ -238,7 +210,7 @@ def test_dense_equals_sdpa_with_temperature(mask_kind, temperature, chunk_size):
 @pytest.mark.parametrize("bottom_k", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize(("num", "chunk_size"), [(77, 10), (131, 64), (300, 97)])
 def test_bottom_k_matches_references(num, chunk_size, bottom_k, temperature):
-    q, k, v = make_qkv(num, seed=num)
+    q, k, v = random_qkv(num, seed=num)
     out, stats, _ = check_against_reference(q, k, v, chunk_size=chunk_size, bottom_k=bottom_k, temperature=temperature)
     # no ties in random float scores: exactly floor(k * n) of n keys dropped in every row
     expected = math.floor(bottom_k * num + FLOOR_TOL) / num
@@ -252,7 +224,7 @@ def test_bottom_k_matches_references(num, chunk_size, bottom_k, temperature):
 @pytest.mark.parametrize("top_p", [0.5, 0.9, 1.0])
 @pytest.mark.parametrize(("num", "chunk_size"), [(77, 10), (131, 64), (300, 97)])
 def test_top_p_matches_references(num, chunk_size, top_p, temperature):
-    q, k, v = make_qkv(num, seed=num + 1)
+    q, k, v = random_qkv(num, seed=num + 1)
     out, stats, _ = check_against_reference(q, k, v, chunk_size=chunk_size, top_p=top_p, temperature=temperature)
     assert (stats.mass_dropped <= 1.0 - top_p + 1e-6).all()
     if top_p == 1.0:
@@ -265,7 +237,7 @@ def test_top_p_matches_references(num, chunk_size, top_p, temperature):
 @pytest.mark.parametrize("mask_kind", ["key_padding", "bool_full", "additive"])
 @pytest.mark.parametrize("mode", [{"bottom_k": 0.5}, {"bottom_k": 0.9, "temperature": 0.5}, {"top_p": 0.9}])
 def test_masks_match_reference(mask_kind, mode):
-    q, k, v = make_qkv(131, seed=3)
+    q, k, v = random_qkv(131, seed=3)
     mask = make_mask(mask_kind, 2, 3, 131, 131)
     _, stats, _ = check_against_reference(q, k, v, chunk_size=29, attn_mask=mask, **mode)
     if mask_kind == "key_padding" and "bottom_k" in mode:
@@ -277,21 +249,21 @@ def test_masks_match_reference(mask_kind, mode):
 
 @pytest.mark.parametrize("mode", [{"bottom_k": 0.5}, {"top_p": 0.9}])
 def test_grouped_query_heads_and_cross_attention_match_reference(mode):
-    q, k, v = make_qkv(77, 131, q_heads=6, kv_heads=2, seed=5)
+    q, k, v = random_qkv(77, 131, q_heads=6, kv_heads=2, seed=5)
     check_against_reference(q, k, v, chunk_size=31, **mode)
-    q, k, v = make_qkv(131, 77, q_heads=3, kv_heads=1, seed=6)
+    q, k, v = random_qkv(131, 77, q_heads=3, kv_heads=1, seed=6)
     check_against_reference(q, k, v, chunk_size=50, temperature=2.0, **mode)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs(dtype):
-    q, k, v = make_qkv(131, seed=8, dtype=dtype)
+    q, k, v = random_qkv(131, seed=8, dtype=dtype)
     check_against_reference(q, k, v, chunk_size=40, bottom_k=0.5)
     check_against_reference(q, k, v, chunk_size=40, top_p=0.9, temperature=0.5)
 
 
 def test_custom_scale():
-    q, k, v = make_qkv(77, seed=9)
+    q, k, v = random_qkv(77, seed=9)
     check_against_reference(q, k, v, chunk_size=20, bottom_k=0.3, scale=0.05)
 
 
@@ -346,7 +318,7 @@ def test_many_exact_ties_follow_the_rule(mode):
 @pytest.mark.parametrize("mode", [{"bottom_k": 0.5}, {"bottom_k": 0.9}, {"top_p": 0.5}])
 def test_rows_of_equal_scores_keep_every_key(mode):
     """Identical keys: every visible score ties with the cut-off, so nothing is dropped."""
-    q, _, v = make_qkv(41, seed=16)
+    q, _, v = random_qkv(41, seed=16)
     k = torch.ones(2, 3, 41, 24)
     mask = make_mask("key_padding", 2, 3, 41, 41)
     out, stats = sparse_attention(q, k, v, attn_mask=mask, chunk_size=16, **mode)
@@ -362,7 +334,7 @@ def test_rows_of_equal_scores_keep_every_key(mode):
 @pytest.mark.parametrize("rounds", [0, 1, 3])
 @pytest.mark.parametrize("mode", [{"bottom_k": 0.5}, {"top_p": 0.9}])
 def test_sorted_fallback_gives_the_same_result(monkeypatch, rounds, mode):
-    q, k, v = make_qkv(131, seed=12)
+    q, k, v = random_qkv(131, seed=12)
     mask = make_mask("key_padding", 2, 3, 131, 131)
     out, stats = sparse_attention(q, k, v, chunk_size=50, attn_mask=mask, **mode)
     monkeypatch.setattr(sparsify, "MAX_ROUNDS", rounds)
@@ -373,7 +345,7 @@ def test_sorted_fallback_gives_the_same_result(monkeypatch, rounds, mode):
 
 
 def test_threaded_heads_match_single_thread(monkeypatch):
-    q, k, v = make_qkv(131, q_heads=4, kv_heads=2, seed=13)
+    q, k, v = random_qkv(131, q_heads=4, kv_heads=2, seed=13)
     out, stats = sparse_attention(q, k, v, chunk_size=40, bottom_k=0.5)
     monkeypatch.setattr(streaming, "THREADED_MIN_SCORES", 0)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
@@ -386,7 +358,7 @@ def test_threaded_heads_match_single_thread(monkeypatch):
 
 @pytest.mark.parametrize("mode", [{"bottom_k": 0.5}, {"top_p": 0.9}, {}])
 def test_fully_masked_rows_give_zeros_and_finite_stats(mode):
-    q, k, v = make_qkv(40, seed=14)
+    q, k, v = random_qkv(40, seed=14)
     mask = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(1)) < 0.5
     mask[:, :, 5] = False  # query 5 sees nothing
     out, stats = sparse_attention(q, k, v, attn_mask=mask, chunk_size=9, **mode)
@@ -403,7 +375,7 @@ def test_default_chunk_keeps_the_score_buffer_small():
 
 
 def test_stats_attribute_access_and_shapes():
-    q, k, v = make_qkv(20, seed=15)
+    q, k, v = random_qkv(20, seed=15)
     _, stats = sparse_attention(q, k, v, bottom_k=0.5)
     assert set(stats) == {"mass_dropped", "entries_dropped"}
     assert stats.mass_dropped is stats["mass_dropped"] and stats.mass_dropped.shape == (2, 3)

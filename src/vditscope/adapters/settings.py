@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..adapters.pipeline_defaults import pipeline_defaults
 from ..errors import VditscopeError
+from .pipeline_defaults import pipeline_defaults
 
 DEFAULT_PROMPTS = ("a car driving on the highway", "a red car driving on the highway")
 

@@ -1,0 +1,140 @@
+"""`capture`: record attention statistics of every observed attention call of a generation.
+
+The technique in the hook shape: ``CaptureConfig`` (where and what to keep), the ``Capture``
+observer (runs the streaming statistics on each call and keeps one record per batch element) and
+``apply_capture``; ``capture`` is the keyword form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..adapters import AttentionSite
+from ..stats import attention_stats
+from ..stats.streaming import TopMassMode
+from .calls import ObservedCall, SdpaCall
+from .records import CallRecord, records_from_stats, records_table
+from .selection import Selection
+from .session import HookSession, SessionObserver, Technique
+from .state import ForwardState
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """What ``capture`` records: ``where`` (layers, steps, site kinds), the top-mass mode, the fused
+    path, the chunk size, and which maps to keep (see ``capture``)."""
+
+    where: Selection = field(default_factory=Selection)
+    top_mass: TopMassMode = "auto"
+    fused: bool = False
+    chunk_size: int | None = None
+    keep_maps: bool = True
+    map_tiles: int | None = None
+    map_steps: frozenset[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.map_tiles is not None and self.map_tiles < 1:
+            raise ValueError(f"map_tiles must be positive, got {self.map_tiles}")
+        if self.map_steps is not None:
+            object.__setattr__(self, "map_steps", frozenset(int(s) for s in self.map_steps))
+
+    def tiles_at(self, step: int) -> int | None:
+        """Token-map tiles for a call at this step: only when maps are kept and the step is chosen."""
+        if not self.keep_maps or self.map_tiles is None:
+            return None
+        return self.map_tiles if self.map_steps is None or step in self.map_steps else None
+
+
+class Capture(SessionObserver):
+    """Statistics recorded inside a ``capture`` block; ``table()`` gives one row per call, branch, head."""
+
+    def __init__(self, session: HookSession, config: CaptureConfig) -> None:
+        super().__init__(session)
+        self.config = config
+        self.records: list[CallRecord] = []
+
+    def table(self) -> Any:
+        """A pandas DataFrame: one row per generation, step, branch, sample, layer, site kind and head."""
+        return records_table(self.records)
+
+    def observe(self, call: ObservedCall) -> torch.Tensor:
+        return self._observe(call.site, call.state, call.start, call.sdpa)
+
+    def _observe(self, site: AttentionSite, state: ForwardState, start: int, call: SdpaCall) -> torch.Tensor:
+        """Run one SDPA call of an observed site and record its statistics (``start``: the call's first
+        batch row within the forward, for the CFG labels)."""
+        q, k, v = call.q, call.k, call.v
+        if call.dropout_p > 0 or q.ndim != 4:
+            self.session.note(f"{site.name}: SDPA call with dropout or non-4D inputs is not observed")
+            return call.run()
+        config = self.config
+        layout = self.adapter.layout(state.grid, k.shape[2]) if site.kind == "self" else None
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        fused = config.fused and not needs_grad
+        out = None if fused else call.run()
+        with torch.no_grad():
+            fused_out, stats = attention_stats(
+                q.detach(),
+                k.detach(),
+                v.detach(),
+                scale=call.scale,
+                layout=layout,
+                chunk_size=config.chunk_size,
+                attn_mask=call.attn_mask,
+                is_causal=call.is_causal,
+                top_mass=config.top_mass,
+                compute_output=fused,
+                map_tiles=config.tiles_at(state.step) if layout is not None else None,
+            )
+        labels = call.labels(state, start)
+        self.records.extend(records_from_stats(stats, site, state, labels, layout, keep_maps=config.keep_maps))
+        return fused_out if fused else out
+
+
+CAPTURE = Technique("capture", Capture)
+
+
+@contextmanager
+def capture(
+    model_or_pipeline: Any,
+    layers: Iterable[int] | None = None,
+    steps: Iterable[int] | None = None,
+    *,
+    top_mass: TopMassMode = "auto",
+    fused: bool = False,
+    chunk_size: int | None = None,
+    keep_maps: bool = True,
+    cross_attention: bool = True,
+    map_tiles: int | None = None,
+    map_steps: Iterable[int] | None = None,
+) -> Iterator[Capture]:
+    """Record attention statistics of every observed attention call made inside the block.
+
+    ``layers``/``steps``: video layer indices and denoising steps to observe (None = all); the
+    others run through the model's own path untouched. By default the model receives the output
+    of its own SDPA call (bit-identical to a run without capture) and the statistics come from a
+    second, output-free pass; ``fused=True`` hands it the output of the statistics pass instead
+    (one attention instead of two, equal to SDPA within float rounding). ``keep_maps`` keeps
+    per-head frame maps, locality profiles and text masses on each record (small tensors);
+    ``map_tiles`` T adds a T x T tile-pooled token map of the video tokens (``token_map``) at the
+    ``map_steps`` (None = every observed step).
+    """
+    where = Selection(
+        layers=None if layers is None else frozenset(int(layer) for layer in layers),
+        steps=None if steps is None else frozenset(int(s) for s in steps),
+        kinds=None if cross_attention else frozenset({"self"}),
+    )
+    chosen_maps = None if map_steps is None else frozenset(int(s) for s in map_steps)
+    config = CaptureConfig(where, top_mass, fused, chunk_size, keep_maps, map_tiles, chosen_maps)
+    with apply_capture(model_or_pipeline, config) as session:
+        yield session
+
+
+def apply_capture(model_or_pipeline: Any, config: CaptureConfig) -> AbstractContextManager[Capture]:
+    """Record statistics of the calls ``config.where`` selects in the block; yields the ``Capture``."""
+    return CAPTURE.apply(model_or_pipeline, config)
