@@ -4,7 +4,6 @@ about argument parsing."""
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -56,7 +55,9 @@ from .cli_options import (
     with_options,
 )
 from .errors import VditscopeError
+from .progress import ProgressFn
 from .store import OutputDir
+from .thresholds import SINK_RATIO
 
 app = typer.Typer(
     help="vditscope: see and change what attention does inside video diffusion transformers.",
@@ -67,7 +68,6 @@ app = typer.Typer(
 sweep_app = typer.Typer(help="Sparsity and temperature sweeps, scored against dense generations.", no_args_is_help=True)
 err = Console(stderr=True)
 T = TypeVar("T")
-ProgressFn = Callable[[str, int, int], None]
 
 
 class RemainingColumn(ProgressColumn):
@@ -445,7 +445,7 @@ def eval_tiny(
 ) -> None:
     """Colour and motion accuracy on held-out captions, and same-frame attention per layer."""
     from .adapters.loading import resolve_model_dir
-    from .store import checked_output_file, write_atomic
+    from .store import checked_output_file
     from .training.evaluate import evaluate_directory
 
     if count < 1:
@@ -457,8 +457,7 @@ def eval_tiny(
         model, count=count, progress=lambda done, total: progress(clips, done, total)), total=count)  # fmt: skip
     _echo_evaluation(result)
     if json_out is not None:
-        text = json.dumps({"written_by": "vditscope eval-tiny", **result.to_dict()}, indent=1) + "\n"
-        write_atomic(json_out, lambda path: path.write_text(text))
+        result.write_json(json_out)
 
 
 def _echo_evaluation(result: Any) -> None:
@@ -477,7 +476,10 @@ LANGUAGE_MODEL: OptionGroup = {
     "max_tokens": (Annotated[int, typer.Option(help="Text models: tokens per text (longer texts are cut).")], 512),
 }
 SINK_DETECTION: OptionGroup = {
-    "threshold": (Annotated[float, typer.Option(help="Sink: received >= this many times the median key's.")], 10.0),
+    "threshold": (
+        Annotated[float, typer.Option(help="Sink: received >= this many times the median key's.")],
+        SINK_RATIO,
+    ),
     "top_keys": (Annotated[int, typer.Option(help="Keys kept per head and call (video models).")], 16),
 }
 SINK_ABLATION: OptionGroup = {
@@ -567,14 +569,10 @@ def retrain(
 
 def _retrain_study(request: Any, model_dir: Path, levels: list[float], num_inference_steps: int | None) -> None:
     """retrain's before/after study of the original and the retrained model in `model_dir`; prints the sinks."""
-    from .analyses.retrain_study import RetrainStudyRequest, run_retrain_study
+    from .analyses.retrain_study import run_retrain_study
+    from .training.retrain import study_request
 
-    info = json.loads((model_dir / "vditscope.json").read_text()).get("retrained", {})
-    study = RetrainStudyRequest(
-        original=request.model, retrained=model_dir, layers=info.get("blocks", []), out=request.out,
-        prompts=request.prompts[:2], levels=levels, device=request.device, num_inference_steps=num_inference_steps,
-    )  # fmt: skip
-    tables = _with_progress("study", run_retrain_study, study)
+    tables = _with_progress("study", run_retrain_study, study_request(request, model_dir, levels, num_inference_steps))
     sinks = tables["sinks"][tables["sinks"]["retrained"]]
     typer.echo(_table(sinks[["model", "layer", "sink_heads", "max_ratio"]], 2))
     typer.echo(f"wrote {request.out}/study.html (study_sinks, study_sparsity, study_quality .parquet)")

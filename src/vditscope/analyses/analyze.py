@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from ..adapters.settings import default_prompts, model_settings
 from ..capture.intervene import AttentionEdit
 from ..errors import VditscopeError
 from ..executors import Executor, Job, JobPlan, ModelFacts, ModelSpec, checked_model_dir, executor_for, run_jobs
+from ..progress import ProgressFn
 from ..report import write_report
 from ..report.explorer import FRAME_BUDGET as EXPLORER_FRAME_BUDGET
 from ..report.explorer import MAP_BUDGET as EXPLORER_MAP_BUDGET
@@ -46,9 +47,6 @@ class AnalyzeRequest(ExecutorOptions):
     map_tiles: int = 256
     map_steps: Sequence[int] | None = None
     plan: Path | None = None
-
-
-ProgressFn = Callable[[str, int, int], None]
 
 
 def expected_run_bytes(generation: dict[str, Any], generations: int) -> int:

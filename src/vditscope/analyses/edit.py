@@ -10,7 +10,7 @@ the shape's track is from the source's.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,12 @@ from ..executors import (
     run_jobs,
 )
 from ..media import gif_bytes, write_mp4
+from ..progress import ProgressFn
 from ..store import OutputDir, files_of, json_safe, write_tensors
 from ..tiny import DEFAULT_MODEL
 from . import quality
 from .options import ExecutorOptions, checked_layers, checked_seed
 
-ProgressFn = Callable[[str, int, int], None]
 EDIT_FILES = files_of("edit")
 EDIT_SWEEP_FILES = files_of("edit-sweep")
 

@@ -7,7 +7,7 @@ removes their sinks and makes those layers sparsifiable again, at little cost in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,14 +17,15 @@ import pandas as pd
 from ..adapters.loaded import generate
 from ..adapters.settings import default_prompts, model_settings
 from ..errors import VditscopeError
+from ..progress import ProgressFn
 from ..store import OutputDir, files_of, write_json, write_table
+from ..thresholds import SINK_RATIO
 from . import quality
 from .options import GenerationOptions
 from .sinks import SinksRequest, video_sinks
 from .sweep import SweepRequest, run_sweep
 from .sweep_tables import level_column
 
-ProgressFn = Callable[[str, int, int], None]
 MODELS = ("original", "retrained")
 STUDY_FILES = files_of("retrain", stage="study")  # what the study adds to the retraining run's directory
 
@@ -41,7 +42,7 @@ class RetrainStudyRequest:
     seeds: Sequence[int] = (0,)
     levels: Sequence[float] = (0.5, 0.8, 0.9)
     method: str = "bottom-k"
-    threshold: float = 10.0
+    threshold: float = SINK_RATIO
     device: str = "auto"
     num_inference_steps: int | None = None
 

@@ -21,8 +21,9 @@ import pandas as pd
 
 from ..layout import TokenLayout
 from ..stats.key_stats import KeyStats, median_received
+from ..thresholds import SINK_RATIO
 
-SINK_THRESHOLD = 10.0
+SINK_THRESHOLD = SINK_RATIO
 KEY_COLUMNS = [
     "layer",
     "head",

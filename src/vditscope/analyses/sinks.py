@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from ..executors import (
     executor_for,
     run_jobs,
 )
+from ..progress import ProgressFn
 from ..store import OutputDir, files_of, library_versions, write_json, write_table
 from ..tiny import DEFAULT_MODEL
 from . import quality
@@ -51,7 +52,6 @@ from .sink_tables import (
 )
 from .text_model import DEFAULT_TEXT, text_ablation, text_key_stats
 
-ProgressFn = Callable[[str, int, int], None]
 # what `vditscope sinks` writes at the top of its run directory (lm_* with --lm)
 SINKS_FILES = files_of("sinks")
 

@@ -15,13 +15,13 @@ import pandas as pd
 import torch
 
 from ..store.map_names import MapName, parse_map_name
+from ..thresholds import SINK_RATIO
 
 # Head classification thresholds (stated in the report). Masses are means over video queries.
 SINK_MASS = 0.3  # sink-dominated: one key gets >= 30% of every query's attention on average
 SPATIAL_MASS = 0.5  # spatial: >= half of the mass stays in the query's own frame ...
 SPATIAL_OVER_TEMPORAL = 2.0  # ... and at least twice the mass on its own position in other frames
 TEMPORAL_MASS = 0.25  # temporal: >= 25% on the query's own position in the other frames
-SINK_RATIO = 10.0  # a key is a sink when it receives >= 10x the median key's mass
 
 HEAD_RULE = (
     f"sink-dominated when the most attended key gets at least {SINK_MASS:.0%} of a query's mass on average; "

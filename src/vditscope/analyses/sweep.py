@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from ..adapters.settings import default_prompts, model_settings
 from ..capture.intervene import AttentionEdit, intervene
 from ..errors import VditscopeError
 from ..executors import Executor, Job, JobPlan, ModelSpec, Workbench, checked_model_dir, executor_for, run_jobs
+from ..progress import ProgressFn
 from ..store import OutputDir, files_of, write_atomic
 from ..tiny import DEFAULT_MODEL
 from . import quality
@@ -67,7 +68,6 @@ TABLE_COLUMNS = [
     "model_mass_dropped",
 ]
 
-ProgressFn = Callable[[str, int, int], None]
 # what a sweep writes at the top of its (resumable) directory
 SWEEP_FILES = files_of("sweep sparsity")  # the same for every sweep mode
 

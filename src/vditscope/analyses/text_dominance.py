@@ -6,7 +6,7 @@ out of attention, or the embedding truncated); the ablated video is scored again
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,10 @@ from ..capture.text_ablation import ABLATIONS, first_text_token_only
 from ..data import shapes
 from ..errors import VditscopeError
 from ..executors import Job, JobPlan, ModelSpec, Workbench, checked_model_dir, executor_for, run_jobs
+from ..progress import ProgressFn
 from ..store import files_of
 from . import quality
 from .options import ExecutorOptions, checked_prompts_and_seeds
-
-ProgressFn = Callable[[str, int, int], None]
-
 
 TEXT_ABLATION_FILES = files_of("text-ablation")
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..stats.key_stats import KeyStats
+from ..thresholds import SINK_RATIO
 from .calls import ObservedCall, SdpaCall
 from .selection import SELF_ONLY, Selection
 from .session import HookSession, SessionObserver, Technique
@@ -27,7 +28,7 @@ from .sink_capture import call_key_stats
 
 PATHS = ("mask", "zero-values")
 SELECTIONS = ("sinks", "random")
-DEFAULT_THRESHOLD = 10.0
+DEFAULT_THRESHOLD = SINK_RATIO
 
 
 def check_ablation(path: str, selection: str, threshold: float) -> None:

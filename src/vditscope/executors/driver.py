@@ -10,14 +10,13 @@ this module writes nothing itself and needs no file format.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..errors import VditscopeError
+from ..progress import ProgressFn
 from .base import Job, Pool
-
-ProgressFn = Callable[[str, int, int], None]
 
 
 class ResultStore(Protocol):

@@ -7,6 +7,7 @@ own frame, relative to the uniform share 1 / frames, per layer.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..adapters.loading import load_pipeline
 from ..capture import capture
 from ..data import shapes
+from ..store import write_atomic
 
 
 @dataclass
@@ -37,6 +40,11 @@ class TinyEvaluation:
             "same_frame_ratio": {str(k): v for k, v in self.same_frame_ratio.items()},
             "direction_confusion": self.confusion,
         }
+
+    def write_json(self, path: Path) -> None:
+        """The results as JSON at ``path`` (checked by the caller with ``checked_output_file``), atomically."""
+        text = json.dumps({"written_by": "vditscope eval-tiny", **self.to_dict()}, indent=1) + "\n"
+        write_atomic(path, lambda target: target.write_text(text))
 
 
 def evaluate(
@@ -82,10 +90,6 @@ def evaluate(
 
 def evaluate_directory(model_dir: Path, **kwargs: Any) -> TinyEvaluation:
     """Evaluate a pipeline directory that has a vditscope.json with generation settings."""
-    import json
-
-    from ..adapters.loading import load_pipeline
-
     pipe, _, directory = load_pipeline(model_dir)
     generation = json.loads((Path(directory) / "vditscope.json").read_text())["generation"]
     return evaluate(pipe, generation, **kwargs)

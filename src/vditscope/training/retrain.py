@@ -9,8 +9,9 @@ It checkpoints and resumes like the tiny-model trainer and ends with a loadable 
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,9 @@ from torch import nn
 from ..adapters.loading import load_pipeline, quiet_loading, resolve_device, resolve_model_dir
 from ..adapters.settings import DEFAULT_PROMPTS, model_settings
 from ..analyses.options import checked_seed
+from ..analyses.retrain_study import RetrainStudyRequest
 from ..errors import VditscopeError
+from ..progress import LossProgressFn
 from ..store import OutputDir, files_of, write_json
 from ..tiny import DEFAULT_MODEL
 from .checkpoint import load_checkpoint, optimizer_step, optimizer_tensors, restore_optimizer, save_checkpoint
@@ -36,7 +39,6 @@ RETRAIN_FILES = files_of("retrain")
 
 Mode = Literal["distill", "flow"]
 MODES: tuple[Mode, ...] = ("distill", "flow")
-ProgressFn = Callable[[int, int, float], None]
 
 
 @dataclass
@@ -133,7 +135,7 @@ def learning_rate(request: RetrainRequest, step: int) -> float:
     return request.lr * min(1.0, (step + 1) / warmup) * decay
 
 
-def retrain(request: RetrainRequest, progress: ProgressFn | None = None) -> Path:
+def retrain(request: RetrainRequest, progress: LossProgressFn | None = None) -> Path:
     """Re-initialize and train the chosen blocks (or resume); returns the pipeline directory out/model.
 
     ``progress(step, total, loss)`` is called after every optimizer step with that step's loss.
@@ -149,7 +151,7 @@ def retrain(request: RetrainRequest, progress: ProgressFn | None = None) -> Path
         return _retrain(request, output, model_dir, progress)
 
 
-def _retrain(request: RetrainRequest, output: OutputDir, model_dir: Path, progress: ProgressFn | None) -> Path:
+def _retrain(request: RetrainRequest, output: OutputDir, model_dir: Path, progress: LossProgressFn | None) -> Path:
 
     device = resolve_device(request.device)
     pipe, adapter, model_dir = load_pipeline(model_dir, device=device)
@@ -306,3 +308,15 @@ def _export(pipe: Any, settings: dict[str, Any], target: Path, run: dict[str, An
         pipe.save_pretrained(staging, safe_serialization=True)
         write_json(staging / "vditscope.json", info)
     return output.path
+
+
+def study_request(
+    request: RetrainRequest, model_dir: Path, levels: list[float], num_inference_steps: int | None
+) -> RetrainStudyRequest:
+    """The before/after study of a finished retraining: the original model against the retrained pipeline in
+    ``model_dir``, on the retrained blocks (read back from its vditscope.json) and the run's first two prompts."""
+    info = json.loads((model_dir / "vditscope.json").read_text()).get("retrained", {})
+    return RetrainStudyRequest(
+        original=request.model, retrained=model_dir, layers=info.get("blocks", []), out=request.out,
+        prompts=request.prompts[:2], levels=levels, device=request.device, num_inference_steps=num_inference_steps,
+    )  # fmt: skip

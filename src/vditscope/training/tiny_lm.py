@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..store import OutputDir
+from ..thresholds import SINK_RATIO
 from .checkpoint import optimizer_step
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -442,7 +443,7 @@ def sink_texts(count: int = 16, config: TinyLMConfig | None = None) -> list[str]
     return [text.strip()[:2000] for text in sorted(held, key=len, reverse=True)[:count]]
 
 
-def sink_summary(figures: SinkFigures, threshold: float = 10.0) -> dict[str, Any]:
+def sink_summary(figures: SinkFigures, threshold: float = SINK_RATIO) -> dict[str, Any]:
     """Per layer: heads whose first-token ratio (either way) >= threshold, max and median ratio, mean share."""
     return {
         str(layer): {

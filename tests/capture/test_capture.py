@@ -15,7 +15,7 @@ from vditscope import TokenLayout, UnsupportedModelError, capture
 from vditscope.capture import TABLE_COLUMNS
 from vditscope.stats.reference import dense_attention_stats
 
-from .families import ALL_FAMILIES, FamilyCase
+from ..families import ALL_FAMILIES, FamilyCase
 
 FAMILY_IDS = [f.__name__.removeprefix("make_") for f in ALL_FAMILIES]
 

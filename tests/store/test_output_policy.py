@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import vditscope
 from vditscope.store import OutputDir, OutputError, checked_output_file, sibling
 
-from .in_process import run_main as cli
+from ..in_process import run_main as cli
 
 FILES = ("report.html", "data.parquet", "sub")
 
