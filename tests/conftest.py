@@ -5,6 +5,7 @@ fix it at torch's default, so that runs compared with each other use the same th
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,3 +27,25 @@ def cluster() -> str:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """command -> a finished run directory of it (the analyze run's folder name and prompt hold markup)."""
+    from .runs import HOSTILE, PROMPT, SMALL, run_command  # here: after the environment above is set
+
+    root = tmp_path_factory.mktemp("runs")
+    out = {
+        "analyze": root / "run<i>&amp;",
+        "edit": root / "edit",
+        "sinks": root / "sinks",
+        "sweep sparsity": root / "sweep",
+    }
+    run_command(["analyze", "--out", str(out["analyze"]), "--prompt", HOSTILE, "--seed", "0",
+                 "--map-tiles", "16", "--layers", "0,1", *SMALL])  # fmt: skip
+    run_command(["edit", "--source-prompt", PROMPT, "--target-prompt", PROMPT.replace("red", "blue"),
+                 "--out", str(out["edit"]), *SMALL])  # fmt: skip
+    run_command(["sinks", "--prompt", PROMPT, "--out", str(out["sinks"]), *SMALL])
+    run_command(["sweep", "sparsity", "--per-layer", "--k", "0.5", "--layers", "0", "--prompt", PROMPT,
+                 "--seed", "0", "--out", str(out["sweep sparsity"]), *SMALL])  # fmt: skip
+    return out

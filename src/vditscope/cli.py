@@ -249,7 +249,7 @@ def generate(
     options: dict[str, Any],
 ) -> None:
     """Generate one video, with a sparsity plan applied next to the dense generation."""
-    from .analyses.planned import GenerateRequest, run_generate
+    from .analyses.generate import GenerateRequest, run_generate
 
     path, metrics = run_generate(GenerateRequest(plan=plan, prompt=prompt, seed=seed, **generation_fields(options)))
     for key in ("psnr", "ssim", "sparsity", "mass_dropped"):
@@ -326,7 +326,7 @@ def text_ablation(
     options: dict[str, Any],
 ) -> None:
     """Generate with only the first text token reaching the video; score against the full prompt."""
-    from .analyses.text_dominance import TextAblationRequest, run_text_ablation
+    from .analyses.text_ablation import TextAblationRequest, run_text_ablation
 
     methods = list(method or ("mask", "truncate"))
     request = TextAblationRequest(prompts=list(prompt or []), seed=seed, methods=methods, **generation_fields(options))
@@ -352,6 +352,14 @@ def compare(
         err.print(f"[yellow]note:[/yellow] {note}")
     typer.echo(_table(comparison.table, 3))
     typer.echo(f"wrote {path}/ (compare.parquet, compare.csv, compare.png, compare.html)")
+
+
+@app.command()
+def report(run: Annotated[Path, typer.Argument(help="Run directory of analyze or a sweep.")]) -> None:
+    """Render a run's report.html again from its stored tables and maps (nothing is generated)."""
+    from .analyses.render import render_report
+
+    typer.echo(f"wrote {render_report(run)}")
 
 
 def _check_training(steps: int, out: Path, export: Path | None, command: str, overwrite: bool) -> None:

@@ -15,12 +15,12 @@ import vditscope
 from vditscope.analyses.analyze import RUN_FILES
 from vditscope.analyses.compare import COLUMNS, COMPARE_FILES
 from vditscope.analyses.edit import EDIT_FILES, EDIT_SWEEP_FILES
-from vditscope.analyses.planned import GENERATE_FILES
+from vditscope.analyses.generate import GENERATE_FILES
 from vditscope.analyses.retrain_study import STUDY_FILES
 from vditscope.analyses.sinks import SINKS_FILES
 from vditscope.analyses.sweep import SWEEP_FILES
 from vditscope.analyses.sweep import TABLE_COLUMNS as SWEEP_TABLE
-from vditscope.analyses.text_dominance import TEXT_ABLATION_FILES
+from vditscope.analyses.text_ablation import TEXT_ABLATION_FILES
 from vditscope.capture import TABLE_COLUMNS as CAPTURE_TABLE
 from vditscope.store import FORMATS, OutputDir, files_of, run_format
 from vditscope.store.run_format import COMPARE_COLUMNS, KINDS, STATS_COLUMNS, SWEEP_COLUMNS

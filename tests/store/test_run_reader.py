@@ -17,7 +17,7 @@ from vditscope.errors import VditscopeError
 from vditscope.store import Run, open_run
 from vditscope.store.run_format import STATS_COLUMNS, SWEEP_COLUMNS
 
-from .conftest import HOSTILE, PROMPT
+from ..runs import HOSTILE, PROMPT
 
 
 def copy_of(run: Path, tmp_path: Path) -> Path:

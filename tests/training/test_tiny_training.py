@@ -25,6 +25,17 @@ def test_rendered_clips_read_back_as_captioned() -> None:
         assert (measured.color, measured.direction) == (spec.color, spec.direction), spec
 
 
+def test_frames_without_a_shape_read_as_no_shape() -> None:
+    """A clip of only the background (and a little noise) has no colour or direction to report."""
+    rng = np.random.default_rng(1)
+    for background in shapes.BACKGROUNDS:
+        video = np.broadcast_to(np.asarray(shapes.BACKGROUNDS[background], dtype=np.float32), (9, 32, 32, 3))
+        video = np.clip(video + rng.normal(0, 0.03, video.shape).astype(np.float32), 0, 1)
+        video[4, 3, 5] = 1 - video[4, 3, 5]  # one stray pixel is not a shape
+        measured = shapes.measure_clip(video, background)
+        assert (measured.color, measured.direction) == (shapes.NO_SHAPE, shapes.NO_SHAPE), background
+
+
 def test_clips_are_deterministic_by_seed() -> None:
     spec = shapes.ClipSpec("red", "triangle", "up", "gray")
     a = shapes.render_clip(spec, frames=5, size=16, rng=np.random.default_rng(3))

@@ -156,11 +156,18 @@ def shape_track(video: np.ndarray, background: str) -> np.ndarray:
     return np.stack([(weight * ys).sum(axis=(1, 2)) / total, (weight * xs).sum(axis=(1, 2)) / total], axis=1)
 
 
+NO_SHAPE = "none"  # what measure_clip reads from frames that show no shape
+MIN_FOREGROUND = 0.01  # below this share of pixels off the background, a clip shows no shape (shapes cover >= 5.8%)
+
+
 def measure_clip(video: np.ndarray, background: str) -> ClipMeasure:
-    """Read colour and motion from frames (F, H, W, 3) in [0, 1], knowing the prompted background."""
+    """Read colour and motion from frames (F, H, W, 3) in [0, 1], knowing the prompted background; frames with
+    (almost) nothing off the background read as ``NO_SHAPE`` for both, not as the nearest colour of noise."""
     bg = np.asarray(BACKGROUNDS[background], dtype=np.float32)
     distance = np.linalg.norm(video - bg, axis=-1)  # (F, H, W)
     share = float((distance > 0.3).mean())
+    if share < MIN_FOREGROUND:
+        return ClipMeasure(color=NO_SHAPE, direction=NO_SHAPE, displacement=(0.0, 0.0), foreground=share)
     cy, cx = shape_track(video, background).T
     k = max(1, video.shape[0] // 4)  # average a few frames at each end against noise
     dy = float(cy[-k:].mean() - cy[:k].mean())

@@ -1,0 +1,39 @@
+"""`vditscope report RUN`: a run's report rendered again from its stored files, byte for byte."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vditscope.analyses.render import render_report
+
+from ..in_process import run_main
+
+
+def copied(run: Path, tmp_path: Path) -> Path:
+    """A copy of a run that keeps each file's mtime (so the copy is still vditscope's own output)."""
+    target = tmp_path / run.name
+    shutil.copytree(run, target, copy_function=shutil.copy2)
+    return target
+
+
+@pytest.mark.parametrize("command", ["analyze", "sweep sparsity"])
+def test_report_renders_a_run_again_byte_for_byte(runs: dict[str, Path], tmp_path: Path, command: str) -> None:
+    run = copied(runs[command], tmp_path)
+    original = (run / "report.html").read_bytes()
+    (run / "report.html").unlink()  # as if an earlier release had written another report
+    path = render_report(run)
+    assert path == run / "report.html" and path.read_bytes() == original
+    render_report(run)  # and again: the new report counts as the run's own (its marker lists it)
+    assert path.read_bytes() == original
+
+
+def test_report_command_refuses_other_runs_in_one_line(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, err = run_main(["report", str(runs["edit"])], capsys, monkeypatch)
+    assert code == 2 and "holds the output of vditscope edit; vditscope report renders analyze" in err, err
+    code, err = run_main(["report", str(tmp_path)], capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1, err

@@ -1,0 +1,24 @@
+"""Real run directories for tests that read runs back: the command line, in this process, on the shipped tiny
+model with small settings (the ``runs`` fixture in conftest.py makes one session-wide set, 20-30 s on two cores)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from vditscope.cli import main
+
+SMALL = ["--num-frames", "9", "--steps", "2", "--height", "32", "--width", "64"]
+PROMPT = "a red square moving left on a black background"
+HOSTILE = "<script>alert(1)</script> a red square"  # a prompt that must show as text in HTML
+
+
+def run_command(argv: list[str]) -> None:
+    """``vditscope ARGV`` in this process; fails the test on a non-zero exit."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["vditscope", *argv])
+        try:
+            main()
+        except SystemExit as exc:
+            assert not exc.code, f"vditscope {' '.join(argv)} exited with {exc.code}"
