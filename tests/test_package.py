@@ -28,3 +28,15 @@ def test_the_command_line_module_imports_neither_torch_nor_diffusers() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_shipped_pipeline_loads_with_diffusers_in_a_fresh_interpreter() -> None:
+    """Its VAE's module (vditscope.models.pixel_vae) is imported by tiny_model_dir, as diffusers needs."""
+    code = (
+        "import vditscope; from diffusers import DiffusionPipeline; "
+        "pipe = DiffusionPipeline.from_pretrained(vditscope.tiny_model_dir(), use_safetensors=True); "
+        "print(type(pipe.vae).__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "PixelShuffleVAE"

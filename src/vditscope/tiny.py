@@ -30,8 +30,12 @@ MODEL_ALIASES = {"tiny": DEFAULT_MODEL, **{name: name for name in SHIPPED_MODELS
 def tiny_model_dir(name: str = DEFAULT_MODEL) -> Path:
     """Directory of a shipped tiny model by name (``tiny`` and ``tiny-wan`` are the default pipeline).
 
-    Pipelines must hold a ``model_index.json``, text models (``TEXT_MODELS``) a ``config.json``.
+    Pipelines must hold a ``model_index.json``, text models (``TEXT_MODELS``) a ``config.json``. The shipped
+    pipelines' VAE is ``vditscope.models.pixel_vae.PixelShuffleVAE``, which diffusers loads only once imported:
+    this imports it, so that ``DiffusionPipeline.from_pretrained(tiny_model_dir())`` works as it is.
     """
+    from .models import pixel_vae  # noqa: F401  (here, not at the top: torch and diffusers load with it)
+
     if name not in MODEL_ALIASES:
         raise VditscopeError(f"unknown shipped model {name}; choose one of {', '.join(MODEL_ALIASES)}")
     path = ASSETS / MODEL_ALIASES[name]
