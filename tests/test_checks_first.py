@@ -22,8 +22,7 @@ def no_generation(monkeypatch: pytest.MonkeyPatch) -> None:
     def generated(*args: object, **kwargs: object) -> None:
         raise AssertionError("a generation ran before the check")
 
-    for module in ("vditscope.adapters.loaded", "vditscope.analyses.sinks", "vditscope.analyses.generate"):
-        monkeypatch.setattr(f"{module}.generate", generated)
+    monkeypatch.setattr("vditscope.adapters.loaded.generate", generated)  # every LoadedPipeline.generate call
     monkeypatch.setattr("vditscope.analyses.captured.CaptureJob.__call__", generated)  # analyze's generations
 
 

@@ -111,7 +111,7 @@ ALLOWED = {  # folder -> the folders it may import (README "Layout")
     "capture": {"adapters", "errors", "layout", "stats", "thresholds"},
     "executors": {"adapters", "errors", "progress", "tiny"},
     "store": {"errors", "version"},
-    "report": {"analyses", "media", "stats", "store"},
+    "report": {"analyses", "layout", "media", "stats", "store"},
     "training": {
         "adapters",
         "analyses",

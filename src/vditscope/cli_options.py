@@ -33,11 +33,34 @@ HeightOpt = Annotated[int | None, typer.Option(help="Video height in pixels.")]
 WidthOpt = Annotated[int | None, typer.Option(help="Video width in pixels.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1 ...")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, float16 or bfloat16.")]
+
+
+def free_cores(cores: int, load: float) -> int:
+    """Threads that do not oversubscribe a machine of `cores` cores whose run queue holds `load` other jobs
+    (at least 1): two busy jobs with torch's default threads each on 2 cores ran 10-30x slower."""
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def use_threads(threads: int | None) -> int | None:
+    """Set torch's CPU threads: `threads`, or (None) the free cores unless OMP_NUM_THREADS already says; the
+    callback of --threads, so it returns the option's value."""
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise VditscopeError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ and hasattr(os, "getloadavg") and hasattr(os, "sched_getaffinity"):
+        torch.set_num_threads(free_cores(len(os.sched_getaffinity(0)), os.getloadavg()[0]))
+    return threads
+
+
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(
         help="CPU threads for torch (default: the cores not busy with other work, by the 1-minute load; "
-        "OMP_NUM_THREADS when set)."
+        "OMP_NUM_THREADS when set).",
+        callback=use_threads,
     ),
 ]
 OverwriteOpt = Annotated[
@@ -127,7 +150,6 @@ TopMassOpt = Annotated[
         callback=one_of("--top-mass", ("auto", "exact", "estimate", "off")),
     ),
 ]
-LayersOpt = Annotated[str | None, typer.Option(help="Layers, e.g. 0,2,5-7 (default all).")]
 CaptureStepsOpt = Annotated[str | None, typer.Option(help="Denoising steps to observe (default all).")]
 
 # Option groups: (annotation, default) by parameter name, added to a command's signature by `with_options`.
@@ -168,8 +190,6 @@ def with_options(*groups: OptionGroup, **overrides: Any) -> Callable[[Callable[.
 
         @functools.wraps(command)
         def run(**values: Any) -> T:
-            if "threads" in values:
-                use_threads(values["threads"])
             return command(**{p.name: values[p.name] for p in own}, options=values)
 
         run.__signature__ = signature.replace(  # type: ignore[attr-defined]
@@ -179,24 +199,6 @@ def with_options(*groups: OptionGroup, **overrides: Any) -> Callable[[Callable[.
         return run
 
     return decorate
-
-
-def free_cores(cores: int, load: float) -> int:
-    """Threads that do not oversubscribe a machine of `cores` cores whose run queue holds `load` other jobs
-    (at least 1): two busy jobs with torch's default threads each on 2 cores ran 10-30x slower."""
-    return max(1, min(cores, int(cores - load + 0.5)))
-
-
-def use_threads(threads: int | None) -> None:
-    """Set torch's CPU threads: `threads`, or (None) the free cores unless OMP_NUM_THREADS already says."""
-    import torch
-
-    if threads is not None:
-        if threads < 1:
-            raise VditscopeError(f"--threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
-    elif "OMP_NUM_THREADS" not in os.environ and hasattr(os, "getloadavg") and hasattr(os, "sched_getaffinity"):
-        torch.set_num_threads(free_cores(len(os.sched_getaffinity(0)), os.getloadavg()[0]))
 
 
 # The shared generation options (parameter name -> request field), as generation_fields hands them on.
@@ -217,7 +219,7 @@ _GENERATION_FIELDS = {
 
 def generation_fields(options: Mapping[str, Any]) -> dict[str, Any]:
     """The request fields of the shared generation options a command has (model, out, steps, num_frames, height,
-    width, device, dtype, overwrite, executor, address); `options` is the command's locals(), its parameters by name.
+    width, device, dtype, overwrite, executor, address); `options` holds the command's options by name.
     Prompts and seeds differ between commands (one or several, their defaults): each command passes its own."""
     return {field: options[name] for name, field in _GENERATION_FIELDS.items() if name in options}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import torch
 from ..tiny import DEFAULT_MODEL
 from .base import FamilyAdapter
 from .loading import load_pipeline, resolve_device, resolve_model_dir
-from .settings import default_prompts, model_settings
+from .settings import model_settings
 
 
 def model_directory(model: str | Path | None) -> Path:
@@ -87,10 +86,6 @@ class LoadedPipeline:
         """Attention heads per layer, where the transformer's config says."""
         heads = getattr(self.pipe.transformer.config, "num_attention_heads", None)
         return int(heads) if heads is not None else None
-
-    def prompts(self, given: Sequence[str] = ()) -> list[str]:
-        """The given prompts, or the model's defaults."""
-        return list(given) or default_prompts(self.settings)
 
     def generate(self, prompt: str, seed: int, kwargs: dict[str, Any]) -> tuple[np.ndarray, torch.Tensor]:
         """The one seeded generation call (see ``generate``) of this pipeline on its device."""

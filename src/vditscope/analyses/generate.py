@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..adapters.loaded import generate, model_directory
+from ..adapters.loaded import model_directory
 from ..adapters.settings import default_prompts, model_settings
 from ..capture.intervene import AttentionEdit, intervene
 from ..errors import VditscopeError
@@ -46,9 +46,9 @@ class PlannedJob:
 
     def __call__(self, bench: Workbench) -> dict[str, Any]:
         if not self.edits:
-            return {"frames": generate(bench.pipe, self.prompt, self.seed, self.generation, bench.device)[0]}
+            return {"frames": bench.generate(self.prompt, self.seed, self.generation)[0]}
         with intervene(bench.pipe, list(self.edits)) as session:
-            frames, _ = generate(bench.pipe, self.prompt, self.seed, self.generation, bench.device)
+            frames, _ = bench.generate(self.prompt, self.seed, self.generation)
         return {"frames": frames, "sparsity": session.totals.sparsity, "mass_dropped": session.totals.mass_dropped}
 
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import pandas as pd
 
-from ..adapters.loaded import generate
 from ..adapters.settings import default_prompts, model_settings
 from ..adapters.text_models import TextModel, is_text_model_dir, load_text_model
 from ..capture.sink_ablation import PATHS, SELECTIONS, ablate_sinks
@@ -130,7 +129,7 @@ class SinkJob:
         with sink_capture(
             pipe, self.layers, self.capture_steps, top_keys=self.top_keys, chunk_size=self.chunk_size
         ) as session:
-            frames, latents = generate(pipe, self.prompt, self.seed, self.generation, bench.device)
+            frames, latents = bench.generate(self.prompt, self.seed, self.generation)
         result: dict[str, Any] = {"calls": session.calls_table(), "totals": session.totals, "layout": None}
         if session.totals:
             num_keys = int(next(iter(session.totals.values())).received.shape[1])
@@ -268,7 +267,7 @@ class SinkAblationJob:
             bench.pipe, list(self.layers), path=self.path, selection=self.selection, threshold=self.threshold,
             seed=self.seed, chunk_size=self.chunk_size,
         ) as session:  # fmt: skip
-            frames, latents = generate(bench.pipe, self.prompt, self.seed, self.generation, bench.device)
+            frames, latents = bench.generate(self.prompt, self.seed, self.generation)
         removed = session.ablation_table()
         return {
             "path": self.path,

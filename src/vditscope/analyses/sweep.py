@@ -30,7 +30,7 @@ from ..progress import ProgressFn
 from ..store import OutputDir, files_of, write_atomic
 from ..tiny import DEFAULT_MODEL
 from . import quality
-from .options import ExecutorOptions, checked_prompts_and_seeds, checked_unique
+from .options import ExecutorOptions, checked_layers, checked_prompts_and_seeds, checked_unique
 from .sweep_tables import (
     LEVEL_METHODS,
     PLAN_VERSION,
@@ -184,11 +184,7 @@ def _edit(request: SweepRequest, level: float, temperature: float, layers: set[i
 def plan_cells(request: SweepRequest, num_layers: int, num_prompts: int) -> list[Cell]:
     """Every cell of the sweep, in the order they are computed (edits outermost, then prompts, seeds)."""
     every = list(range(num_layers))
-    for layer in [*(request.layers or []), *(request.leave_out or [])]:
-        if not 0 <= layer < num_layers:
-            raise VditscopeError(
-                f"layer {layer} is out of range: the model has {num_layers} layers (0-{num_layers - 1})"
-            )
+    checked_layers([*(request.layers or []), *(request.leave_out or [])] or None, num_layers)
     chosen = sorted(set(request.layers)) if request.layers is not None else every
     if request.method in MASK_METHODS:
         request = _replace(request, levels=(0.0,))
@@ -232,7 +228,7 @@ class DenseJob:
     generation: dict[str, Any]
 
     def __call__(self, bench: Workbench) -> dict[str, torch.Tensor]:
-        frames, latents = generate(bench.pipe, self.prompt, self.seed, self.generation, bench.device)
+        frames, latents = bench.generate(self.prompt, self.seed, self.generation)
         return {"frames": torch.from_numpy(frames).contiguous(), "latents": latents.float().contiguous()}
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..adapters.loaded import generate, model_directory
+from ..adapters.loaded import model_directory
 from ..adapters.settings import default_prompts, model_settings
 from ..capture.text_ablation import ABLATIONS, first_text_token_only
 from ..data import shapes
@@ -50,9 +50,9 @@ class AblationJob:
 
     def __call__(self, bench: Workbench) -> np.ndarray:
         if self.method is None:
-            return generate(bench.pipe, self.prompt, self.seed, self.generation, bench.device)[0]
+            return bench.generate(self.prompt, self.seed, self.generation)[0]
         with first_text_token_only(bench.pipe, self.method):
-            return generate(bench.pipe, self.prompt, self.seed, self.generation, bench.device)[0]
+            return bench.generate(self.prompt, self.seed, self.generation)[0]
 
 
 def ablation_jobs(prompts: list[str], request: TextAblationRequest, generation: dict[str, Any]) -> list[Job]:

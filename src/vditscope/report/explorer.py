@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from markupsafe import Markup, escape
 
+from ..layout import TokenLayout
 from ..store.map_names import MapName, parse_map_name
 
 MAP_BUDGET = 4 * 2**20  # bytes of quantized token maps (with their scales) one report embeds at most
@@ -44,11 +45,10 @@ class TileGrid:
     def for_tiles(cls, grid: tuple[int, int, int] | list[int], tiles: int) -> TileGrid | None:
         """The tiling that yields ``tiles`` tiles on this grid (TokenLayout.tiles), or None when none does."""
         frames, rows, cols = (int(n) for n in grid)
-        tokens = frames * rows * cols
-        if tokens < 1 or tiles < 1:
+        if min(frames, rows, cols) < 1 or tiles < 1:
             return None
-        size = -(-tokens // tiles)
-        return cls(frames, rows, cols, size) if -(-tokens // size) == tiles else None
+        size, count = TokenLayout(frames, rows, cols).tiles(tiles)
+        return cls(frames, rows, cols, size) if count == tiles else None
 
     @property
     def tokens(self) -> int:
