@@ -355,11 +355,14 @@ def compare(
 
 
 @app.command()
-def report(run: Annotated[Path, typer.Argument(help="Run directory of analyze or a sweep.")]) -> None:
+@with_options(OVERWRITE)
+def report(
+    run: Annotated[Path, typer.Argument(help="Run directory of analyze or a sweep.")], *, options: dict[str, Any]
+) -> None:
     """Render a run's report.html again from its stored tables and maps (nothing is generated)."""
     from .analyses.render import render_report
 
-    typer.echo(f"wrote {render_report(run)}")
+    typer.echo(f"wrote {render_report(run, options['overwrite'])}")
 
 
 def _check_training(steps: int, out: Path, export: Path | None, command: str, overwrite: bool) -> None:

@@ -37,3 +37,16 @@ def test_report_command_refuses_other_runs_in_one_line(
     assert code == 2 and "holds the output of vditscope edit; vditscope report renders analyze" in err, err
     code, err = run_main(["report", str(tmp_path)], capsys, monkeypatch)
     assert code == 2 and err.count("\n") == 1, err
+
+
+def test_report_keeps_files_of_yours_in_the_run(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = copied(runs["analyze"], tmp_path)
+    (run / "my-notes.txt").write_text("mine")
+    original = (run / "report.html").read_bytes()
+    code, err = run_main(["report", str(run)], capsys, monkeypatch)
+    assert code == 2 and "also holds my-notes.txt" in err and "--overwrite" in err, err
+    code, err = run_main(["report", str(run), "--overwrite"], capsys, monkeypatch)
+    assert code == 0, err
+    assert (run / "my-notes.txt").read_text() == "mine" and (run / "report.html").read_bytes() == original
