@@ -57,7 +57,7 @@ def test_analyze_writes_the_run_directory(small_run: Path) -> None:
     assert run["family"] == "wan" and run["layers"] == 4 and run["heads"] == 4 and run["trained"] is True
     assert run["prompts"][1] == "a blue circle moving up on a gray background"
     assert run["seeds"] == [0, 1] and run["steps"] == 3 and run["map_steps"] == [0, 1, 2]
-    assert run["device"] == "cpu" and run["token_map_heads"] == "all"
+    assert run["device"] == "cpu" and run["token_map_heads"] == "all" and run["statistics_backend"] == ["torch"]
     assert {"torch", "diffusers", "vditscope"} <= set(run["versions"])
     stats = pd.read_parquet(out / "stats.parquet")
     assert set(TABLE_COLUMNS) <= set(stats.columns)

@@ -200,7 +200,9 @@ def _run_sweep(options: dict[str, Any], **fields: Any) -> None:
 @with_options(*SWEEP_OPTIONS, out=(SweepDirOpt, Path("runs/sweep-sparsity")))
 def sweep_sparsity(
     k: Annotated[list[str] | None, typer.Option("--k", help="Bottom-k share(s) of keys to drop, in [0, 1).")] = None,
-    p: Annotated[list[str] | None, typer.Option("--p", help="Top-p mass(es) to keep (with --method top-p).")] = None,
+    p: Annotated[
+        list[str] | None, typer.Option("--p", help="Mass(es) to keep (with --method top-p or blocks), in (0, 1].")
+    ] = None,
     method: SparsityMethodOpt = "bottom-k",
     window: WindowOpt = None,
     dense_first_steps: Annotated[int, typer.Option(help="Keep the first N denoising steps dense.")] = 0,
@@ -212,10 +214,11 @@ def sweep_sparsity(
     *,
     options: dict[str, Any],
 ) -> None:
-    """Sparsify attention (bottom-k or top-p) per layer, globally, or in all layers but some; score each cell."""
+    """Sparsify attention (bottom-k, top-p, blocks or a mask) per layer, globally, or in all layers but some;
+    score each cell."""
     if sum([per_layer, global_, leave_out is not None]) > 1:
         raise VditscopeError("choose one of --per-layer, --global and --leave-out")
-    top_p = method == "top-p"
+    top_p = method in ("top-p", "blocks")
     levels = parse_float_list(p if top_p else k, "p" if top_p else "k")
     _run_sweep(
         options, mode="sparsity", scope="global" if global_ else "leave-out" if leave_out is not None else "per-layer",
@@ -239,6 +242,16 @@ def sweep_temperature(
                temperatures=parse_float_list(tau, "temperature") or [0.5, 1.0, 2.0])  # fmt: skip
 
 
+def seconds_line(seconds: dict[str, float]) -> str:
+    """Dense and planned generation times side by side, FlexAttention's first-call compilation apart."""
+    line = f"dense {seconds['dense']:.2f} s"
+    if "planned" in seconds:
+        line += f" | planned {seconds['planned']:.2f} s ({seconds['speedup']:.2f}x)"
+        if seconds["compile"] > 0:
+            line += f" | compiling FlexAttention {seconds['compile']:.1f} s (first call per shape; cached on disk)"
+    return line
+
+
 @app.command()
 @with_options(*GENERATING, EXECUTION, out=(OutDirOpt, Path("runs/generate")))
 def generate(
@@ -254,7 +267,9 @@ def generate(
     path, metrics = run_generate(GenerateRequest(plan=plan, prompt=prompt, seed=seed, **generation_fields(options)))
     for key in ("psnr", "ssim", "sparsity", "mass_dropped"):
         if key in metrics:
-            typer.echo(f"{key}: {metrics[key]:.4f}")
+            value = metrics[key]
+            typer.echo(f"{key}: " + ("not measured (block-sparse path)" if value != value else f"{value:.4f}"))
+    typer.echo(seconds_line(metrics["seconds"]))
     typer.echo(f"wrote {path}/ (frames.safetensors, preview.gif, metrics.json)")
 
 

@@ -120,7 +120,11 @@ LmOpt = Annotated[
     str | None, typer.Option(help="A transformers text model to compare with, side by side (e.g. tiny-lm).")
 ]
 SparsityMethodOpt = Annotated[
-    str, typer.Option(help="bottom-k, top-p, or a structured mask: spatial, temporal, tiles, svg.")
+    str,
+    typer.Option(
+        help="bottom-k, top-p, blocks (key blocks holding mass p; block-sparse), or a structured mask: "
+        "spatial, temporal, tiles, svg."
+    ),
 ]
 WindowOpt = Annotated[
     str | None, typer.Option(help="Half-widths frames,rows,columns of a spatial/temporal/tiles window.")

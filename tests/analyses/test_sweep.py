@@ -87,6 +87,43 @@ def test_capture_inside_an_intervention_records_the_edited_generation(pipe) -> N
     assert set(cap.table().layer) == {0, 3}
 
 
+def test_fast_mask_edits_equal_the_exact_path_and_skip_the_dense_call(pipe, monkeypatch) -> None:
+    from vditscope.capture.calls import ObservedCall
+
+    runs = []
+    original = ObservedCall.run
+    monkeypatch.setattr(ObservedCall, "run", lambda call: runs.append(call.site.kind) or original(call))
+    for edit in (AttentionEdit(mask="tiles", window=(1, 1, 1)), AttentionEdit(mask="blocks", block_mass=0.5)):
+        with intervene(pipe, [edit]) as exact:
+            expected = generate(pipe)
+        runs.clear()
+        with intervene(pipe, [edit], fast=True) as fast:
+            planned = generate(pipe)
+        assert np.abs(planned - expected).max() < 1e-4
+        assert not runs  # every self-attention call computed block-sparse only
+        assert fast.totals.sparsity == pytest.approx(exact.totals.sparsity) and exact.totals.sparsity > 0
+        assert np.isnan(fast.totals.mass_dropped) and exact.totals.mass_dropped > 0
+    with intervene(pipe, [AttentionEdit(mask="spatial", heads={1})], fast=True):
+        one_head = generate(pipe)
+    assert runs and not np.array_equal(one_head, generate(pipe))  # other heads keep the dense call
+
+
+def test_block_and_mask_edits_round_trip_and_old_plans_still_load() -> None:
+    edit = AttentionEdit(mask="blocks", block_mass=0.7, layers={2})
+    assert AttentionEdit.from_dict(json.loads(json.dumps(edit.to_dict()))) == edit
+    assert "block_mass" not in AttentionEdit(bottom_k=0.2).to_dict()
+    assert AttentionEdit.from_dict({"bottom_k": 0.2, "layers": [1]}) == AttentionEdit(bottom_k=0.2, layers={1})
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"mask": "blocks", "window": (1, 1, 1)}, {"block_mass": 0.5}, {"mask": "tiles", "block_mass": 0.5},
+               {"mask": "blocks", "block_mass": 1.5}, {"mask": "blocks", "top_p": 0.5}],
+)  # fmt: skip
+def test_bad_block_edits_raise(kwargs) -> None:
+    with pytest.raises(ValueError):
+        AttentionEdit(**kwargs)
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"bottom_k": 1.0}, {"bottom_k": -0.1}, {"top_p": 0.0}, {"temperature": 0.0}, {"layers": set()},
                {"steps": (3, 3)}, {"branches": {"both"}}, {"bottom_k": 0.2, "top_p": 0.5},
@@ -129,6 +166,32 @@ def test_plan_takes_the_largest_level_above_the_target() -> None:
     assert [AttentionEdit.from_dict(e) for e in plan["edits"]] == [
         AttentionEdit(bottom_k=0.6, layers={0}, steps=(2, 10))
     ]
+
+
+def test_block_mass_plan_takes_the_smallest_mass_above_the_target() -> None:
+    rows = [
+        {"scope": "per-layer", "method": "blocks", "layer": layer, "p": p, "psnr": psnr}
+        for layer, p, psnr in [(0, 0.5, 35), (0, 0.9, 40), (1, 0.5, 20), (1, 0.9, 25), (2, 0.5, 10), (2, 0.9, 31)]
+    ]
+    plan = sparsity_plan(pd.DataFrame(rows), target=30.0)
+    assert plan["method"] == "blocks" and plan["layers"] == {"0": 0.5, "1": 1.0, "2": 0.9}
+    assert [AttentionEdit.from_dict(e) for e in plan["edits"]] == [
+        AttentionEdit(mask="blocks", block_mass=0.5, layers={0}),
+        AttentionEdit(mask="blocks", block_mass=0.9, layers={2}),
+    ]
+
+
+def test_mask_plan_puts_the_mask_where_the_target_holds() -> None:
+    rows = [
+        {"scope": "per-layer", "method": "tiles", "layer": layer, "mask": "tiles", "psnr": psnr}
+        for layer, psnr in [(0, 35.0), (0, 33.0), (1, 20.0), (2, 31.0)]
+    ]
+    plan = sparsity_plan(pd.DataFrame(rows), target=30.0, steps=(1, 3), window=(0, 1, 1))
+    assert plan["layers"] == {"0": "tiles", "1": "dense", "2": "tiles"}
+    assert [AttentionEdit.from_dict(e) for e in plan["edits"]] == [
+        AttentionEdit(mask="tiles", window=(0, 1, 1), layers={0, 2}, steps=(1, 3))
+    ]
+    assert sparsity_plan(pd.DataFrame(rows), target=40.0)["edits"] == []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,7 +246,28 @@ def test_structured_sweeps(tmp_path: Path) -> None:
     assert tiles.returncode == 0, tiles.stderr
     table = pd.read_parquet(tmp_path / "tiles" / "sweep.parquet")
     assert list(table["mask"]) == ["tiles"] and list(table.layer) == [2]
-    assert "psnr@tiles" in tiles.stdout and not (tmp_path / "tiles" / "plan.json").exists()
+    assert "psnr@tiles" in tiles.stdout
+    plan = json.loads((tmp_path / "tiles" / "plan.json").read_text())
+    assert plan["layers"] == {"2": "tiles" if table.psnr.iloc[0] >= 30 else "dense"}
+
+
+def test_block_sweep_plan_runs_block_sparse_with_times(tmp_path: Path) -> None:
+    """A blocks sweep plans block masses; generate --plan runs them through FlexAttention and prints the
+    dense and planned seconds side by side, compilation apart."""
+    out = tmp_path / "blocks"
+    swept = run_cli(*sweep_args(out, "--method", "blocks", "--p", "0.3,1", "--layers", "1,2", "--psnr-target", "0"))
+    assert swept.returncode == 0, swept.stderr
+    table = pd.read_parquet(out / "sweep.parquet")
+    assert sorted(table.p.unique()) == [0.3, 1.0] and set(table["mask"]) == {"blocks"}
+    assert (table[table.p == 1.0].edited_sparsity == 0).all() and (table[table.p == 0.3].edited_sparsity > 0).all()
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["layers"] == {"1": 0.3, "2": 0.3}
+    generated = run_cli("generate", "--plan", str(out / "plan.json"), "--out", str(tmp_path / "gen"), *SMALL_ARGS)
+    assert generated.returncode == 0, generated.stderr
+    metrics = json.loads((tmp_path / "gen" / "metrics.json").read_text())
+    assert set(metrics["seconds"]) == {"dense", "planned", "compile", "speedup"}
+    assert metrics["seconds"]["compile"] > 0 and metrics["mass_dropped"] is None and metrics["sparsity"] > 0
+    assert "| planned" in generated.stdout and "not measured" in generated.stdout
 
 
 def test_sweep_resumes_after_a_kill_with_the_same_table(tmp_path: Path) -> None:

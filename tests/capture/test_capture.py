@@ -229,3 +229,18 @@ def test_whole_tiny_wan_pipeline_steps_and_branches() -> None:
     counts = table.groupby(["generation", "step", "branch", "kind"]).size()
     config = pipe.transformer.config
     assert (counts == config.num_layers * config.num_attention_heads).all()  # one row per layer and head
+
+
+def test_triton_backend_records_the_same_table_through_the_interpreter(case: FamilyCase, triton_interpreter) -> None:
+    """capture(backend="triton") on CPU tensors runs the statistics kernel in Triton's interpreter: the
+    same table as the torch path (all five families: joint text, masks, grouped heads where they have them)."""
+    tables = {}
+    for backend in ("torch", "triton"):
+        with capture(case.model, map_tiles=4, backend=backend) as cap:
+            _forward(case)
+        tables[backend] = cap.table()
+        assert cap.backends == {backend}
+    torch_table, triton_table = tables["torch"], tables["triton"]
+    assert list(torch_table.columns) == list(triton_table.columns) and len(torch_table) == len(triton_table)
+    numeric = torch_table.select_dtypes("number").columns
+    assert ((torch_table[numeric] - triton_table[numeric]).abs().max() < 2e-4).all()

@@ -108,6 +108,7 @@ class Gathered:
     layout: dict[str, Any]
     labels: dict[int, list[str]]
     token_heads: str
+    backends: list[str]  # the statistics paths that ran: "torch" (chunked), "triton" (the fused kernel)
 
 
 def plan_analysis(request: AnalyzeRequest) -> AnalysisPlan:
@@ -220,7 +221,8 @@ def gather(plan: AnalysisPlan, results: list[Captured], text_position: str | Non
         labels.setdefault(p, result.labels)
     layout = {"grid": list(grid) if grid else None, "text_tokens": text_tokens, "text_position": text_position}
     stats = pd.concat(tables, ignore_index=True)
-    return Gathered(stats, maps, videos, notes, layout, labels, token_heads)
+    backends = sorted({name for result in results for name in result.backends})
+    return Gathered(stats, maps, videos, notes, layout, labels, token_heads, backends)
 
 
 def run_record(
@@ -252,6 +254,7 @@ def run_record(
         "device": facts.device,
         "dtype": request.dtype,
         "top_mass": request.top_mass,
+        "statistics_backend": gathered.backends,
         "map_tiles": request.map_tiles,
         "map_steps": plan.map_steps,
         "token_map_heads": gathered.token_heads,

@@ -7,7 +7,7 @@ import hashlib
 import json
 import shutil
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class Captured:
     grid: tuple[int, int, int] | None  # video token grid of the self-attention calls
     text_tokens: int | None
     labels: list[str]  # the prompt's text tokens as the attention maps index them
+    backends: list[str] = field(default_factory=list)  # the statistics paths that ran ("torch", "triton")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class CaptureJob:
         pipe = bench.pipe
         with ExitStack() as stack:
             if self.edits:
-                stack.enter_context(intervene(pipe, list(self.edits)))
+                stack.enter_context(intervene(pipe, list(self.edits), fast=True))
             generator = torch.Generator(device=bench.device).manual_seed(self.seed)
             with capture(
                 pipe,
@@ -106,6 +107,7 @@ class CaptureJob:
             grid=grid,  # type: ignore[arg-type]
             text_tokens=text_tokens,
             labels=token_labels(pipe, self.prompt, text_length(maps)),
+            backends=sorted(cap.backends),
         )
 
 
@@ -172,6 +174,7 @@ class CaptureCache:
             "grid": result.grid,
             "text_tokens": result.text_tokens,
             "labels": result.labels,
+            "backends": result.backends,
             "order": list(result.maps),  # safetensors sorts names; the report reads maps in capture order
         }
         metadata = {"vditscope": json.dumps(meta)}
@@ -194,6 +197,7 @@ class CaptureCache:
             grid=tuple(meta["grid"]) if meta["grid"] is not None else None,  # type: ignore[arg-type]
             text_tokens=meta["text_tokens"],
             labels=list(meta["labels"]),
+            backends=list(meta.get("backends", [])),
         )
 
     def remove(self) -> None:

@@ -33,9 +33,11 @@ from . import quality
 from .options import ExecutorOptions, checked_layers, checked_prompts_and_seeds, checked_unique
 from .sweep_tables import (
     LEVEL_METHODS,
+    MASS_METHODS,
     PLAN_VERSION,
     check_plan,
     level_column,
+    level_edit,
     load_plan,
     sensitivity_table,
     sparsity_plan,
@@ -142,7 +144,7 @@ def validate(request: SweepRequest) -> None:
     for level in request.levels if request.method in LEVEL_METHODS else ():
         if request.method == "bottom-k" and not 0.0 <= level < 1.0:
             raise VditscopeError(f"k must be in [0, 1), got {level}")
-        if request.method == "top-p" and not 0.0 < level <= 1.0:
+        if request.method in MASS_METHODS and not 0.0 < level <= 1.0:
             raise VditscopeError(f"p must be in (0, 1], got {level}")
     if not request.temperatures:
         raise VditscopeError("no temperature given")
@@ -158,27 +160,22 @@ def validate(request: SweepRequest) -> None:
     if request.branches is not None and not set(request.branches) <= {"cond", "uncond"}:
         raise VditscopeError(f"branches must be cond and/or uncond, got {', '.join(request.branches)}")
     checked_prompts_and_seeds(request.prompts, request.seeds)
-    checked_unique(request.levels, "--p" if request.method == "top-p" else "--k")
+    checked_unique(request.levels, "--p" if request.method in MASS_METHODS else "--k")
     checked_unique(request.temperatures, "--tau")
     if request.steps is not None and not 0 <= request.steps[0] < request.steps[1]:
         raise VditscopeError(f"bad step range {request.steps[0]}:{request.steps[1]}")
 
 
 def _edit(request: SweepRequest, level: float, temperature: float, layers: set[int] | None) -> AttentionEdit:
-    bottom_k = level if request.method == "bottom-k" else 0.0
-    top_p = level if request.method == "top-p" else None
-    structured = request.method in MASK_METHODS
-    return AttentionEdit(
-        bottom_k=bottom_k,
-        top_p=top_p,
-        temperature=temperature,
-        layers=frozenset(layers) if layers is not None else None,
-        heads=frozenset(request.heads) if request.heads is not None else None,
-        steps=request.steps,
-        branches=frozenset(request.branches) if request.branches is not None else None,
-        mask=request.method if structured else None,
-        window=request.window if structured else None,
-    )
+    where = {
+        "temperature": temperature,
+        "heads": frozenset(request.heads) if request.heads is not None else None,
+        "branches": frozenset(request.branches) if request.branches is not None else None,
+    }
+    chosen = frozenset(layers) if layers is not None else None
+    if request.method in MASK_METHODS:
+        return AttentionEdit(mask=request.method, window=request.window, layers=chosen, steps=request.steps, **where)
+    return level_edit(request.method, level, chosen, request.steps, **where)
 
 
 def plan_cells(request: SweepRequest, num_layers: int, num_prompts: int) -> list[Cell]:
@@ -354,7 +351,16 @@ class DenseStore:
         write_atomic(self.root / f"{key}.safetensors", lambda p: save_file(tensors, str(p)))
 
 
+def _mass_kept(edit: AttentionEdit) -> float:
+    """The p column: top-p mass or block mass kept, NaN for other methods."""
+    if edit.top_p is not None:
+        return edit.top_p
+    return edit.block_mass if edit.block_mass is not None else float("nan")
+
+
 def _level(edit: AttentionEdit) -> float | str:
+    if edit.mask == "blocks":
+        return _mass_kept(edit)
     if edit.mask is not None:
         return edit.mask
     return edit.top_p if edit.top_p is not None else edit.bottom_k
@@ -386,7 +392,7 @@ def _run_cell(
         "layers": cell.layers,
         "layer": cell.layer,
         "k": cell.edit.bottom_k if request.method == "bottom-k" else float("nan"),
-        "p": cell.edit.top_p if cell.edit.top_p is not None else float("nan"),
+        "p": _mass_kept(cell.edit),
         "temperature": cell.edit.temperature,
         "prompt": prompt,
         "prompt_index": cell.prompt_index,
@@ -418,7 +424,9 @@ def _write_outputs(
 
     write_atomic(out / "sweep.parquet", lambda p: table.to_parquet(p, index=False))
     write_atomic(out / "sweep.csv", lambda p: table.to_csv(p, index=False))
-    plan = sparsity_plan(table, request.psnr_target, request.steps) if request.mode == "sparsity" else {}
+    plan = {}
+    if request.mode == "sparsity":
+        plan = sparsity_plan(table, request.psnr_target, request.steps, request.window)
     if plan:
         plan["source"] = str(out)
         write_atomic(out / "plan.json", lambda p: p.write_text(json.dumps(plan, indent=1) + "\n"))

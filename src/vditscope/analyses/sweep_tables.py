@@ -14,17 +14,27 @@ import pandas as pd
 from ..capture.intervene import AttentionEdit
 from ..errors import VditscopeError
 
-LEVEL_METHODS = ("bottom-k", "top-p")
+LEVEL_METHODS = ("bottom-k", "top-p", "blocks")
+# sweeps whose level is a mass kept (smaller is sparser, 1.0 keeps everything)
+MASS_METHODS = ("top-p", "blocks")
 PLAN_VERSION = 1
 
 
-def sparsity_plan(table: pd.DataFrame, target: float, steps: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Per layer, the largest level whose mean PSNR (over prompts and seeds) stays >= target, from
-    the per-layer rows of a sweep; layers with no such level stay dense (0)."""
+def sparsity_plan(
+    table: pd.DataFrame,
+    target: float,
+    steps: tuple[int, int] | None = None,
+    window: tuple[int, int, int] | None = None,
+) -> dict[str, Any]:
+    """Per layer, the sparsest level whose mean PSNR (over prompts and seeds) stays >= target, from
+    the per-layer rows of a sweep; layers with no such level stay dense. A structured-mask sweep
+    (one mask, with the sweep's ``window``) plans that mask in every layer that keeps the target."""
     rows = table[(table["scope"] == "per-layer") & (table["layer"] >= 0)]
-    if rows.empty or rows["method"].iloc[0] not in LEVEL_METHODS:
+    if rows.empty:
         return {}
     method = str(rows["method"].iloc[0])
+    if method not in LEVEL_METHODS:
+        return _mask_plan(rows, method, target, steps, window)
     level = level_column(rows)
     means = rows.groupby(["layer", level])["psnr"].mean().reset_index()
     layers: dict[str, float] = {}
@@ -32,23 +42,53 @@ def sparsity_plan(table: pd.DataFrame, target: float, steps: tuple[int, int] | N
         ok = group[group["psnr"] >= target]
         if method == "bottom-k":
             layers[str(int(layer))] = float(ok[level].max()) if not ok.empty else 0.0
-        else:  # top-p: smaller p is sparser; 1.0 keeps everything
+        else:  # top-p, blocks: smaller p is sparser; 1.0 keeps everything
             layers[str(int(layer))] = float(ok[level].min()) if not ok.empty else 1.0
     edits = []
     for layer, value in layers.items():
-        if (method == "bottom-k" and value > 0) or (method == "top-p" and value < 1):
-            edit = AttentionEdit(
-                bottom_k=value if method == "bottom-k" else 0.0,
-                top_p=value if method == "top-p" else None,
-                layers=frozenset({int(layer)}),
-                steps=steps,
-            )
-            edits.append(edit.to_dict())
+        if (method == "bottom-k" and value > 0) or (method in MASS_METHODS and value < 1):
+            edits.append(level_edit(method, value, frozenset({int(layer)}), steps).to_dict())
     return {
         "vditscope_plan": PLAN_VERSION,
         "method": method,
         "target_psnr": target,
         "rule": f"per layer, the largest sparsity whose mean PSNR against dense stays >= {target:g} dB",
+        "layers": layers,
+        "edits": edits,
+    }
+
+
+def level_edit(
+    method: str, value: float, layers: frozenset[int] | None, steps: tuple[int, int] | None, **where: Any
+) -> AttentionEdit:
+    """The edit of a level method at one level: bottom-k share, top-p mass or block mass kept."""
+    return AttentionEdit(
+        bottom_k=value if method == "bottom-k" else 0.0,
+        top_p=value if method == "top-p" else None,
+        mask="blocks" if method == "blocks" else None,
+        block_mass=value if method == "blocks" else None,
+        layers=layers,
+        steps=steps,
+        **where,
+    )
+
+
+def _mask_plan(
+    rows: pd.DataFrame, method: str, target: float, steps: tuple[int, int] | None, window: tuple[int, int, int] | None
+) -> dict[str, Any]:
+    """The plan of a structured-mask sweep: the mask in each layer whose mean PSNR stays >= target."""
+    means = rows.groupby("layer")["psnr"].mean()
+    layers = {str(int(layer)): (method if psnr >= target else "dense") for layer, psnr in means.items()}
+    chosen = frozenset(int(layer) for layer, value in layers.items() if value != "dense")
+    edits = []
+    if chosen:
+        edit = AttentionEdit(mask=method, window=window, layers=chosen, steps=steps)
+        edits.append(edit.to_dict())
+    return {
+        "vditscope_plan": PLAN_VERSION,
+        "method": method,
+        "target_psnr": target,
+        "rule": f"the {method} mask in every layer whose mean PSNR against dense with it alone stays >= {target:g} dB",
         "layers": layers,
         "edits": edits,
     }
@@ -96,6 +136,6 @@ def sensitivity_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def level_column(table: pd.DataFrame) -> str:
-    """The column that holds a sweep's level: k (bottom-k), p (top-p) or mask (structured)."""
+    """The column that holds a sweep's level: k (bottom-k), p (top-p, blocks) or mask (structured)."""
     method = table["method"].iloc[0]
-    return "k" if method == "bottom-k" else "p" if method == "top-p" else "mask"
+    return "k" if method == "bottom-k" else "p" if method in MASS_METHODS else "mask"

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
 
+from ..stats.block_sparse import check_block_method
 from ..stats.sparsify import check_sparsity
 from ..stats.structured import check_window
 from .selection import BRANCHES, SELF_ONLY, Selection, step_range
@@ -24,7 +25,9 @@ class AttentionEdit:
     ``steps`` is a half-open range [start, stop) of denoising steps; ``branches`` a subset of
     {"cond", "uncond"}; ``heads`` query-head indices. ``mask`` picks a structured window
     (spatial, temporal, tiles, svg; see ``stats/structured.py``) with optional half-widths
-    ``window`` = (frames, rows, columns); it combines with a temperature, not with bottom_k/top_p.
+    ``window`` = (frames, rows, columns), or ``blocks``, the key blocks holding pooled mass
+    ``block_mass`` (``stats/block_sparse.py``); a mask combines with a temperature, not with
+    bottom_k/top_p.
     ``where`` is the same place as a ``Selection`` of self-attention calls.
     """
 
@@ -37,16 +40,20 @@ class AttentionEdit:
     branches: frozenset[str] | None = None
     mask: str | None = None
     window: tuple[int, int, int] | None = None
+    block_mass: float | None = None
 
     def __post_init__(self) -> None:
         check_sparsity(self.bottom_k, self.top_p, self.temperature)
         if self.mask is not None:
-            window = check_window(self.mask, self.window)
-            object.__setattr__(self, "window", window)
+            check_block_method(self.mask, self.window, self.block_mass)
+            if self.mask != "blocks":
+                object.__setattr__(self, "window", check_window(self.mask, self.window))
             if self.bottom_k > 0 or self.top_p is not None:
                 raise ValueError("a structured mask combines with a temperature, not with bottom_k or top_p")
         elif self.window is not None:
             raise ValueError("a window needs a mask kind (spatial, temporal or tiles)")
+        elif self.block_mass is not None:
+            raise ValueError("block_mass needs the blocks mask")
         if self.steps is not None:
             steps = step_range(self.steps)
             object.__setattr__(self, "steps", (steps.start, steps.stop))
@@ -70,6 +77,8 @@ class AttentionEdit:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (sets as sorted lists), the inverse of ``from_dict``."""
         data = asdict(self)
+        if data["block_mass"] is None:
+            del data["block_mass"]  # plans without the blocks method keep their earlier form
         for name in SET_FIELDS:
             if data[name] is not None:
                 data[name] = sorted(data[name])

@@ -2,8 +2,11 @@
 masking, temperature, structured windows) during a generation, through the same session as capture.
 
 An ``AttentionEdit`` says what to do and where; the first edit that matches a call decides it.
-Edited heads are computed by the exact chunked ``sparse_attention`` (or ``structured_attention``);
-every other head, call and step keeps the model's own SDPA output.
+Edited heads are computed by the exact chunked ``sparse_attention`` (or ``structured_attention``,
+or the block selection's masked softmax); every other head, call and step keeps the model's own
+SDPA output. With ``fast`` (plans), mask edits run block-sparse through compiled FlexAttention
+instead, without measuring the dropped mass, and a call whose every head is edited skips the dense
+SDPA call: that is where a plan saves time.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
+from ..stats.block_sparse import block_sparse_attention
 from ..stats.sparsify import sparse_attention
 from ..stats.structured import structured_attention
 from .calls import ObservedCall
@@ -36,10 +41,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class InterventionConfig:
-    """The edits to apply (the first that matches a call decides it) and the chunk size."""
+    """The edits to apply (the first that matches a call decides it), the chunk size, and whether
+    mask edits take the fast block-sparse path (no dropped-mass measurement)."""
 
     edits: tuple[AttentionEdit, ...] = ()
     chunk_size: int | None = None
+    fast: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "edits", tuple(self.edits))
@@ -128,11 +135,33 @@ class Intervention(SessionObserver):
                 f"{call.site.name}: an edit needs inference without dropout or a causal mask; call left unedited"
             )
             return call.run()
-        out = call.run().clone()
+        if self._replaces_call(call, edits):
+            out = torch.empty((*q.shape[:-1], sdpa.v.shape[-1]), dtype=q.dtype, device=q.device)
+        else:
+            out = call.run().clone()
         for b, edit in enumerate(edits):
             if edit is not None:
                 self._edit_element(call, b, edit, out)
         return out
+
+    def _replaces_call(self, call: ObservedCall, edits: list[AttentionEdit | None]) -> bool:
+        """True when the fast path computes every head of every batch element: no dense call needed."""
+        heads = call.sdpa.q.shape[1]
+        return (
+            self.config.fast
+            and call.sdpa.attn_mask is None
+            and all(
+                edit is not None and edit.mask is not None and len(edit.where.head_indices(heads)) == heads
+                for edit in edits
+            )
+        )
+
+    def _masked(
+        self, edit: AttentionEdit, parts: tuple[torch.Tensor, ...], layout: Any, scale: float | None
+    ) -> tuple[torch.Tensor, Any, list[str]]:
+        """A mask edit of one batch element's chosen heads: (out, SparsityStats, kinds per head)."""
+        run = _masked_method(self.config.fast, self.chunk_size, edit)
+        return run(*parts, layout=layout, kind=edit.mask, window=edit.window, scale=scale, temperature=edit.temperature)
 
     def _edit_element(self, call: ObservedCall, b: int, edit: AttentionEdit, out: torch.Tensor) -> None:
         """Write the edited heads of batch element ``b`` into ``out`` and record what they dropped."""
@@ -152,15 +181,8 @@ class Intervention(SessionObserver):
                         f"{site.name}: a structured mask on a call with its own mask is not supported; left"
                     )
                     return
-                edited, dropped, kinds = structured_attention(
-                    *parts,
-                    layout=self.adapter.layout(state.grid, k.shape[2]),
-                    kind=edit.mask,
-                    window=edit.window,
-                    scale=sdpa.scale,
-                    temperature=edit.temperature,
-                    chunk_size=self.chunk_size,
-                )
+                layout = self.adapter.layout(state.grid, k.shape[2])
+                edited, dropped, kinds = self._masked(edit, parts, layout, sdpa.scale)
             else:
                 edited, dropped = sparse_attention(
                     *parts,
@@ -193,6 +215,19 @@ class Intervention(SessionObserver):
             )
 
 
+def _masked_method(fast: bool, chunk_size: int | None, edit: AttentionEdit) -> Any:
+    """The function that computes a mask edit: block-sparse FlexAttention on the fast path (no mass
+    measured), the block selection's exact masked softmax for ``blocks``, else ``structured_attention``."""
+    if fast or edit.mask == "blocks":
+        return partial(
+            block_sparse_attention,
+            block_mass=edit.block_mass,
+            measure=not fast,
+            backend="flex" if fast else "torch",
+        )
+    return partial(structured_attention, chunk_size=chunk_size)
+
+
 def _mask_rows(mask: torch.Tensor | None, b: int, heads: torch.Tensor) -> torch.Tensor | None:
     """The part of an SDPA mask (broadcastable to (B, H, Nq, Nk)) for batch element b and some heads."""
     if mask is None:
@@ -212,13 +247,15 @@ def intervene(
     edits: Iterable[AttentionEdit],
     *,
     chunk_size: int | None = None,
+    fast: bool = False,
 ) -> Iterator[Intervention]:
     """Apply the edits to every matching self-attention call made inside the block.
 
     The yielded object counts what was dropped: ``totals`` (entries and mass over all self-attention
-    calls) and ``edit_table()`` (per edited call and head). Hooks are removed on exit, also on errors.
+    calls; with ``fast`` the mass is not measured and reads NaN) and ``edit_table()`` (per edited
+    call and head). Hooks are removed on exit, also on errors.
     """
-    with apply_intervention(model_or_pipeline, InterventionConfig(tuple(edits), chunk_size)) as session:
+    with apply_intervention(model_or_pipeline, InterventionConfig(tuple(edits), chunk_size, fast)) as session:
         yield session
 
 

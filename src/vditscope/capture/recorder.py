@@ -27,7 +27,8 @@ from .state import ForwardState
 @dataclass(frozen=True)
 class CaptureConfig:
     """What ``capture`` records: ``where`` (layers, steps, site kinds), the top-mass mode, the fused
-    path, the chunk size, and which maps to keep (see ``capture``)."""
+    path, the chunk size, which maps to keep (see ``capture``) and the statistics backend ("auto":
+    the Triton kernel on CUDA, the torch path elsewhere)."""
 
     where: Selection = field(default_factory=Selection)
     top_mass: TopMassMode = "auto"
@@ -36,6 +37,7 @@ class CaptureConfig:
     keep_maps: bool = True
     map_tiles: int | None = None
     map_steps: frozenset[int] | None = None
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.map_tiles is not None and self.map_tiles < 1:
@@ -57,6 +59,7 @@ class Capture(SessionObserver):
         super().__init__(session)
         self.config = config
         self.records: list[CallRecord] = []
+        self.backends: set[str] = set()  # which statistics path ran ("torch", "triton")
 
     def table(self) -> Any:
         """A pandas DataFrame: one row per generation, step, branch, sample, layer, site kind and head."""
@@ -90,7 +93,9 @@ class Capture(SessionObserver):
                 top_mass=config.top_mass,
                 compute_output=fused,
                 map_tiles=config.tiles_at(state.step) if layout is not None else None,
+                backend=config.backend,
             )
+        self.backends.add(getattr(stats, "backend", "torch"))
         labels = call.labels(state, start)
         self.records.extend(records_from_stats(stats, site, state, labels, layout, keep_maps=config.keep_maps))
         return fused_out if fused else out
@@ -112,6 +117,7 @@ def capture(
     cross_attention: bool = True,
     map_tiles: int | None = None,
     map_steps: Iterable[int] | None = None,
+    backend: str = "auto",
 ) -> Iterator[Capture]:
     """Record attention statistics of every observed attention call made inside the block.
 
@@ -122,7 +128,9 @@ def capture(
     (one attention instead of two, equal to SDPA within float rounding). ``keep_maps`` keeps
     per-head frame maps, locality profiles and text masses on each record (small tensors);
     ``map_tiles`` T adds a T x T tile-pooled token map of the video tokens (``token_map``) at the
-    ``map_steps`` (None = every observed step).
+    ``map_steps`` (None = every observed step). ``backend``: "auto" runs the statistics as one Triton
+    kernel on CUDA and the chunked torch path elsewhere; "torch" or "triton" force one (``backends``
+    says which ran).
     """
     where = Selection(
         layers=None if layers is None else frozenset(int(layer) for layer in layers),
@@ -130,7 +138,7 @@ def capture(
         kinds=None if cross_attention else frozenset({"self"}),
     )
     chosen_maps = None if map_steps is None else frozenset(int(s) for s in map_steps)
-    config = CaptureConfig(where, top_mass, fused, chunk_size, keep_maps, map_tiles, chosen_maps)
+    config = CaptureConfig(where, top_mass, fused, chunk_size, keep_maps, map_tiles, chosen_maps, backend)
     with apply_capture(model_or_pipeline, config) as session:
         yield session
 

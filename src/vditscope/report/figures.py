@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from matplotlib.text import Text
 
-from ..analyses.sweep_tables import level_column
+from ..analyses.sweep_tables import LEVEL_METHODS, level_column
 
 # Labels carry prompts, token strings, model and directory names: draw every text as it is, never as
 # mathtext or TeX, where a pair of dollar signs would be parsed (and a bad formula raises).
@@ -241,7 +241,7 @@ def capped_psnr(values: pd.Series, cap: float = 60.0) -> np.ndarray:
 
 def sweep_quality(table: pd.DataFrame, target: float | None = None) -> bytes | None:
     """PSNR against the sparsity level: one line per layer set (mean over prompts and seeds)."""
-    if table.empty or table["method"].iloc[0] not in ("bottom-k", "top-p"):
+    if table.empty or table["method"].iloc[0] not in LEVEL_METHODS:
         return None
     level = level_column(table)
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -253,7 +253,8 @@ def sweep_quality(table: pd.DataFrame, target: float | None = None) -> bytes | N
         ax.plot(means.index, capped_psnr(means), marker="o", ms=3, color=cmap(i), label=label)
     if target is not None:
         ax.axhline(target, color="gray", ls="--", lw=0.8)
-    ax.set_xlabel("bottom-k share of keys dropped (k)" if level == "k" else "top-p mass kept (p)")
+    method = str(table["method"].iloc[0])
+    ax.set_xlabel("bottom-k share of keys dropped (k)" if level == "k" else f"{method} mass kept (p)")
     ax.set_ylabel("PSNR vs dense (dB, 60 = identical)")
     ax.set_title("Quality against sparsity")
     if len(groups) <= 14:

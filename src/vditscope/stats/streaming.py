@@ -7,16 +7,35 @@ one chunk of scores, one exp2, one matrix product with V, then cheap reductions 
 
 from __future__ import annotations
 
-import math
-import operator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
 import torch
 
 from ..layout import TokenLayout
+from .basics import (
+    CHUNK_ELEMENTS,
+    CHUNK_ELEMENTS_GPU,
+    LN2,
+    LOG2E,
+    MASK_FLOOR,
+    MASKED,
+    MAX_CHUNK,
+    MAX_CHUNK_GPU,
+    MIN_CHUNK,
+    AttentionStats,
+    TopMassMode,
+    check_attention_inputs,
+    checked_chunk_size,
+    checked_scale,
+    chunk_rows,
+    default_chunk_size,
+    frame_distance_profile,
+    offset_index,
+    prepare_mask,
+    ring_profile,
+)
 from .top_mass import (
     TOP_FRACTIONS,
     estimate_mean_top_mass,
@@ -24,53 +43,36 @@ from .top_mass import (
     sampled_rows,
 )
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-# Finite stand-in for -inf in log2 units: exp2 of it is exactly 0 and 0 * MASKED is 0, not nan.
-MASKED = -1.0e30
 # Below this many scores in a call, a thread pool costs more than it saves.
 THREADED_MIN_SCORES = 1 << 20
-# Additive mask values at or below this (natural-log units) mean "masked", like -inf.
-MASK_FLOOR = -1.0e4
-# Score buffer budget per chunk (elements); chunk rows = budget / number of keys, within bounds.
-CHUNK_ELEMENTS = 1 << 25
-MIN_CHUNK, MAX_CHUNK = 64, 1024
-CHUNK_ELEMENTS_GPU, MAX_CHUNK_GPU = 1 << 28, 8192
 
-TopMassMode = Literal["auto", "exact", "estimate", "off"]
+Backend = Literal["auto", "torch", "triton"]
 
-
-class AttentionStats(dict):
-    """Statistics of one attention call (a dict of tensors whose keys also read as attributes).
-
-    ``top_mass_method`` says how ``topk_mass`` was obtained: "exact", "estimate" or "off".
-    """
-
-    top_mass_method: str = "off"
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-def default_chunk_size(num_keys: int, device: torch.device | str = "cpu") -> int:
-    """Query rows per chunk: large enough for efficient matrix products (and, on a GPU, few kernel
-    launches), small enough for memory: about 128 MiB per score buffer on CPU, 1 GiB on GPU."""
-    if torch.device(device).type == "cpu":
-        return int(min(MAX_CHUNK, max(MIN_CHUNK, CHUNK_ELEMENTS // max(num_keys, 1))))
-    return int(min(MAX_CHUNK_GPU, max(MIN_CHUNK, CHUNK_ELEMENTS_GPU // max(num_keys, 1))))
-
-
-@lru_cache(maxsize=4)
-def _offset_index(height: int, width: int) -> torch.Tensor:
-    """Flat (dy, dx) offset id of every (query position, key position) pair of one frame."""
-    ys = torch.arange(height).repeat_interleave(width)
-    xs = torch.arange(width).repeat(height)
-    dy = ys[None, :] - ys[:, None] + height - 1
-    dx = xs[None, :] - xs[:, None] + width - 1
-    return (dy * (2 * width - 1) + dx).flatten()
+__all__ = [  # the shared basics stay importable from here, where other modules found them
+    "CHUNK_ELEMENTS",
+    "CHUNK_ELEMENTS_GPU",
+    "LN2",
+    "LOG2E",
+    "MASKED",
+    "MASK_FLOOR",
+    "MAX_CHUNK",
+    "MAX_CHUNK_GPU",
+    "MIN_CHUNK",
+    "AttentionStats",
+    "Backend",
+    "TopMassMode",
+    "attention_stats",
+    "check_attention_inputs",
+    "checked_chunk_size",
+    "checked_scale",
+    "chunk_rows",
+    "default_chunk_size",
+    "frame_distance_profile",
+    "prepare_mask",
+    "ring_profile",
+    "run_over_heads",
+    "uniform_locality",
+]
 
 
 @dataclass
@@ -92,79 +94,6 @@ class _HeadAccumulator:
     feature_sum: torch.Tensor | None = None
 
 
-def check_attention_inputs(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
-) -> None:
-    """Raise ValueError, with one line naming what differs, unless q, k, v are as for torch SDPA:
-    (B, Hq, Nq, D), (B, Hk, Nk, D), (B, Hk, Nk, Dv), one floating dtype, one device, Hq a multiple
-    of Hk (grouped-query heads), D > 0; an ``attn_mask`` on the same device."""
-    tensors = {"q": q, "k": k, "v": v}
-    if any(t.ndim != 4 for t in tensors.values()):
-        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
-        raise ValueError(f"q, k and v must be 4-D (B, H, N, D) as for torch SDPA; got {shapes}")
-    if not all(t.is_floating_point() for t in tensors.values()):
-        raise ValueError(f"q, k and v must be floating point, got {_describe(tensors, lambda t: t.dtype)}")
-    if not q.dtype == k.dtype == v.dtype:
-        raise ValueError(f"q, k and v must have the same dtype, got {_describe(tensors, lambda t: t.dtype)}")
-    if not q.device == k.device == v.device:
-        raise ValueError(f"q, k and v must be on the same device, got {_describe(tensors, lambda t: t.device)}")
-    if attn_mask is not None and attn_mask.device != q.device:
-        raise ValueError(f"attn_mask must be on the device of q, k and v ({q.device}), got {attn_mask.device}")
-    if not q.shape[0] == k.shape[0] == v.shape[0]:
-        raise ValueError(f"q, k and v must have the same batch size, got {_describe(tensors, lambda t: t.shape[0])}")
-    if k.shape[1] != v.shape[1]:
-        raise ValueError(f"k and v must have the same number of heads, got k {k.shape[1]}, v {v.shape[1]}")
-    if k.shape[2] != v.shape[2]:
-        raise ValueError(f"k and v must have the same length (keys), got k {k.shape[2]}, v {v.shape[2]}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must have the same head dimension, got q {q.shape[-1]}, k {k.shape[-1]}")
-    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key heads ({k.shape[1]})")
-    if q.shape[-1] == 0:
-        raise ValueError("q and k have head dimension 0")
-
-
-def _describe(tensors: dict[str, torch.Tensor], attribute: Any) -> str:
-    """``torch.int64`` when the three agree, else ``q torch.float32, k torch.int64, v torch.float32``."""
-    values = [attribute(t) for t in tensors.values()]
-    if all(value == values[0] for value in values):
-        return str(values[0])
-    return ", ".join(f"{name} {value}" for name, value in zip(tensors, values, strict=True))
-
-
-def checked_scale(scale: float | None, dim: int) -> float:
-    """The softmax scale: 1/sqrt(D) when None, else ``scale`` if it is a finite positive number."""
-    if scale is None:
-        return 1.0 / math.sqrt(dim)
-    try:
-        value = float(scale)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}") from None
-    if isinstance(scale, bool) or not (0.0 < value < math.inf):
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    return value
-
-
-def checked_chunk_size(chunk_size: int | None) -> int | None:
-    """``chunk_size`` if it is None or a positive integer; ValueError otherwise."""
-    if chunk_size is None:
-        return None
-    try:
-        rows = operator.index(chunk_size)
-    except TypeError:
-        rows = 0
-    if isinstance(chunk_size, bool) or rows < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    return rows
-
-
-def chunk_rows(chunk_size: int | None, default: int, num_q: int) -> int:
-    """Query rows per chunk: ``chunk_size`` (checked) or ``default``, never more than the queries, so
-    the chunk buffers are sized by what is computed (chunk_size=10**9 at 64 queries holds 64 rows)."""
-    rows = checked_chunk_size(chunk_size) or default
-    return max(1, min(rows, num_q))
-
-
 def attention_stats(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -179,6 +108,7 @@ def attention_stats(
     spatial: bool = True,
     compute_output: bool = True,
     map_tiles: int | None = None,
+    backend: Backend = "auto",
 ) -> tuple[torch.Tensor | None, AttentionStats]:
     """Attention output and its statistics, computed exactly in query chunks.
 
@@ -201,7 +131,17 @@ def attention_stats(
     (``TokenLayout.tiles``), row a = mean over the video queries of tile a of the mass on each tile.
     Means are over queries with at least one visible key; the layout statistics are means over
     video queries.
+
+    ``backend``: "torch" (this chunked path), "triton" (``triton_stats``: CUDA, or CPU tensors with
+    TRITON_INTERPRET=1), "auto" (triton for CUDA tensors when triton imports, else torch).
     """
+    if _use_triton(q, backend):
+        from .triton_stats import triton_attention_stats
+
+        return triton_attention_stats(
+            q, k, v, scale=scale, layout=layout, attn_mask=attn_mask, is_causal=is_causal, top_mass=top_mass,
+            spatial=spatial, compute_output=compute_output, map_tiles=map_tiles, chunk_size=chunk_size,
+        )  # fmt: skip
     check_attention_inputs(q, k, v, attn_mask)
     if top_mass not in ("auto", "exact", "estimate", "off"):
         raise ValueError(f"top_mass must be auto, exact, estimate or off; got {top_mass!r}")
@@ -322,6 +262,22 @@ def attention_stats(
     return out, stats
 
 
+def _use_triton(q: torch.Tensor, backend: str) -> bool:
+    """Whether ``attention_stats`` dispatches to the Triton kernels; ValueError for an unusable request."""
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be auto, torch or triton; got {backend!r}")
+    if backend == "torch" or (backend == "auto" and q.device.type != "cuda"):
+        return False
+    from .triton_stats import check_triton_device, triton_available
+
+    if not triton_available():
+        if backend == "auto":
+            return False
+        raise ValueError("backend='triton' needs the triton package, which is not installed; use backend='torch'")
+    check_triton_device(q)
+    return True
+
+
 def run_over_heads(
     process: Any, batch: int, kv_heads: int, scores_per_head: int, device: torch.device, name: str = "vditscope"
 ) -> None:
@@ -338,25 +294,6 @@ def run_over_heads(
                 job.result()
     else:
         process(pairs, False)
-
-
-def prepare_mask(attn_mask: torch.Tensor | None, batch: int, heads: int, num_q: int, num_k: int) -> torch.Tensor | None:
-    """The mask as a (B, H, Nq, Nk) broadcast view: bool (True = attend) or additive in log2 units."""
-    if attn_mask is None:
-        return None
-    if attn_mask.dtype != torch.bool:
-        # additive values at or below MASK_FLOOR (natural-log units) hide the key: its weight is 0
-        # in any float format, and it does not count as a visible key for the top-k fractions
-        attn_mask = attn_mask.to(torch.float32) * LOG2E
-        attn_mask = attn_mask.masked_fill(attn_mask <= MASK_FLOOR * LOG2E, MASKED)
-    while attn_mask.ndim < 4:
-        attn_mask = attn_mask.unsqueeze(0)
-    try:
-        return attn_mask.expand(batch, heads, num_q, num_k)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to {(batch, heads, num_q, num_k)}"
-        ) from exc
 
 
 def _chunk_step(
@@ -563,31 +500,10 @@ def _finish_head(
     if acc.text_recv is not None:
         acc.text_recv.div_(layout.num_video)
     if space is not None:
-        index = _offset_index(layout.height, layout.width).to(acc.space_sum.device)
+        index = offset_index(layout.height, layout.width).to(acc.space_sum.device)
         flat = torch.zeros(space.shape[2] * space.shape[3], dtype=torch.float32, device=space.device)
         flat.index_add_(0, index, acc.space_sum.flatten())
         space[b, h] = flat.view(space.shape[2], space.shape[3]) / layout.num_video
-
-
-def frame_distance_profile(frame_map: torch.Tensor) -> torch.Tensor:
-    """Mean mass a video query puts on frames at distance |dt| = 0..F-1: (..., F)."""
-    frames = frame_map.shape[-1]
-    idx = torch.arange(frames, device=frame_map.device)
-    distance = (idx[:, None] - idx[None, :]).abs().flatten()
-    flat = frame_map.flatten(-2)
-    profile = torch.zeros(*frame_map.shape[:-2], frames, dtype=frame_map.dtype, device=frame_map.device)
-    profile.index_add_(-1, distance, flat)
-    return profile / frames
-
-
-def ring_profile(offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Same-frame mass by Chebyshev distance ring r = max(|dy|, |dx|) = 0..max(H, W)-1: (..., R)."""
-    dy = (torch.arange(2 * height - 1, device=offsets.device) - (height - 1)).abs()
-    dx = (torch.arange(2 * width - 1, device=offsets.device) - (width - 1)).abs()
-    ring = torch.maximum(dy[:, None], dx[None, :]).flatten()
-    profile = torch.zeros(*offsets.shape[:-2], max(height, width), dtype=offsets.dtype, device=offsets.device)
-    profile.index_add_(-1, ring, offsets.flatten(-2))
-    return profile
 
 
 def uniform_locality(frames: int, height: int, width: int, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:

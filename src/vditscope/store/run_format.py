@@ -91,7 +91,11 @@ _ANALYZE = RunFormat(
     "analyze",
     "attention statistics, pooled maps and videos of generations on one model, and their report",
     (
-        FileSpec("run.json", "json", "model, family, layers, heads, layout, prompts, seeds, steps, settings, versions"),
+        FileSpec(
+            "run.json",
+            "json",
+            "model, family, layers, heads, layout, prompts, seeds, steps, settings, statistics_backend, versions",
+        ),
         FileSpec(
             "stats.parquet",
             "table",
@@ -174,7 +178,12 @@ _GENERATE = RunFormat(
     (
         FileSpec("frames.safetensors", "tensors", "raw frames: dense, and planned with a plan", tensors=("dense",)),
         FileSpec("preview.gif", "video", "the videos side by side"),
-        FileSpec("metrics.json", "json", "prompt, seed, model, plan, and the plan's PSNR, SSIM and sparsity"),
+        FileSpec(
+            "metrics.json",
+            "json",
+            "prompt, seed, model, plan, the plan's PSNR, SSIM and sparsity, and seconds: dense, planned "
+            "(FlexAttention's compilation apart), compile, speedup",
+        ),
     ),
     info="metrics.json",
     main_fields=("prompt", "seed", "model", "plan", "psnr", "ssim", "sparsity"),
