@@ -57,7 +57,10 @@ def _normalize(
 
 
 def _routed_sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
-    """The rebound F.scaled_dot_product_attention ("rebind")."""
+    """The rebound F.scaled_dot_product_attention ("rebind"). Traced by torch.compile it is a plain
+    pass-through: observed attention modules run outside compiled graphs, so a traced call is unobserved."""
+    if torch.compiler.is_compiling():
+        return _original(*args, **kwargs)
     handler = _handler.get()
     if handler is None:
         return _original(*args, **kwargs)

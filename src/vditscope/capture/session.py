@@ -27,6 +27,7 @@ from ..errors import VditscopeError
 from .backend import native_attention
 from .calls import ObservedCall, SdpaCall
 from .clock import StepClock, scheduler_clock
+from .compiled import eager_around, eager_wrappers, full_graph_wrappers
 from .hooks import AroundHook, ContextAroundHook, attach, invalidate_registry_cache
 from .sdpa_patch import open_routing, scoped_routing, sdpa_handler
 from .selection import Selection, checked_site_layers, layer_count
@@ -68,6 +69,7 @@ class HookSession:
 
     def __init__(self, model_or_pipeline: Any, where: Selection, *, name: str, hook: str | None = None) -> None:
         self.models, self.scheduler = transformers_of(model_or_pipeline)
+        self.wrappers = full_graph_wrappers(model_or_pipeline)
         self.adapter: FamilyAdapter = adapter_for(self.models[0])
         self.model_layers = layer_count(self.adapter.sites(self.models[0]))
         where.check_layers(self.model_layers)
@@ -103,11 +105,14 @@ class HookSession:
         detachers: list[Callable[[], None]] = []
         with ExitStack() as stack:
             stack.enter_context(native_attention(self.sites, self.note))
+            stack.enter_context(eager_around(self.models, [site.module for site in self.sites]))
+            stack.enter_context(eager_wrappers(self.wrappers))
             stack.enter_context(scheduler_clock(self.scheduler, self.clock))
             stack.enter_context(open_routing())
             try:
                 for model in self.models:
-                    hook = ContextAroundHook(self._around_transformer)
+                    # not traced by torch.compile (it reads the timestep as a number); what it calls still is
+                    hook = ContextAroundHook(torch.compiler.disable(self._around_transformer, recursive=False))
                     detachers.append(attach(model, hook, self.hook))
                 for site in self.sites:
                     detachers.append(attach(site.module, AroundHook(self._around_site(site, observer)), self.hook))
@@ -170,7 +175,9 @@ class HookSession:
             with sdpa_handler(handler), scoped_routing():
                 return forward(*args, **kwargs)
 
-        return around
+        # under torch.compile, an observed attention module runs eagerly (one graph break on each side):
+        # the observers keep Python state, and the rest of the model stays compiled
+        return torch.compiler.disable(around)
 
 
 class SessionObserver:

@@ -12,14 +12,24 @@ from ..adapters import AttentionSite, FamilyAdapter, adapter_for
 from .selection import checked_site_layers
 
 
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper (OptimizedModule) holds, or the module itself: hooks go on
+    the original modules, which the compiled wrapper calls."""
+    inner = getattr(model, "_orig_mod", None)
+    return uncompiled(inner) if isinstance(inner, nn.Module) else model
+
+
 def transformers_of(model_or_pipeline: Any) -> tuple[list[nn.Module], Any]:
-    """The denoising transformer(s) of a pipeline (Wan 2.2 has two) and its scheduler, or (model, None)."""
+    """The denoising transformer(s) of a pipeline (Wan 2.2 has two) and its scheduler, or (model, None);
+    compiled transformers as the modules they wrap."""
     if isinstance(model_or_pipeline, nn.Module):
-        return [model_or_pipeline], None
+        return [uncompiled(model_or_pipeline)], None
     components = getattr(model_or_pipeline, "components", None)
     if isinstance(components, dict):
         models = [
-            components[name] for name in ("transformer", "transformer_2") if isinstance(components.get(name), nn.Module)
+            uncompiled(components[name])
+            for name in ("transformer", "transformer_2")
+            if isinstance(components.get(name), nn.Module)
         ]
         if models:
             return models, components.get("scheduler")
