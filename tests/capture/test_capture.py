@@ -96,6 +96,27 @@ def test_layout_matches_the_family(case: FamilyCase) -> None:
 
 def test_statistics_match_a_dense_reference_of_the_same_call(case: FamilyCase, monkeypatch) -> None:
     """Record q, k, v of each observed call independently and recompute the statistics densely."""
+    _check_against_dense_reference(case, monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_models_get_float32_statistics_of_their_own_calls(
+    case: FamilyCase, dtype: torch.dtype, monkeypatch
+) -> None:
+    """A bf16 or fp16 model: the statistics are float32, accumulated in float32, and equal the float64
+    reference of the half-precision q, k, v the model itself computed."""
+    case.model.to(dtype)
+    case.inputs = {
+        name: value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+        for name, value in case.inputs.items()
+    }
+    records = _check_against_dense_reference(case, monkeypatch)
+    assert all(record.maps["frame_map"].dtype == torch.float32 for record in records)
+
+
+def _check_against_dense_reference(case: FamilyCase, monkeypatch) -> list:
+    """Capture one forward, spying on each self-attention call's q, k, v; compare every record with the
+    float64 dense reference of its call. Returns the self-attention records."""
     with capture(case.model, cross_attention=False) as cap:
         from vditscope.capture import sdpa_patch
 
@@ -135,6 +156,7 @@ def test_statistics_match_a_dense_reference_of_the_same_call(case: FamilyCase, m
         torch.testing.assert_close(record.maps["frame_map"], ref["frame_map"][0].float(), atol=1e-5, rtol=0)
         torch.testing.assert_close(torch.as_tensor(record.text_mass), ref["text_mass"][0].float(), atol=1e-5, rtol=0)
         torch.testing.assert_close(torch.as_tensor(record.top_mass), ref["topk_mass"][0].float(), atol=1e-4, rtol=0)
+    return records
 
 
 def test_model_restored_after_an_exception(case: FamilyCase) -> None:
