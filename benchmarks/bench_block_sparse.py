@@ -137,11 +137,6 @@ def band_selection(n: int, heads: int, density: float, device: str) -> BlockSele
     )
 
 
-def plain_layout(n: int) -> TokenLayout:
-    """A layout for the synthetic bands (FlexAttention ignores it without windows): one row of n tokens."""
-    return TokenLayout(frames=1, height=1, width=n)
-
-
 def wan_layout(frames: int, height: int, width: int, text: int, position: str) -> tuple[TokenLayout, int]:
     """(layout, N) of frames x height x width video tokens with ``text`` text tokens before or after (or none)."""
     video = frames * height * width
@@ -171,11 +166,11 @@ def dense_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, device: str) -
 
 
 def band_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> Callable[[], Any]:
-    layout, scale = plain_layout(q.shape[2]), q.shape[-1] ** -0.5
+    scale = q.shape[-1] ** -0.5
 
     def call() -> torch.Tensor:
         with torch.no_grad():
-            return flex_block_attention(q, k, v, selection, layout, scale)
+            return flex_block_attention(q, k, v, selection, scale)
 
     return call
 

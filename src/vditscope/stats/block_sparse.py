@@ -39,7 +39,7 @@ BLOCK_METHODS = ("spatial", "temporal", "tiles", "svg", "blocks")
 DEFAULT_BLOCK_MASS = 0.9
 # frames are padded to whole blocks only when that adds at most this share of their tokens
 MAX_PADDING = 0.25
-# Dense log-sum-exp for the dropped mass is computed in query chunks of this many scores.
+# The masked reference (and the dense log-sum-exp of the dropped mass) runs in query chunks of this many scores.
 LSE_CHUNK_ELEMENTS = 1 << 24
 
 
@@ -242,7 +242,7 @@ def mass_blocks(
     heads, num = q.shape[1], k.shape[2]
     nb = num_blocks(num, block)
     group = heads // k.shape[1]
-    pooled_q, _ = _pool(q[0].float(), block)
+    pooled_q = _pool(q[0].float(), block)
     chosen = torch.zeros(heads, nb, nb, dtype=torch.bool, device=q.device)
     for h in range(heads):  # one head at a time: (Qb, N) scores are 176 MB at 75k tokens
         probs = torch.softmax(pooled_q[h] @ k[0, h // group].float().t() * scale, dim=-1)  # (Qb, N)
@@ -258,14 +258,14 @@ def mass_blocks(
     return chosen
 
 
-def _pool(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over each block of tokens of x (H, N, D): (H, nb, D), and the tokens per block (nb,)."""
+def _pool(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Mean over each block of tokens of x (H, N, D): (H, nb, D)."""
     heads, num, dim = x.shape
     nb = num_blocks(num, block)
     padded = torch.nn.functional.pad(x, (0, 0, 0, nb * block - num)).view(heads, nb, block, dim)
     counts = torch.full((nb,), float(block), device=x.device)
     counts[-1] = num - block * (nb - 1)
-    return padded.sum(dim=2) / counts[None, :, None], counts
+    return padded.sum(dim=2) / counts[None, :, None]
 
 
 def block_sparse_attention(
@@ -304,18 +304,19 @@ def block_sparse_attention(
     selection = select_blocks(
         q, k, v, layout=layout, kind=kind, window=window, scale=scale, block_mass=block_mass, block=block
     )
+    lse = dense = None
     if backend == "flex":
-        out = flex_block_attention(q, k, v, selection, layout, scale)
-        lse = _masked_reference(q, k, None, selection, layout, scale)[1] if measure else None
+        out = flex_block_attention(q, k, v, selection, scale)
+        if measure:
+            _, lse, dense = _masked_reference(q, k, None, selection, layout, scale, measure=True)
     else:
-        out, lse = _masked_reference(q, k, v, selection, layout, scale)
+        out, lse, dense = _masked_reference(q, k, v, selection, layout, scale, measure=measure)
     kept = kept_entries(selection, layout, num)
     stats = SparsityStats(
         mass_dropped=torch.full((1, q.shape[1]), math.nan),
         entries_dropped=(1.0 - kept / float(num * num)).float()[None],
     )
     if measure:
-        dense = dense_lse(q, k, scale)
         stats["mass_dropped"] = (1.0 - torch.exp(lse.double() - dense.double())).mean(-1).float().cpu()[None]
     return out, stats, selection.kinds
 
@@ -398,7 +399,6 @@ def flex_block_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     selection: BlockSelection,
-    layout: TokenLayout,
     scale: float,
 ) -> torch.Tensor:
     """The output (1, H, N, Dv) of compiled FlexAttention over the selection (tokens moved to their
@@ -453,34 +453,26 @@ def _masked_reference(
     selection: BlockSelection,
     layout: TokenLayout,
     scale: float,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """The selection as a dense masked softmax in float32 query chunks: (out, or None without v,
-    and the natural-log lse (H, N))."""
+    measure: bool = False,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """The selection as a dense masked softmax in float32 query chunks: (out, or None without v, the
+    natural-log lse (H, N) of the kept scores, and with ``measure`` that of all scores, from the same
+    score chunks: together they give the mass dropped)."""
     heads, num = q.shape[1], k.shape[2]
     group = heads // k.shape[1]
     out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device) if v is not None else None
     lse = torch.empty(heads, num, dtype=torch.float32, device=q.device)
+    dense = torch.empty_like(lse) if measure else None
     chunk = max(16, LSE_CHUNK_ELEMENTS // max(num, 1))
     for h in range(heads):
         keys_t = k[0, h // group].float().t()
         for r0 in range(0, num, chunk):
             rows = torch.arange(r0, min(num, r0 + chunk), device=q.device)
             logits = (q[0, h, rows].float() @ keys_t) * scale
+            if dense is not None:
+                dense[h, rows] = torch.logsumexp(logits, -1)
             logits = logits.masked_fill(~token_mask(selection, layout, num, h, rows), -math.inf)
             lse[h, rows] = torch.logsumexp(logits, -1)
             if out is not None:
                 out[0, h, rows] = (torch.softmax(logits, -1) @ v[0, h // group].float()).to(out.dtype)
-    return out, lse
-
-
-def dense_lse(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """(H, N) natural-log log-sum-exp of the dense scores of q (1, H, N, D), in query chunks."""
-    heads, num = q.shape[1], k.shape[2]
-    group = heads // k.shape[1]
-    lse = torch.empty(heads, q.shape[2], dtype=torch.float32, device=q.device)
-    chunk = max(16, LSE_CHUNK_ELEMENTS // max(num, 1))
-    for h in range(heads):
-        keys_t = k[0, h // group].float().t()
-        for r0 in range(0, q.shape[2], chunk):
-            lse[h, r0 : r0 + chunk] = torch.logsumexp((q[0, h, r0 : r0 + chunk].float() @ keys_t) * scale, -1)
-    return lse
+    return out, lse, dense
