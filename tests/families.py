@@ -66,6 +66,9 @@ __all__ = [
     "make_ltx",
     "make_mochi",
     "make_wan",
+    "make_wan_i2v",
+    "tiny_cogvideox_1_5",
+    "tiny_wan",
 ]
 
 #: Batch size of every case.
@@ -181,21 +184,8 @@ def make_wan(seed: int = 0) -> FamilyCase:
     ``encoder_hidden_states`` (B, 7, 16), no mask (the Wan pipeline zeroes the
     padded text embeddings instead).
     """
-    with _seeded(seed):
-        model = WanTransformer3DModel(
-            **_HEADS_AND_CHANNELS,
-            out_channels=_LATENT_CHANNELS,
-            patch_size=(1, _SPATIAL_PATCH, _SPATIAL_PATCH),
-            text_dim=_TEXT_DIM,
-            freq_dim=32,
-            ffn_dim=64,
-            num_layers=2,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=32,
-        )
     inputs = _video_inputs(_generator(seed))
-    return FamilyCase("wan", _finish(model), inputs, GRID, 0, False, 2)
+    return FamilyCase("wan", tiny_wan(seed), inputs, GRID, 0, False, 2)
 
 
 def make_mochi(seed: int = 0) -> FamilyCase:
@@ -340,6 +330,75 @@ def make_ltx(seed: int = 0) -> FamilyCase:
         rope_interpolation_scale=(8 / 25.0, 32, 32),
     )
     return FamilyCase("ltx", _finish(model), inputs, GRID, 0, False, 2)
+
+
+#: Image tokens of :func:`make_wan_i2v` (CLIP image embeddings; 257 in Wan 2.1 I2V).
+IMAGE_LEN = 5
+#: Text tokens a Wan I2V attention processor expects after the image tokens (hard-coded 512 in diffusers).
+WAN_I2V_TEXT_LEN = 512
+_IMAGE_DIM = 24
+
+
+def tiny_wan(seed: int = 0, **overrides: Any) -> WanTransformer3DModel:
+    """A ``WanTransformer3DModel`` as :func:`make_wan` builds it (2 layers, 2 heads x 16, text dim 16),
+    with constructor ``overrides`` (``in_channels``, ``image_dim``, ...), float32, eval mode."""
+    config: dict[str, Any] = dict(
+        _HEADS_AND_CHANNELS,
+        patch_size=(1, _SPATIAL_PATCH, _SPATIAL_PATCH),
+        text_dim=_TEXT_DIM,
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    config.update(overrides)
+    config.setdefault("out_channels", config["in_channels"])
+    with _seeded(seed):
+        return _finish(WanTransformer3DModel(**config))
+
+
+def make_wan_i2v(seed: int = 0) -> FamilyCase:
+    """Tiny Wan 2.1-style image-to-video ``WanTransformer3DModel``: CLIP image tokens (``image_dim``) that
+    attn2 attends to in a call of its own (added key/value projections) before the text call.
+
+    Inputs as :func:`make_wan`, but ``encoder_hidden_states`` (B, 512, 16) (the processor takes the last
+    512 tokens as text) and ``encoder_hidden_states_image`` (B, :data:`IMAGE_LEN`, 24).
+    """
+    model = tiny_wan(seed, image_dim=_IMAGE_DIM, added_kv_proj_dim=_INNER_DIM)
+    g = _generator(seed)
+    inputs = dict(
+        hidden_states=_randn(g, BATCH_SIZE, _LATENT_CHANNELS, *_latent_shape()),
+        timestep=_timesteps(),
+        encoder_hidden_states=_randn(g, BATCH_SIZE, WAN_I2V_TEXT_LEN, _TEXT_DIM),
+        encoder_hidden_states_image=_randn(g, BATCH_SIZE, IMAGE_LEN, _IMAGE_DIM),
+    )
+    return FamilyCase("wan", model, inputs, GRID, 0, False, 2)
+
+
+def tiny_cogvideox_1_5(seed: int = 0, **overrides: Any) -> CogVideoXTransformer3DModel:
+    """A CogVideoX 1.5-style (text-to-video) ``CogVideoXTransformer3DModel``: temporal patch 2
+    (``patch_size_t``), spatial patch 2, 3D RoPE, no learned positions, no patch bias, no ``ofs``
+    embedding (only 1.5 I2V has one); 2 layers, 2 heads x 16, text dim 16, with constructor ``overrides``
+    (``in_channels``, ``sample_height``, ...)."""
+    config: dict[str, Any] = dict(
+        _HEADS_AND_CHANNELS,
+        time_embed_dim=16,
+        text_embed_dim=_TEXT_DIM,
+        num_layers=2,
+        patch_size=_SPATIAL_PATCH,
+        patch_size_t=2,
+        patch_bias=False,
+        max_text_seq_length=TEXT_LEN,
+        use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=False,
+        ofs_embed_dim=None,
+    )
+    config.update(overrides)
+    config.setdefault("out_channels", config["in_channels"])
+    with _seeded(seed):
+        return _finish(CogVideoXTransformer3DModel(**config))
 
 
 #: All factories, in a fixed order.

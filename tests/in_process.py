@@ -11,10 +11,19 @@ from vditscope.cli import main
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
     """(exit code, stderr) of ``vditscope ARGV`` through the entry point that maps errors to one line."""
+    code, _, err = run_main_output(argv, capsys, monkeypatch)
+    return code, err
+
+
+def run_main_output(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``vditscope ARGV`` through the entry point."""
     monkeypatch.setattr(sys, "argv", ["vditscope", *argv])
     try:
         main()
         code = 0
     except SystemExit as exc:
         code = int(exc.code or 0)
-    return code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -203,9 +203,14 @@ def test_eval_tiny_prints_accuracies(tmp_path: Path) -> None:
     result = run_cli("eval-tiny", "--count", "2", "--json", str(tmp_path / "eval.json"))
     assert result.returncode == 0, result.stderr
     assert "colour accuracy" in result.stdout and "direction accuracy" in result.stdout
-    assert "layer 0:" in result.stdout
+    assert "layer 0:" in result.stdout and "prompted" in result.stdout and "head classes" in result.stdout
     data = json.loads((tmp_path / "eval.json").read_text())
     assert data["count"] == 2 and 0 <= data["color_accuracy"] <= 1
+    assert sum(sum(row.values()) for row in data["direction_confusion"].values()) == 2
+    assert sum(data["head_classes"].values()) == 16  # 4 layers x 4 heads
+    # the shipped model reads the colour word (its loss rises far when it is wrong) far more than the direction
+    rise = data["caption_sensitivity"]
+    assert rise["colour"] > 0.5 and rise["colour"] > 5 * abs(rise["direction"])
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ about argument parsing."""
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -24,11 +25,16 @@ from .cli_options import (
     AnalyzeModelOpt,
     AnalyzePlanOpt,
     CaptureStepsOpt,
+    ContextParallelOpt,
     DeviceOpt,
+    DtypeOpt,
+    FramesOpt,
+    HeightOpt,
     LmOpt,
     MapStepsOpt,
     MinutesOpt,
     NoiseSeedOpt,
+    OffloadOpt,
     OptionGroup,
     OutDirOpt,
     OverwriteOpt,
@@ -47,6 +53,7 @@ from .cli_options import (
     TrainOutOpt,
     TrainStepsOpt,
     TransferModeOpt,
+    WidthOpt,
     WindowOpt,
     generation_fields,
     parse_float_list,
@@ -487,13 +494,20 @@ def eval_tiny(
 
 
 def _echo_evaluation(result: Any) -> None:
-    """eval-tiny's results, a line each."""
+    """eval-tiny's results, a line each (the confusion matrix as a table)."""
+    from .training.evaluate import confusion_table
+
     typer.echo(f"clips: {result.count}")
     typer.echo(f"colour accuracy: {result.color_accuracy:.1%}")
     typer.echo(f"direction accuracy: {result.direction_accuracy:.1%}")
+    typer.echo("directions, prompted (rows) against measured (columns), and the accuracy per direction:")
+    typer.echo(_table(confusion_table(result), 3))
     typer.echo("same-frame attention mass / uniform share, per layer:")
     for layer, ratio in result.same_frame_ratio.items():
         typer.echo(f"  layer {layer}: {ratio:.2f}x")
+    typer.echo("head classes (the report's rule): " + ", ".join(f"{n} {c}" for c, n in result.head_classes.items()))
+    for word, rise in result.sensitivity.items():
+        typer.echo(f"denoising loss with the wrong {word} in the caption: {rise:+.1%} (0: the word is ignored)")
 
 
 LANGUAGE_MODEL: OptionGroup = {
@@ -613,6 +627,51 @@ def families() -> None:
         typer.echo(f"{name:14s} {', '.join(cls.model_classes)}")
 
 
+@app.command()
+def memory(
+    model: AnalyzeModelOpt = None,
+    published: Annotated[str | None, typer.Option(help="A published checkpoint, e.g. Wan2.1-T2V-1.3B.")] = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    num_frames: FramesOpt = None,
+    steps: StepsOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    offload: OffloadOpt = "none",
+    context_parallel: ContextParallelOpt = 1,
+    layers: Annotated[str | None, typer.Option(help="Layers to capture, e.g. 0,2,5-7 (default all).")] = None,
+    map_tiles: Annotated[int, typer.Option(help="Token maps: video tokens pooled into at most this many tiles.")] = 256,
+    generations: Annotated[int | None, typer.Option(help="Generations kept (default: prompts x seeds).")] = None,
+) -> None:
+    """Estimate the memory of an analyze run (weights, activations, statistics, maps, videos); loads no weights."""
+    from .analyses.analyze import AnalyzeRequest, estimate_analysis
+    from .analyses.memory_plan import memory_summary, memory_table
+
+    request = AnalyzeRequest(
+        model=model, height=height, width=width, num_frames=num_frames, num_inference_steps=steps, device=device,
+        dtype=dtype, offload=offload, context_parallel=context_parallel, layers=parse_int_list(layers, "layer"),
+        map_tiles=map_tiles,
+    )  # fmt: skip
+    plan = estimate_analysis(request, published, generations)
+    summary = memory_summary(plan)
+    typer.echo("\n".join([*summary[:4], _table(memory_table(plan), 0), summary[4]]))
+
+
+@app.command("real-shaped")
+def real_shaped(
+    published: Annotated[str, typer.Argument(help="A published checkpoint, e.g. Wan2.1-T2V-1.3B or CogVideoX-2b.")],
+    out: Annotated[Path, typer.Option(help="New directory for the pipeline.")],
+    layers: Annotated[int, typer.Option(help="Transformer blocks (the published width, fewer blocks).")] = 2,
+    num_frames: Annotated[int | None, typer.Option(help="Frames of its default generation (default: a few).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a random-weight pipeline with a published checkpoint's shapes, to rehearse a run offline."""
+    from .adapters.real_shaped import build_real_shaped
+
+    path = _with_progress("building", build_real_shaped, published, out, layers, num_frames, seed)
+    typer.echo(f"wrote {path}/ (use it as --model {path})")
+
+
 def _fail(message: str) -> NoReturn:
     """A user error: one line on stderr, exit code 2."""
     err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
@@ -634,7 +693,10 @@ def _exit_for(exc: Exception) -> NoReturn:
 
 
 def main() -> None:
-    """Entry point: run the app and turn user errors into one line on stderr with exit code 2."""
+    """Entry point: run the app and turn user errors into one line on stderr with exit code 2. In a torchrun
+    launch only rank 0 prints results (every rank prints its errors)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     try:
         code = app(standalone_mode=False)
     except (VditscopeError, ValueError, OverflowError) as exc:

@@ -155,6 +155,35 @@ TopMassOpt = Annotated[
     ),
 ]
 CaptureStepsOpt = Annotated[str | None, typer.Option(help="Denoising steps to observe (default all).")]
+# the choices of adapters.loading.OFFLOADS (not imported here: it loads torch, and --help stays fast)
+OFFLOADS = ("none", "model", "sequential", "group")
+OffloadOpt = Annotated[
+    str,
+    typer.Option(
+        help="Keep the weights on the CPU between uses, for models larger than the GPU: none, model (a component "
+        "at a time), sequential (a layer at a time; needs a GPU) or group (a transformer block at a time).",
+        callback=one_of("--offload", OFFLOADS),
+    ),
+]
+# the choices of adapters.placement.COMPILES
+COMPILES = ("none", "regional", "model")
+CompileOpt = Annotated[
+    str,
+    typer.Option(
+        help="Compile the transformer with torch.compile: none, regional (each block, full graphs; the blocks "
+        "holding an observed attention run eagerly while it is observed) or model (the whole transformer; its "
+        "graph breaks around observed attention).",
+        callback=one_of("--compile", COMPILES),
+    ),
+]
+ContextParallelOpt = Annotated[
+    int,
+    typer.Option(
+        "--context-parallel",
+        help="Split the sequence over N GPUs (Ulysses attention; Wan and LTX): start with torchrun "
+        "--nproc-per-node N -m vditscope.cli ...; only rank 0 writes --out.",
+    ),
+]
 
 # Option groups: (annotation, default) by parameter name, added to a command's signature by `with_options`.
 OptionGroup = dict[str, tuple[Any, Any]]
@@ -166,6 +195,9 @@ VIDEO: OptionGroup = {
     "width": (WidthOpt, None),
     "device": (DeviceOpt, "auto"),
     "dtype": (DtypeOpt, "float32"),
+    "offload": (OffloadOpt, "none"),
+    "compile": (CompileOpt, "none"),
+    "context_parallel": (ContextParallelOpt, 1),
     "threads": (ThreadsOpt, None),
 }
 OVERWRITE: OptionGroup = {"overwrite": (OverwriteOpt, False)}
@@ -215,6 +247,9 @@ _GENERATION_FIELDS = {
     "width": "width",
     "device": "device",
     "dtype": "dtype",
+    "offload": "offload",
+    "compile": "compile",
+    "context_parallel": "context_parallel",
     "overwrite": "overwrite",
     "executor": "executor",
     "address": "address",
@@ -223,7 +258,8 @@ _GENERATION_FIELDS = {
 
 def generation_fields(options: Mapping[str, Any]) -> dict[str, Any]:
     """The request fields of the shared generation options a command has (model, out, steps, num_frames, height,
-    width, device, dtype, overwrite, executor, address); `options` holds the command's options by name.
+    width, device, dtype, offload, compile, context_parallel, overwrite, executor, address); `options` holds the
+    command's options by name.
     Prompts and seeds differ between commands (one or several, their defaults): each command passes its own."""
     return {field: options[name] for name, field in _GENERATION_FIELDS.items() if name in options}
 

@@ -101,3 +101,17 @@ def test_exported_pipeline_generates_through_wan_pipeline(tmp_path: Path) -> Non
     ).frames[0]
     assert frames.shape == (SMALL.frames, SMALL.size, SMALL.size, 3)
     assert (target / "vditscope.json").is_file()
+
+
+def test_the_tokenizer_knows_every_caption_word() -> None:
+    """Every word of every caption has its own id: "background", a placeholder's name and a literal word of the
+    template, was once dropped to <unk>."""
+    from vditscope.data import shapes
+    from vditscope.training.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    unk = tokenizer.convert_tokens_to_ids("<unk>")
+    for spec in shapes.split_specs(0, 40)[1][:10]:
+        ids = tokenizer(spec.caption)["input_ids"]
+        assert unk not in ids and len(ids) == len(spec.caption.split()) + 1, spec.caption
+    assert tokenizer.convert_tokens_to_ids("background") != unk

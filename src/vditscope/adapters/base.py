@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -11,7 +11,12 @@ from torch import nn
 from ..layout import TokenLayout
 from .recipe import Recipe
 
-SiteKind = Literal["self", "cross"]
+# "self": video self-attention (joint with text where the family has it); "cross": video queries on text
+# keys; "image": video queries on the CLIP image tokens of an image-to-video model (Wan 2.1 I2V attn2)
+# a pipeline's denoising transformers, in the order a Wan 2.2 pipeline runs them (high noise, then low noise)
+TRANSFORMER_COMPONENTS = ("transformer", "transformer_2")
+
+SiteKind = Literal["self", "cross", "image"]
 
 
 class UnsupportedModelError(ValueError):
@@ -23,13 +28,27 @@ class AttentionSite:
     """One attention module of the transformer that vditscope can observe.
 
     ``layer`` numbers the video layers 0..L-1 in execution order; a layer may have a self-attention
-    site and a cross-attention site (Wan and LTX attn2, text as keys).
+    site and a cross-attention site (Wan and LTX attn2, text as keys). ``call_kinds``: the kinds of the
+    first SDPA calls of one forward of the module where they differ from ``kind`` (Wan I2V attn2 attends
+    to the image tokens, then to the text: ("image", "cross")); later calls are of ``kind``.
     """
 
     name: str
     layer: int
     kind: SiteKind
     module: nn.Module
+    call_kinds: tuple[SiteKind, ...] = ()
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """Every kind of call the module makes."""
+        return frozenset((self.kind, *self.call_kinds))
+
+    def for_call(self, index: int) -> AttentionSite:
+        """The site as its ``index``-th SDPA call of one forward sees it (that call's kind)."""
+        if index < len(self.call_kinds) and self.call_kinds[index] != self.kind:
+            return replace(self, kind=self.call_kinds[index])
+        return self
 
 
 class FamilyAdapter:

@@ -1,4 +1,6 @@
-"""CogVideoX: joint self-attention over [text, video] (text first); latents are (B, F, C, H, W)."""
+"""CogVideoX: joint self-attention over [text, video] (text first); latents are (B, F, C, H, W). CogVideoX 1.5
+patches 2 latent frames into one token frame (``patch_size_t``); its pipeline pads the latent frames to a multiple
+of it, so the token grid has frames / patch_size_t frames."""
 
 from __future__ import annotations
 
@@ -104,4 +106,5 @@ class CogVideoXAdapter(FamilyAdapter):
     def video_grid(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int, int]:
         _, frames, _, height, width = hidden_states_arg(args, kwargs).shape
         pt, ph, pw = patch_sizes(model.config)
+        # the pipelines pad the latent frames to whole temporal patches (the patch embedding needs them)
         return -(-frames // pt), height // ph, width // pw

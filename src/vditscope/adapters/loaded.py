@@ -15,6 +15,7 @@ import torch
 from ..tiny import DEFAULT_MODEL
 from .base import FamilyAdapter
 from .loading import load_pipeline, resolve_device, resolve_model_dir
+from .placement import parallel_device
 from .settings import model_settings
 
 
@@ -65,11 +66,23 @@ class ModelFacts:
 
 class LoadedPipeline:
     """A pipeline loaded once (``model``: a directory, cached id or shipped name; None: the shipped model) with
-    its family adapter, directory, vditscope.json settings (over the pipeline's defaults) and device."""
+    its family adapter, directory, vditscope.json settings (over the pipeline's defaults), device and offloading
+    (``offload``, ``compile``, ``context_parallel``: see ``placement.Placement``)."""
 
-    def __init__(self, model: str | Path | None = None, device: str = "auto", dtype: str = "float32") -> None:
-        self.device = resolve_device(device)
-        self.pipe, self.adapter, self.model_dir = load_pipeline(model or DEFAULT_MODEL, self.device, dtype)
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        device: str = "auto",
+        dtype: str = "float32",
+        offload: str = "none",
+        compile: str = "none",
+        context_parallel: int = 1,
+    ) -> None:
+        self.device = parallel_device(resolve_device(device), context_parallel)
+        self.offload = offload
+        self.pipe, self.adapter, self.model_dir = load_pipeline(
+            model or DEFAULT_MODEL, self.device, dtype, offload, compile, context_parallel
+        )
         self.settings = model_settings(self.model_dir)
 
     @property

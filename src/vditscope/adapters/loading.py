@@ -15,8 +15,11 @@ from ..tiny import MODEL_ALIASES, tiny_model_dir
 from . import ADAPTERS, adapter_for
 from .base import FamilyAdapter, UnsupportedModelError
 from .model_files import check_pipeline_weights, vet_pipeline_dir
+from .placement import Placement
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# where the weights wait between uses: on the device (none), or on the CPU, moved to the device per component
+# (model), per submodule (sequential) or per transformer block (group)
 
 
 def resolve_model_dir(model: str | Path) -> Path:
@@ -93,8 +96,28 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_pipeline(model: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, FamilyAdapter, Path]:
-    """Load a diffusers video pipeline offline; returns (pipeline, adapter, directory).
+def vetted_index(model_dir: Path) -> dict[str, Any]:
+    """The model_index.json of a pipeline directory that passed every check made before loading (supported
+    family, no code or pickles, configs that fit their weights: ``model_files``), reading files only."""
+    index = read_model_index(model_dir)
+    check_supported(index, model_dir)
+    vet_pipeline_dir(model_dir, index)
+    with quiet_loading():
+        check_pipeline_weights(model_dir, index)
+    return index
+
+
+def load_pipeline(
+    model: str | Path,
+    device: str = "cpu",
+    dtype: str = "float32",
+    offload: str = "none",
+    compile: str = "none",
+    context_parallel: int = 1,
+) -> tuple[Any, FamilyAdapter, Path]:
+    """Load a diffusers video pipeline offline; returns (pipeline, adapter, directory). ``offload`` (OFFLOADS)
+    keeps weights on the CPU between uses, for models larger than the device's memory; ``compile`` and
+    ``context_parallel`` (a torchrun launch of that many processes) as ``placement.Placement`` says.
 
     The directory is untrusted input: before any weight is loaded, ``model_files`` refuses pickled
     weights, components from modules other than diffusers, transformers and vditscope's own models,
@@ -105,13 +128,12 @@ def load_pipeline(model: str | Path, device: str = "cpu", dtype: str = "float32"
 
     if dtype not in DTYPES:
         raise VditscopeError(f"unknown dtype {dtype}; choose one of {', '.join(DTYPES)}")
+    placement = Placement(device, offload, compile, context_parallel)
+    placement.check()
     model_dir = resolve_model_dir(model)
-    index = read_model_index(model_dir)
-    check_supported(index, model_dir)
-    vet_pipeline_dir(model_dir, index)
+    vetted_index(model_dir)
     try:
         with quiet_loading():
-            check_pipeline_weights(model_dir, index)
             pipe = DiffusionPipeline.from_pretrained(
                 model_dir,
                 dtype=DTYPES[dtype],
@@ -128,7 +150,9 @@ def load_pipeline(model: str | Path, device: str = "cpu", dtype: str = "float32"
     except UnsupportedModelError as exc:
         raise VditscopeError(str(exc)) from exc
     try:
-        pipe.to(device)
+        placement.apply(pipe)
+    except VditscopeError:
+        raise
     except Exception as exc:
         raise VditscopeError(f"could not move the pipeline to {device}: {str(exc).splitlines()[0]}") from exc
     for component in pipe.components.values():

@@ -1,7 +1,9 @@
-"""Wan 2.1 / 2.2: video-only self-attention (attn1) and cross-attention to umT5 text (attn2)."""
+"""Wan 2.1 / 2.2: video-only self-attention (attn1) and cross-attention to umT5 text (attn2); the image-to-video
+models with CLIP image tokens (``image_dim``) attend in attn2 to the image tokens first, then to the text."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -78,7 +80,14 @@ class WanAdapter(FamilyAdapter):
     block_attributes = ("blocks",)
 
     def sites(self, model: nn.Module) -> list[AttentionSite]:
-        return blocks_sites(model, "blocks", {"attn1": "self", "attn2": "cross"})
+        sites = blocks_sites(model, "blocks", {"attn1": "self", "attn2": "cross"})
+        # WanAttnProcessor: an attn2 with added key/value projections (I2V) makes an image call, then the text call
+        return [
+            replace(site, call_kinds=("image", "cross"))
+            if site.kind == "cross" and getattr(site.module, "add_k_proj", None) is not None
+            else site
+            for site in sites
+        ]
 
     def video_grid(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int, int]:
         _, _, frames, height, width = hidden_states_arg(args, kwargs).shape

@@ -12,7 +12,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..adapters.settings import default_prompts, model_settings
+from ..adapters.loading import resolve_device
+from ..adapters.published import published_model
+from ..adapters.settings import DEFAULT_PROMPTS, default_prompts, model_settings
+from ..adapters.token_counts import transformer_size
 from ..capture.intervene import AttentionEdit
 from ..errors import VditscopeError
 from ..executors import Executor, Job, JobPlan, ModelFacts, ModelSpec, checked_model_dir, executor_for, run_jobs
@@ -21,8 +24,10 @@ from ..report import write_report
 from ..report.explorer import FRAME_BUDGET as EXPLORER_FRAME_BUDGET
 from ..report.explorer import MAP_BUDGET as EXPLORER_MAP_BUDGET
 from ..store import OutputDir, files_of, library_versions, write_json, write_table, write_tensors
+from ..store.run_writer import peak_memory
 from ..tiny import DEFAULT_MODEL
 from .captured import CaptureCache, Captured, CaptureJob, writable
+from .memory_plan import MemoryPlan, MemoryRequest, ModelShape, directory_shape, plan_memory
 from .options import ExecutorOptions, checked_layers, checked_prompts_and_seeds, checked_steps
 from .structure import Structure, analyze_structure
 from .sweep_tables import check_plan, load_plan
@@ -150,19 +155,20 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, exe
     are kept beside the run directory until it is written, so an interrupted analysis resumes."""
     plan = plan_analysis(request)
     executor = executor or executor_for(request.executor, request.address)
+    memory = analysis_memory(request, plan, executor.name)  # before any weight loads: refuses what cannot fit
     output = OutputDir(
         request.out, "analyze", files=RUN_FILES, inputs=[plan.model_dir, request.plan], overwrite=request.overwrite,
         expected_bytes=expected_run_bytes(plan.generation, len(plan.runs)),
     )  # fmt: skip
     with output:
         cache = CaptureCache(output.path)
-        with executor.start(ModelSpec.of(plan.model, request.device, request.dtype)) as pool:
+        with executor.start(ModelSpec.of(plan.model, request)) as pool:
             facts = pool.facts
             # capture() checks the layer set (range, emptiness) before anything runs or is written
             check_plan(plan.edits, layers=facts.layers, heads=facts.heads)
             checked_layers(request.layers, facts.layers)  # here, so that no worker starts on a bad set
             started = time.perf_counter()
-            jobs = capture_jobs(request, plan)
+            jobs = capture_jobs(request, plan, memory.chunk_size if memory else None)
             keyed = [Job(key=job.key(str(plan.model_dir), request.dtype), task=job) for job in jobs]
             results = run_jobs(pool, JobPlan(keyed, store=cache, noun="generations"), progress).results
         if progress:
@@ -172,13 +178,63 @@ def run_analyze(request: AnalyzeRequest, progress: ProgressFn | None = None, exe
         structure = analyze_structure(gathered.stats, gathered.maps, gathered.layout, gathered.labels)
         similarity = structure.similarity_table()
         run = run_record(request, plan, facts, gathered, similarity, elapsed, executor.name)
+        peak = peak_memory(facts.device)
+        run["memory"] = memory.record(peak) if memory else {"estimate": None, "checked": False, "peak": peak}
         write_run(output, run, gathered, structure, similarity)
         cache.remove()
     return output.path
 
 
-def capture_jobs(request: AnalyzeRequest, plan: AnalysisPlan) -> list[CaptureJob]:
-    """One capture job per prompt and seed."""
+def analysis_memory(request: AnalyzeRequest, plan: AnalysisPlan, executor: str) -> MemoryPlan | None:
+    """The run's memory plan from the model's files and the requested sizes (nothing loaded): the estimate,
+    the statistics' chunk fitted to the free memory, and the refusal of a run that cannot fit (checked for
+    the local executor; VDITSCOPE_SKIP_MEMORY_CHECK=1 skips it); None where another executor's driver cannot
+    read the model's files."""
+    memory_request = memory_request_of(request, plan.generation, plan.map_steps, len(plan.runs))
+    shape = directory_shape(plan.model_dir, executor)
+    return None if shape is None else plan_memory(shape, memory_request, check=executor == "local")
+
+
+def memory_request_of(
+    request: AnalyzeRequest, generation: dict[str, Any], map_steps: Sequence[int], generations: int
+) -> MemoryRequest:
+    """The sizes an analyze request asks the memory plan for."""
+    return MemoryRequest(
+        generation, resolve_device(request.device), request.dtype, layers=request.layers,
+        capture_steps=request.capture_steps, map_tiles=request.map_tiles, map_steps=len(map_steps),
+        generations=generations, top_mass=request.top_mass, offload=request.offload,
+        context_parallel=request.context_parallel,
+    )  # fmt: skip
+
+
+def estimate_analysis(
+    request: AnalyzeRequest, published: str | None = None, generations: int | None = None
+) -> MemoryPlan:
+    """What `vditscope memory` prints: the (unchecked) memory plan of an analyze request, from the model's
+    files or, with ``published``, from a published checkpoint's configs (nothing on disk, nothing loaded);
+    ``generations`` overrides the run's prompts x seeds."""
+    if published is None:
+        plan = plan_analysis(request)
+        memory_request = memory_request_of(request, plan.generation, plan.map_steps, generations or len(plan.runs))
+        return plan_memory(ModelShape.from_directory(plan.model_dir), memory_request, check=False)
+    if request.model is not None:
+        raise VditscopeError("give --model or --published, not both")
+    model = published_model(published)
+    shape = ModelShape.from_published(model)
+    defaults = {"height": model.height, "width": model.width, "num_frames": model.num_frames}
+    defaults |= {"num_inference_steps": model.num_inference_steps, "guidance_scale": model.guidance_scale}
+    generation = request.generation_kwargs({"generation": {**defaults, "max_sequence_length": model.text_tokens}})
+    total = int(generation["num_inference_steps"])
+    checked_steps(request.capture_steps, total)
+    checked_layers(request.layers, transformer_size(shape.family, shape.transformer).layers)
+    captured = list(request.capture_steps) if request.capture_steps is not None else list(range(total))
+    count = generations or len(request.prompts or DEFAULT_PROMPTS) * len(request.seeds)
+    memory_request = memory_request_of(request, generation, default_map_steps(captured), count)
+    return plan_memory(shape, memory_request, check=False)
+
+
+def capture_jobs(request: AnalyzeRequest, plan: AnalysisPlan, chunk_size: int | None = None) -> list[CaptureJob]:
+    """One capture job per prompt and seed (``chunk_size``: the statistics' chunk the memory plan fitted)."""
     return [
         CaptureJob(
             index=index,
@@ -192,6 +248,7 @@ def capture_jobs(request: AnalyzeRequest, plan: AnalysisPlan) -> list[CaptureJob
             map_tiles=request.map_tiles,
             map_steps=tuple(plan.map_steps),
             edits=tuple(plan.edits),
+            chunk_size=chunk_size,
         )
         for index, (p, seed) in enumerate(plan.runs)
     ]
@@ -253,6 +310,11 @@ def run_record(
         "generation": generation,
         "device": facts.device,
         "dtype": request.dtype,
+        "placement": {
+            "offload": request.offload,
+            "compile": request.compile,
+            "context_parallel": request.context_parallel,
+        },
         "top_mass": request.top_mass,
         "statistics_backend": gathered.backends,
         "map_tiles": request.map_tiles,

@@ -51,6 +51,7 @@ class CaptureJob:
     map_tiles: int
     map_steps: tuple[int, ...]
     edits: tuple[AttentionEdit, ...] = ()
+    chunk_size: int | None = None  # the statistics' query rows per chunk (None: their default)
 
     def key(self, model: str, dtype: str) -> str:
         """A stable file name: hash of everything that determines the result."""
@@ -87,6 +88,7 @@ class CaptureJob:
                 top_mass=self.top_mass,  # type: ignore[arg-type]
                 map_tiles=self.map_tiles,
                 map_steps=self.map_steps,
+                chunk_size=self.chunk_size,
             ) as cap:
                 result = pipe(prompt=self.prompt, generator=generator, output_type="np", **self.generation)
         table = cap.table()

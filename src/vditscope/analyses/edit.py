@@ -39,6 +39,7 @@ from ..progress import ProgressFn
 from ..store import OutputDir, files_of, json_safe, write_tensors
 from ..tiny import DEFAULT_MODEL
 from . import quality
+from .memory_plan import check_generation
 from .options import ExecutorOptions, checked_layers, checked_seed
 
 EDIT_FILES = files_of("edit")
@@ -97,7 +98,10 @@ def edit_setup(request: EditRequest) -> EditSetup:
 
 def start_pool(request: EditRequest, setup: EditSetup, executor: Executor) -> Pool:
     """Workers with the model loaded; the layer set is checked against it before any job runs."""
-    pool = executor.start(ModelSpec.of(setup.model, request.device, request.dtype))
+    # source, plain target and edited videos
+    check_generation(setup.model_dir, setup.generation, request.device, request.dtype, videos=3,
+                     executor=executor.name, offload=request.offload)  # fmt: skip
+    pool = executor.start(ModelSpec.of(setup.model, request))
     try:
         checked_layers(request.layers, pool.facts.self_layers)
     except BaseException:

@@ -20,6 +20,7 @@ from ..media import gif_bytes
 from ..stats.block_sparse import FLEX_TIMINGS
 from ..store import files_of
 from . import quality
+from .memory_plan import check_generation
 from .options import ExecutorOptions, checked_seed
 from .sweep_tables import check_plan, load_plan
 
@@ -86,7 +87,9 @@ def run_generate(request: GenerateRequest) -> tuple[Path, dict[str, Any]]:
         jobs = [Job("dense", PlannedJob(prompt, request.seed, generation))]
         if edits:
             jobs.append(Job("planned", PlannedJob(prompt, request.seed, generation, tuple(edits))))
-        with executor.start(ModelSpec.of(str(model_dir), request.device, request.dtype)) as pool:
+        check_generation(model_dir, generation, request.device, request.dtype, videos=len(jobs),
+                         executor=executor.name, offload=request.offload)  # fmt: skip
+        with executor.start(ModelSpec.of(str(model_dir), request)) as pool:
             check_plan(edits, steps=steps, layers=pool.facts.self_layers, heads=pool.facts.heads)
             results = run_jobs(pool, JobPlan(jobs, noun="generations")).results
         frames = {job.key: result["frames"] for job, result in zip(jobs, results, strict=True)}

@@ -17,6 +17,9 @@ class GenerationOptions:
     model: str | None = None
     device: str = "auto"
     dtype: str = "float32"
+    offload: str = "none"  # weights on the CPU between uses: none, model, sequential or group (load_pipeline)
+    compile: str = "none"  # the transformer compiled: none, regional (per block) or model (adapters.placement)
+    context_parallel: int = 1  # Ulysses degree over the processes of a torchrun launch (adapters.placement)
     height: int | None = None
     width: int | None = None
     num_frames: int | None = None

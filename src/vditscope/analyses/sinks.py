@@ -38,6 +38,7 @@ from ..store import OutputDir, files_of, library_versions, write_json, write_tab
 from ..tiny import DEFAULT_MODEL
 from . import quality
 from .captured import token_labels
+from .memory_plan import check_generation
 from .options import ExecutorOptions, checked_layers, checked_prompts_and_seeds, checked_steps
 from .results import SinkResult
 from .sink_tables import (
@@ -196,7 +197,9 @@ def video_sinks(
     prompts = list(request.prompts) or default_prompts(settings)
     generation = request.generation_kwargs(settings)
     checked_steps(request.capture_steps, int(generation.get("num_inference_steps", 0)) or None)
-    with executor.start(ModelSpec.of(model, request.device, request.dtype)) as pool:
+    check_generation(model_dir, generation, request.device, request.dtype, chunk_size=request.chunk_size,
+                     executor=executor.name, offload=request.offload)  # fmt: skip
+    with executor.start(ModelSpec.of(model, request)) as pool:
         num_layers, family = pool.facts.self_layers, pool.facts.family
         layers = checked_layers(request.layers, num_layers)
         checked_layers(request.ablation_layers, num_layers, "ablation layer")

@@ -30,6 +30,7 @@ from ..progress import ProgressFn
 from ..store import OutputDir, files_of, write_atomic
 from ..tiny import DEFAULT_MODEL
 from . import quality
+from .memory_plan import check_generation
 from .options import ExecutorOptions, checked_layers, checked_prompts_and_seeds, checked_unique
 from .sweep_tables import (
     LEVEL_METHODS,
@@ -264,7 +265,9 @@ def run_sweep(request: SweepRequest, progress: ProgressFn | None = None, executo
         raise VditscopeError(
             f"step range {request.steps[0]}:{request.steps[1]} is outside the {total_steps}-step schedule"
         )
-    spec = ModelSpec.of(model, request.device, request.dtype)
+    check_generation(model_dir, generation, request.device, request.dtype, videos=len(prompts) * len(request.seeds),
+                     executor=executor.name, offload=request.offload)  # fmt: skip
+    spec = ModelSpec.of(model, request)
     output = OutputDir(
         request.out, f"sweep {request.mode}", files=SWEEP_FILES, inputs=[model_dir], overwrite=request.overwrite,
         resumable=True,

@@ -24,6 +24,7 @@ from ..executors import Job, JobPlan, ModelSpec, Workbench, checked_model_dir, e
 from ..progress import ProgressFn
 from ..store import files_of
 from . import quality
+from .memory_plan import check_generation
 from .options import ExecutorOptions, checked_prompts_and_seeds
 
 TEXT_ABLATION_FILES = files_of("text-ablation")
@@ -107,7 +108,9 @@ def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None 
         prompts = list(request.prompts) or default_prompts(settings)
         generation = request.generation_kwargs(settings)
         jobs = ablation_jobs(prompts, request, generation)
-        with executor.start(ModelSpec.of(str(model_dir), request.device, request.dtype)) as pool:
+        check_generation(model_dir, generation, request.device, request.dtype, videos=len(jobs),
+                         executor=executor.name, offload=request.offload)  # fmt: skip
+        with executor.start(ModelSpec.of(str(model_dir), request)) as pool:
             family = pool.facts.family
             frames = run_jobs(pool, JobPlan(jobs, noun="generations"), progress).results
         videos = {job.key: video for job, video in zip(jobs, frames, strict=True)}

@@ -51,8 +51,9 @@ class SdpaCall:
 
 @dataclass
 class ObservedCall:
-    """An SDPA call of an observed attention site: the site, the transformer forward it belongs to,
-    and ``start``, the batch row of the forward that is the call's first element."""
+    """An SDPA call of an observed attention site: the site (its ``kind`` that of this call: an I2V cross
+    site's image call is "image"), the transformer forward it belongs to, and ``start``, the batch row of
+    the forward that is the call's first element (counted over the site's calls of that kind)."""
 
     site: AttentionSite
     state: ForwardState

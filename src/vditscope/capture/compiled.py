@@ -16,6 +16,8 @@ from typing import Any
 
 from torch import nn
 
+from ..adapters.base import TRANSFORMER_COMPONENTS
+
 
 def compiled_in_place(module: nn.Module) -> bool:
     """Whether ``module.compile()`` (as ``compile_repeated_blocks`` calls it) compiled this module."""
@@ -45,7 +47,7 @@ def full_graph_wrappers(model_or_pipeline: Any) -> list[nn.Module]:
     transformers: their graph cannot break at an observed attention call."""
     components = getattr(model_or_pipeline, "components", None)
     if isinstance(components, dict):
-        candidates = [components.get(name) for name in ("transformer", "transformer_2")]
+        candidates = [components.get(name) for name in TRANSFORMER_COMPONENTS]
     else:
         candidates = [model_or_pipeline]
     return [

@@ -118,6 +118,24 @@ class Intervention(SessionObserver):
         columns = list(EditRecord.__dataclass_fields__)
         return pd.DataFrame([asdict(r) for r in self.edit_records], columns=columns)
 
+    def finish(self) -> None:
+        """Under context parallelism: every rank's edit records (its heads) and drop totals, on every rank."""
+        shards = self.session.shards
+        if shards is None:
+            return
+        records = [record for part in shards.gather_lists(self.edit_records) for record in part]
+        self.edit_records = sorted(records, key=lambda r: (r.generation, r.step, r.branch, r.layer, r.head))
+        totals = shards.gather_lists([self.totals])
+        self.totals = DropTotals(*(sum(getattr(t[0], name) for t in totals) for name in asdict(self.totals)))
+
+    def _chosen_heads(self, edit: AttentionEdit, local: int) -> list[tuple[int, int]]:
+        """(index in the call, model head) of the heads ``edit`` changes in a call holding ``local`` heads
+        (under Ulysses context parallelism, this rank's share)."""
+        shards = self.session.shards
+        if shards is None:
+            return [(head, head) for head in edit.where.head_indices(local)]
+        return shards.local_heads(edit.where.head_indices(local * shards.degree), local)
+
     def observe(self, call: ObservedCall) -> torch.Tensor:
         sdpa = call.sdpa
         q, k = sdpa.q, sdpa.k
@@ -151,7 +169,7 @@ class Intervention(SessionObserver):
             self.config.fast
             and call.sdpa.attn_mask is None
             and all(
-                edit is not None and edit.mask is not None and len(edit.where.head_indices(heads)) == heads
+                edit is not None and edit.mask is not None and len(self._chosen_heads(edit, heads)) == heads
                 for edit in edits
             )
         )
@@ -167,10 +185,11 @@ class Intervention(SessionObserver):
         """Write the edited heads of batch element ``b`` into ``out`` and record what they dropped."""
         sdpa, site, state = call.sdpa, call.site, call.state
         q, k, v = sdpa.q, sdpa.k, sdpa.v
-        chosen = edit.where.head_indices(q.shape[1])
-        if not chosen:
+        pairs = self._chosen_heads(edit, q.shape[1])
+        if not pairs:
             return
-        index = torch.tensor(chosen, device=q.device)
+        chosen = [head for _, head in pairs]
+        index = torch.tensor([position for position, _ in pairs], device=q.device)
         kv_index = index // (q.shape[1] // k.shape[1])
         parts = (q[b : b + 1, index], k[b : b + 1, kv_index], v[b : b + 1, kv_index])
         kinds = [edit.mask or ""] * len(chosen)

@@ -18,6 +18,7 @@ from ..adapters import AttentionSite
 from ..stats import attention_stats
 from ..stats.streaming import TopMassMode
 from .calls import ObservedCall, SdpaCall
+from .context_parallel import merge_head_shards, rank_share
 from .records import CallRecord, records_from_stats, records_table
 from .selection import Selection
 from .session import HookSession, SessionObserver, Technique
@@ -68,6 +69,13 @@ class Capture(SessionObserver):
     def observe(self, call: ObservedCall) -> torch.Tensor:
         return self._observe(call.site, call.state, call.start, call.sdpa)
 
+    def finish(self) -> None:
+        """Under context parallelism: every rank's records, merged into records of every head, on every rank."""
+        shards = self.session.shards
+        if shards is not None:
+            self.records = merge_head_shards(shards.gather_lists(self.records))
+            self.backends = {name for names in shards.gather_lists(sorted(self.backends)) for name in names}
+
     def _observe(self, site: AttentionSite, state: ForwardState, start: int, call: SdpaCall) -> torch.Tensor:
         """Run one SDPA call of an observed site and record its statistics (``start``: the call's first
         batch row within the forward, for the CFG labels)."""
@@ -78,8 +86,13 @@ class Capture(SessionObserver):
         config = self.config
         layout = self.adapter.layout(state.grid, k.shape[2]) if site.kind == "self" else None
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        fused = config.fused and not needs_grad
+        shards = self.session.shards
+        fused = config.fused and not needs_grad and shards is None
         out = None if fused else call.run()
+        attn_mask = call.attn_mask
+        if shards is not None:  # this rank's share of the heads, over every query
+            share = rank_share(shards, q, k, v, attn_mask, getattr(site.module, "heads", q.shape[1] * shards.degree))
+            q, k, v, attn_mask = share.q, share.k, share.v, share.attn_mask
         with torch.no_grad():
             fused_out, stats = attention_stats(
                 q.detach(),
@@ -88,7 +101,7 @@ class Capture(SessionObserver):
                 scale=call.scale,
                 layout=layout,
                 chunk_size=config.chunk_size,
-                attn_mask=call.attn_mask,
+                attn_mask=attn_mask,
                 is_causal=call.is_causal,
                 top_mass=config.top_mass,
                 compute_output=fused,
@@ -130,7 +143,9 @@ def capture(
     ``map_tiles`` T adds a T x T tile-pooled token map of the video tokens (``token_map``) at the
     ``map_steps`` (None = every observed step). ``backend``: "auto" runs the statistics as one Triton
     kernel on CUDA and the chunked torch path elsewhere; "torch" or "triton" force one (``backends``
-    says which ran).
+    says which ran). ``cross_attention``: also record the cross-attention calls, kind "cross" (text
+    keys) and, in an image-to-video Wan, "image" (its CLIP image tokens). A Wan 2.2 pipeline's two
+    experts share the layers 0..L-1; the ``site`` column names the low-noise one's ``transformer_2.blocks.i...``.
     """
     where = Selection(
         layers=None if layers is None else frozenset(int(layer) for layer in layers),

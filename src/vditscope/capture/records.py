@@ -38,6 +38,8 @@ TABLE_COLUMNS = [
     *TOP_COLUMNS,
 ]
 MAP_KEYS = ("frame_map", "locality_time", "locality_space", "text_received", "token_map")
+# kinds whose keys are all of one sort: (the map of the mass each key receives, whether the keys are text)
+KEYS_ONLY = {"cross": ("text_received", True), "image": ("image_received", False)}
 
 
 @dataclass
@@ -49,8 +51,8 @@ class CallRecord:
     branch: str
     sample: int
     layer: int
-    kind: str
-    site: str
+    kind: str  # "self", "cross" (text keys) or "image" (the CLIP image tokens of an I2V model)
+    site: str  # the module's name; ``transformer_2.`` before it for a Wan 2.2 pipeline's low-noise expert
     timestep: float | None
     tokens: int
     layout: TokenLayout | None
@@ -84,8 +86,8 @@ def records_from_stats(
     *,
     keep_maps: bool,
 ) -> list[CallRecord]:
-    """One record per batch element of an SDPA call (maps copied to the CPU when ``keep_maps``)."""
-    """One record per batch element of an SDPA call."""
+    """One record per batch element of an SDPA call (maps copied to the CPU when ``keep_maps``; a cross
+    call keeps the mass each text key receives, ``text_received``, an image call ``image_received``)."""
     num_queries = stats["entropy"].shape[-1]
     ratio, index = sink_ratios(stats["received"])
     heads = stats["entropy"].shape[1]
@@ -93,11 +95,12 @@ def records_from_stats(
     for b, (branch, sample) in enumerate(labels):
         nan = np.full(heads, np.nan, dtype=np.float32)
         maps: dict[str, torch.Tensor] = {}
-        if site.kind == "cross":
-            text_mass = np.ones(heads, dtype=np.float32)
+        if site.kind in KEYS_ONLY:  # every key is a text token (cross), or every key an image token (image)
+            map_name, all_text = KEYS_ONLY[site.kind]
+            text_mass = np.full(heads, float(all_text), dtype=np.float32)
             same_frame = same_position = nan
             if keep_maps:
-                maps["text_received"] = (stats["received"][b] / num_queries).cpu()
+                maps[map_name] = (stats["received"][b] / num_queries).cpu()
         elif layout is not None:
             text_mass = stats["text_mass"][b].cpu().numpy()
             same_frame = stats["locality_time"][b, :, 0].cpu().numpy()

@@ -10,7 +10,7 @@ from typing import Any
 from ..adapters import AttentionSite
 
 BRANCHES = ("cond", "uncond")
-SITE_KINDS = ("self", "cross")
+SITE_KINDS = ("self", "cross", "image")
 SELF_ONLY = frozenset({"self"})
 
 
@@ -29,7 +29,8 @@ def _as_set(values: Iterable[Any] | None, kind: type) -> frozenset[Any] | None:
 @dataclass(frozen=True)
 class Selection:
     """Where a technique acts; None = everywhere. ``steps`` is a set of denoising steps or a
-    ``range``; ``heads`` query-head indices; ``kinds`` site kinds ("self", "cross").
+    ``range``; ``heads`` query-head indices; ``kinds`` call kinds ("self", "cross", "image": the image-token
+    call of an image-to-video cross-attention site).
 
     Empty layer, head, branch or kind sets raise ValueError (an empty step set observes no step);
     ``owner`` only names what the selection belongs to in those messages ("an edit")."""
@@ -63,8 +64,14 @@ class Selection:
             object.__setattr__(self, "steps", _as_set(self.steps, int))
 
     def takes_site(self, site: AttentionSite) -> bool:
-        """The site's layer and kind are selected."""
-        return (self.layers is None or site.layer in self.layers) and (self.kinds is None or site.kind in self.kinds)
+        """The site's layer and one of the kinds of its calls are selected."""
+        return (self.layers is None or site.layer in self.layers) and (
+            self.kinds is None or not self.kinds.isdisjoint(site.kinds)
+        )
+
+    def takes_kind(self, kind: str) -> bool:
+        """A call of this kind is selected (the other calls of a selected site run untouched)."""
+        return self.kinds is None or kind in self.kinds
 
     def takes_step(self, step: int) -> bool:
         return self.steps is None or step in self.steps

@@ -28,10 +28,11 @@ from .backend import native_attention
 from .calls import ObservedCall, SdpaCall
 from .clock import StepClock, scheduler_clock
 from .compiled import eager_around, eager_wrappers, full_graph_wrappers
+from .context_parallel import HeadShards, head_shards
 from .hooks import AroundHook, ContextAroundHook, attach, invalidate_registry_cache
 from .sdpa_patch import open_routing, scoped_routing, sdpa_handler
 from .selection import Selection, checked_site_layers, layer_count
-from .sites import self_attention_sites, transformers_of
+from .sites import named_transformers, self_attention_sites, transformer_sites, transformers_of
 from .state import ForwardState, branch_labels
 
 __all__ = [
@@ -68,19 +69,22 @@ class HookSession:
     messages), ``hook`` the hook name (one per module and technique, so kinds compose)."""
 
     def __init__(self, model_or_pipeline: Any, where: Selection, *, name: str, hook: str | None = None) -> None:
-        self.models, self.scheduler = transformers_of(model_or_pipeline)
+        named, self.scheduler = named_transformers(model_or_pipeline)
+        self.models = [model for _, model in named]
         self.wrappers = full_graph_wrappers(model_or_pipeline)
         self.adapter: FamilyAdapter = adapter_for(self.models[0])
         self.model_layers = layer_count(self.adapter.sites(self.models[0]))
         where.check_layers(self.model_layers)
         self.where = where
         self.sites: list[AttentionSite] = [
-            site for model in self.models for site in self.adapter.sites(model) if where.takes_site(site)
+            site for site in transformer_sites(self.adapter, named) if where.takes_site(site)
         ]
         self.name = name
         self.hook = hook or f"vditscope_{name}"
         self.clock = StepClock()
         self.notes: list[str] = []
+        # under Ulysses context parallelism: this rank's share of the heads (None without)
+        self.shards: HeadShards | None = head_shards(self.models)
 
     @property
     def family(self) -> str:
@@ -158,19 +162,24 @@ class HookSession:
             _forward.reset(token)
 
     def _around_site(self, site: AttentionSite, observer: Observer) -> Callable[..., Any]:
-        """Route the SDPA calls of one site's forward to the observer (selected steps only)."""
+        """Route the SDPA calls of one site's forward to the observer (selected steps and call kinds only)."""
 
         def around(module: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
             state = _forward.get()
             if state is None or not self.where.takes_step(state.step):
                 return forward(*args, **kwargs)
-            offset = [0]
+            calls = [0]
+            offsets: dict[str, int] = {}  # batch rows seen so far, per call kind
 
             def handler(original: Callable[..., torch.Tensor], *sdpa_args: Any) -> torch.Tensor:
                 sdpa = SdpaCall(original, *sdpa_args)
-                start = offset[0]
-                offset[0] += sdpa.q.shape[0] if sdpa.q.ndim == 4 else 0
-                return observer.observe(ObservedCall(site, state, start, sdpa))
+                call_site = site.for_call(calls[0])
+                calls[0] += 1
+                if not self.where.takes_kind(call_site.kind):
+                    return sdpa.run()
+                start = offsets.get(call_site.kind, 0)
+                offsets[call_site.kind] = start + (sdpa.q.shape[0] if sdpa.q.ndim == 4 else 0)
+                return observer.observe(ObservedCall(call_site, state, start, sdpa))
 
             with sdpa_handler(handler), scoped_routing():
                 return forward(*args, **kwargs)
@@ -231,6 +240,9 @@ def observing(
     observer = make_observer(session)
     with session.attached(observer):
         yield observer
+    finish = getattr(observer, "finish", None)
+    if finish is not None:  # after a block that did not raise: gather what the ranks of a parallel run hold
+        finish()
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class FirstTextTokenMask(SessionObserver):
         k, v, attn_mask = sdpa.k, sdpa.v, sdpa.attn_mask
         kwargs = {name: value for name, value in sdpa.kwargs.items() if name != "attn_mask"}
         num = k.shape[2]
+        if call.site.kind == "image":  # image-to-video: the image-token call has no text keys
+            return sdpa.run()
         if call.site.kind == "cross":
             keep = torch.tensor([0], device=k.device)
         else:

@@ -13,19 +13,25 @@ from ..tiny import MODEL_ALIASES
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a worker loads: the --model argument (path, cached id or shipped name), device and dtype."""
+    """What a worker loads: the --model argument (path, cached id or shipped name) and how it is placed: device,
+    dtype, offload, compile and context parallelism (``adapters.placement.Placement``)."""
 
     model: str
     device: str = "auto"
     dtype: str = "float32"
+    offload: str = "none"
+    compile: str = "none"
+    context_parallel: int = 1
 
     @classmethod
-    def of(cls, model: str, device: str, dtype: str) -> ModelSpec:
-        """A spec whose model a worker in another directory finds too (relative paths made absolute)."""
+    def of(cls, model: str, options: Any) -> ModelSpec:
+        """The spec of ``model`` placed as a command's ``options`` (GenerationOptions) say, found by a worker in
+        another directory too (relative paths made absolute)."""
         path = Path(model).expanduser()
-        if model in MODEL_ALIASES or not path.exists():
-            return cls(model, device, dtype)
-        return cls(str(path.resolve()), device, dtype)
+        if model not in MODEL_ALIASES and path.exists():
+            model = str(path.resolve())
+        placed = ("device", "dtype", "offload", "compile", "context_parallel")
+        return cls(model, **{name: getattr(options, name) for name in placed})
 
     def on(self, device: str) -> ModelSpec:
         """The same model on another device (a worker's own GPU or its CPUs)."""
@@ -43,7 +49,7 @@ class Workbench(LoadedPipeline):
     """The pipeline a worker loaded for the jobs of one command; jobs are called as ``task(workbench, *inputs)``."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        super().__init__(spec.model, spec.device, spec.dtype)
+        super().__init__(spec.model, spec.device, spec.dtype, spec.offload, spec.compile, spec.context_parallel)
         self.spec = spec
 
     def run(self, task: Any, *inputs: Any) -> Any:

@@ -11,6 +11,7 @@ lists what the command wrote there; that list is what "an earlier output" and "o
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fnmatch
@@ -179,6 +180,17 @@ class _Lock:
         self.fd = -1
 
 
+def follower_scratch() -> Path | None:
+    """In a launch of several processes (torchrun: WORLD_SIZE > 1), a new private temporary folder for a rank
+    other than 0, which writes nothing to --out (removed when the process ends: the command may read back
+    what it wrote); None for rank 0 and single processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
+        return None
+    scratch = Path(tempfile.mkdtemp(prefix=f"vditscope-rank{os.environ['RANK']}-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return scratch
+
+
 class OutputDir:
     """A claim on one command's output directory, taken before any work (checks, then a lock) and held
     until the run is written. Use as a context manager::
@@ -218,6 +230,10 @@ class OutputDir:
         self._made_dir = False
         self._wrote_marker = False
         self._lock: _Lock | None = None
+        # a torchrun launch's other ranks compute what rank 0 does, and write it to a private folder
+        self._scratch = follower_scratch()
+        if self._scratch is not None:
+            self.path = self._scratch / self.path.name
 
     # ---- claim -------------------------------------------------------------------------------------
     def __enter__(self) -> OutputDir:

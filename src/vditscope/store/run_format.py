@@ -94,7 +94,9 @@ _ANALYZE = RunFormat(
         FileSpec(
             "run.json",
             "json",
-            "model, family, layers, heads, layout, prompts, seeds, steps, settings, statistics_backend, versions",
+            "model, family, layers, heads, layout, prompts, seeds, steps, settings, statistics_backend, "
+            "placement (offload, compile, context_parallel), versions, "
+            "memory (the estimate per part, what was free, the chunk, the measured peak)",
         ),
         FileSpec(
             "stats.parquet",

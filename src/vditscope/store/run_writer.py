@@ -109,3 +109,41 @@ class RunWriter:
             for spec in self.format.always
             if not any(fnmatch.fnmatchcase(name, spec.name) for name in present)
         ]
+
+
+def resident_memory() -> int | None:
+    """This process's resident memory now (bytes; None where neither psutil nor /proc/self/statm says)."""
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return int(psutil.Process().memory_info().rss)
+    try:
+        import os
+
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_memory(device: str) -> dict[str, Any]:
+    """What run.json records as a run's measured peak: this process's peak resident memory (ru_maxrss, whole
+    process lifetime) and, on CUDA, the peak of torch's allocated device memory since the run reset it."""
+    import sys
+
+    import torch
+
+    peak: dict[str, Any] = {"host_bytes": None, "host_source": None, "device_bytes": None, "device_source": None}
+    try:
+        import resource  # not on Windows
+    except ImportError:
+        pass
+    else:
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+        peak["host_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+        peak["host_source"] = "resource.getrusage(RUSAGE_SELF).ru_maxrss of this process"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        peak["device_bytes"] = int(torch.cuda.max_memory_allocated(torch.device(device)))
+        peak["device_source"] = "torch.cuda.max_memory_allocated"
+    return peak

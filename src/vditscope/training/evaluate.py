@@ -1,15 +1,19 @@
 """Evaluate a shapes text-to-video model: does it draw the prompted colour, moving the prompted way?
 
 Generates held-out caption combinations (never seen in training), reads colour and motion back
-from the frames, and measures with capture how much of a video query's attention stays in its
-own frame, relative to the uniform share 1 / frames, per layer.
+from the frames (a confusion matrix per prompted direction), and measures with capture how much of a
+video query's attention stays in its own frame, relative to the uniform share 1 / frames, per layer,
+and the class of each head by the report's rule. ``caption_sensitivity`` says, without generating,
+whether the model reads a caption word at all: how much its denoising loss on rendered clips rises
+when the caption names the opposite direction (or another colour) — it moves long before the
+accuracy of generated clips does, so it shows whether a training run is on track.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,8 @@ from ..adapters.loading import load_pipeline
 from ..capture import capture
 from ..data import shapes
 from ..store import write_atomic
+from .objectives import encode_prompts
+from .recipes import denoising_loss
 
 
 @dataclass
@@ -30,15 +36,26 @@ class TinyEvaluation:
     color_accuracy: float
     direction_accuracy: float
     same_frame_ratio: dict[int, float]
-    confusion: dict[str, dict[str, int]] = field(default_factory=dict)
+    confusion: dict[str, dict[str, int]] = field(default_factory=dict)  # prompted -> measured -> clips
+    head_classes: dict[str, int] = field(default_factory=dict)  # class -> heads (captured clips, cond branch)
+    sensitivity: dict[str, float] = field(default_factory=dict)  # caption_sensitivity's loss increases
+
+    def direction_accuracy_of(self, direction: str) -> float:
+        """Share of the clips prompted to move ``direction`` that did (NaN when none was prompted)."""
+        row = self.confusion.get(direction, {})
+        total = sum(row.values())
+        return row.get(direction, 0) / total if total else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "count": self.count,
             "color_accuracy": self.color_accuracy,
             "direction_accuracy": self.direction_accuracy,
+            "direction_accuracy_per_direction": {d: self.direction_accuracy_of(d) for d in self.confusion},
             "same_frame_ratio": {str(k): v for k, v in self.same_frame_ratio.items()},
             "direction_confusion": self.confusion,
+            "head_classes": self.head_classes,
+            "caption_sensitivity": self.sensitivity,
         }
 
     def write_json(self, path: Path) -> None:
@@ -60,13 +77,16 @@ def evaluate(
     _, held_out = shapes.split_specs(split_seed, held_out=max(count, 40))
     specs = held_out[:count]
     color_ok = direction_ok = 0
-    confusion: dict[str, dict[str, int]] = {d: {e: 0 for e in shapes.DIRECTIONS} for d in shapes.DIRECTIONS}
+    measured_as = [*shapes.DIRECTIONS, shapes.NO_SHAPE]  # a clip with no shape has no direction either
+    confusion: dict[str, dict[str, int]] = {d: {e: 0 for e in measured_as} for d in shapes.DIRECTIONS}
     same_frame: dict[int, list[float]] = {}
+    tables = []
     for i, spec in enumerate(specs):
         generator = torch.Generator().manual_seed(i)
         if i < captured:
             with capture(pipe, top_mass="off", cross_attention=False, keep_maps=False) as cap:
                 frames = pipe(prompt=spec.caption, generator=generator, output_type="np", **generation).frames[0]
+            tables.append(cap.table())
             for record in cap.records:
                 if record.branch == "cond" and record.layout is not None:
                     uniform = 1.0 / record.layout.frames
@@ -85,11 +105,83 @@ def evaluate(
         direction_accuracy=direction_ok / len(specs),
         same_frame_ratio={layer: float(np.mean(v)) for layer, v in sorted(same_frame.items())},
         confusion=confusion,
+        head_classes=head_class_counts(tables),
     )
+
+
+def confusion_table(result: TinyEvaluation) -> Any:
+    """The direction confusion matrix as a table (pandas): one row per prompted direction, a column per
+    measured direction ("none": no shape found), and that direction's accuracy."""
+    import pandas as pd
+
+    rows = [{"prompted": d, **row, "accuracy": result.direction_accuracy_of(d)} for d, row in result.confusion.items()]
+    return pd.DataFrame(rows)
+
+
+def head_class_counts(tables: list[Any]) -> dict[str, int]:
+    """Heads per class (the report's rule, ``analyses.structure.classify_heads``) over captured tables."""
+    import pandas as pd
+
+    from ..analyses.structure import classify_heads
+
+    if not tables:
+        return {}
+    classes = classify_heads(pd.concat(tables, ignore_index=True))["class"]
+    return {name: int(count) for name, count in classes.value_counts().sort_index().items()}
+
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+@torch.no_grad()
+def caption_sensitivity(
+    pipe: Any,
+    family: str,
+    generation: dict[str, Any],
+    *,
+    clips: int = 16,
+    draws: int = 4,
+    seed: int = 0,
+    shift: float = 3.0,
+) -> dict[str, float]:
+    """Relative rise of the denoising loss on ``clips`` rendered held-out clips when their caption names the
+    opposite direction ("direction") or the next colour ("colour"), same noise and noise levels for every
+    caption (``draws`` draws each, noise levels shifted by the training ``shift``); 0 means the model ignores
+    the word."""
+    from ..adapters import ADAPTERS
+
+    recipe = ADAPTERS[family].recipe
+    if recipe is None:
+        return {}
+    _, held_out = shapes.split_specs(0, held_out=max(clips, 40))
+    rng = np.random.default_rng(seed)
+    size, frames = int(generation["height"]), int(generation["num_frames"])
+    specs = held_out[:clips]
+    videos = np.stack([shapes.render_clip(s, frames=frames, size=size, rng=rng) for s in specs])
+    latents = pipe.vae.encode(torch.from_numpy(videos).permute(0, 4, 1, 2, 3) * 2 - 1).latent_dist.sample()
+    colors = list(shapes.COLORS)
+    captions = {
+        "true": [s.caption for s in specs],
+        "direction": [replace(s, direction=OPPOSITE[s.direction]).caption for s in specs],
+        "colour": [replace(s, color=colors[(colors.index(s.color) + 1) % len(colors)]).caption for s in specs],
+    }
+    length = generation.get("max_sequence_length")
+    losses: dict[str, float] = {}
+    for name, texts in captions.items():
+        embeds = encode_prompts(pipe, texts, "cpu", length)
+        losses[name] = sum(
+            float(denoising_loss(recipe, pipe, latents, embeds, torch.Generator().manual_seed(seed * 1000 + d), shift))
+            for d in range(draws)
+        )
+    return {name: losses[name] / losses["true"] - 1 for name in ("direction", "colour")}
 
 
 def evaluate_directory(model_dir: Path, **kwargs: Any) -> TinyEvaluation:
     """Evaluate a pipeline directory that has a vditscope.json with generation settings."""
-    pipe, _, directory = load_pipeline(model_dir)
-    generation = json.loads((Path(directory) / "vditscope.json").read_text())["generation"]
-    return evaluate(pipe, generation, **kwargs)
+    pipe, adapter, directory = load_pipeline(model_dir)
+    settings = json.loads((Path(directory) / "vditscope.json").read_text())
+    generation = settings["generation"]
+    result = evaluate(pipe, generation, **kwargs)
+    shift = float(settings.get("training", {}).get("shift", 3.0))
+    result.sensitivity = caption_sensitivity(pipe, adapter.family, generation, shift=shift)
+    return result

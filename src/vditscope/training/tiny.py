@@ -9,6 +9,7 @@ the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -38,16 +39,15 @@ __all__ = ["CHECKPOINT", "STATE", "TinyConfig", "build_pipeline", "export_pipeli
 
 
 def build_tokenizer() -> Any:
-    """Word-level T5-style tokenizer over the caption words (ids 0-2: pad, eos, unk), built in code."""
+    """Word-level T5-style tokenizer over the caption words (ids 0-2: pad, eos, unk), built in code: the
+    template's literal words (its placeholders removed, so that "background", a placeholder's name and a
+    literal word, is kept) and the vocabulary's words. The shipped models keep the tokenizer they were trained
+    with (saved beside their weights)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    words: list[str] = []
-    for word in shapes.CAPTION.replace("{", " ").replace("}", " ").split() + [
-        w for group in shapes.vocabulary().values() for w in group
-    ]:
-        if word not in words and word not in ("color", "shape", "direction", "background"):
-            words.append(word)
+    literal = re.sub(r"\{\w+\}", " ", shapes.CAPTION).split()
+    words = list(dict.fromkeys([*literal, *(w for group in shapes.vocabulary().values() for w in group)]))
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
     for word in words:
         vocab.setdefault(word, len(vocab))
