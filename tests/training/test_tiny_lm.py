@@ -87,7 +87,7 @@ def test_tokenizer_prepends_bos_to_every_text() -> None:
     assert tokenizer.pad_token_id == 2 and batch["input_ids"][0][-1] == 2
 
 
-def test_training_resumes_to_the_same_weights_and_exports(tmp_path: Path) -> None:
+def test_training_resumes_to_the_same_weights_and_exports(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     from transformers import AutoModelForCausalLM
 
     tiny_lm.train_tiny_lm(tmp_path / "straight", 4, SMALL)
@@ -104,7 +104,10 @@ def test_training_resumes_to_the_same_weights_and_exports(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="another configuration"):
         tiny_lm.train_tiny_lm(tmp_path / "resumed", 4, replace(SMALL, lr=1e-3))
 
+    capfd.readouterr()
     target = tiny_lm.export_tiny_lm(tmp_path / "resumed", tmp_path / "export", storage="float16")
+    printed = capfd.readouterr()  # no library progress bars (transformers' "Loading weights", "Writing shards")
+    assert "it/s" not in printed.err + printed.out
     model, _, _ = tiny_lm.load_trained_lm(tmp_path / "resumed")
     loaded = AutoModelForCausalLM.from_pretrained(target, attn_implementation="sdpa", local_files_only=True)
     # stored in float16, computed in float32: the trained weights, rounded once

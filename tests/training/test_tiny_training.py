@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -85,11 +86,14 @@ def test_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert '"step": 4' in state
 
 
-def test_exported_pipeline_generates_through_wan_pipeline(tmp_path: Path) -> None:
+def test_exported_pipeline_generates_through_wan_pipeline(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     from diffusers import WanPipeline
 
     tiny.train(tmp_path / "run", SMALL, steps=1)
+    capfd.readouterr()
     target = tiny.export_pipeline(tmp_path / "run", tmp_path / "pipe")
+    printed = capfd.readouterr()
+    assert "shards" not in printed.err + printed.out and "Loading" not in printed.err + printed.out
     pipe = WanPipeline.from_pretrained(target)
     pipe.set_progress_bar_config(disable=True)
     settings = dict(SMALL.generation(), num_inference_steps=2)

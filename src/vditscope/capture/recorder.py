@@ -66,6 +66,29 @@ class Capture(SessionObserver):
         """A pandas DataFrame: one row per generation, step, branch, sample, layer, site kind and head."""
         return records_table(self.records)
 
+    def _repr_html_(self) -> str:
+        """A notebook summary: what was observed, and the mean statistics per layer and site kind."""
+        from markupsafe import Markup
+
+        table = self.table()
+        facts = {
+            "family": self.family,
+            "calls recorded": len(self.records),
+            "steps": ", ".join(str(s) for s in sorted(set(table["step"]))) or "none",
+            "statistics": ", ".join(sorted(self.backends)) or "none yet",
+            "notes": "; ".join(self.notes) or "none",
+        }
+        rows = Markup("").join(Markup("<tr><th style='text-align:left'>{}</th><td>{}</td></tr>").format(k, v)
+                               for k, v in facts.items())  # fmt: skip
+        columns = ["entropy", "text_mass", "sink_ratio", "same_frame_mass", "same_position_mass"]
+        means = table.groupby(["layer", "kind"])[columns].mean().round(3) if len(table) else table[columns]
+        return str(
+            Markup("<div class='vditscope-capture'><p><b>vditscope capture</b> ({} rows in <code>table()</code>)</p>"
+                   "<table>{}</table><p>means per layer and site kind:</p>{}</div>").format(
+                len(table), rows, Markup(means.to_html(escape=True))
+            )
+        )  # fmt: skip
+
     def observe(self, call: ObservedCall) -> torch.Tensor:
         return self._observe(call.site, call.state, call.start, call.sdpa)
 

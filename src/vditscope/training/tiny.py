@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..adapters.loading import quiet_loading
 from ..data import shapes
 from ..store import OutputDir, files_of, write_json
 from ..tiny import TinyConfig
@@ -200,7 +201,7 @@ def export_pipeline(
     """Save the trained pipeline as a diffusers directory with vditscope.json (generation, vocabulary)."""
     with OutputDir(target, "train-tiny export", inputs=[run_dir], overwrite=overwrite) as output:
         pipe, config = load_trained_pipeline(run_dir)
-        with output.staging() as staging:
+        with output.staging() as staging, quiet_loading():  # no library progress bars in the command's output
             pipe.save_pretrained(staging, safe_serialization=True)
             write_json(staging / "vditscope.json", _export_info(config, metrics))
     return output.path

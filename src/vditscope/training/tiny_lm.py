@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..adapters.loading import quiet_loading
 from ..store import OutputDir
 from ..thresholds import SINK_RATIO
 from .checkpoint import optimizer_step
@@ -468,7 +469,7 @@ def export_tiny_lm(run_dir: Path, target: Path, storage: str = "float32", overwr
     from transformers import AutoModelForCausalLM
 
     output = OutputDir(target, "train-tiny-lm export", inputs=[run_dir], overwrite=overwrite)
-    with output, output.staging() as target:
+    with output, output.staging() as target, quiet_loading():  # no library progress bars in the command's output
         model, tokenizer, config = load_trained_lm(run_dir)
         model.config.use_cache = True
         model.to(getattr(torch, storage)).save_pretrained(target)
