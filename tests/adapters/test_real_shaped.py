@@ -137,3 +137,16 @@ def test_capture_on_a_real_width_joint_attention_family(tmp_path, capsys, monkey
     stats = pd.read_parquet(out / "stats.parquet")
     assert set(stats.tokens) == {3 * 30 * 45 + 226} and set(stats["head"]) == set(range(30))
     assert ((stats.text_mass > 0) & (stats.text_mass < 1)).all()
+
+
+def test_a_build_that_fails_while_saving_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    from diffusers import WanPipeline
+
+    def fail_midway(self, directory, **kwargs) -> None:
+        (Path(directory) / "model_index.json").write_text("{}")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(WanPipeline, "save_pretrained", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        build_real_shaped("Wan2.1-T2V-1.3B", tmp_path / "wan", layers=1)
+    assert list(tmp_path.iterdir()) == []

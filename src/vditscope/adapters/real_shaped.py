@@ -7,6 +7,8 @@ Saved with ``save_pretrained`` (safetensors), with a vditscope.json of a short g
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +104,8 @@ def build_real_shaped(
     progress: ProgressFn | None = None,
 ) -> Path:
     """Write a random-weight pipeline with the shapes of the published model ``name`` to ``out`` (a new or
-        empty directory; nothing existing is overwritten) and return it. ``num_frames`` (default: a few) sets the
-        generation length in its vditscope.json; height and width are the published ones. ``progress`` hears
+    empty directory; nothing existing is overwritten) and return it. ``num_frames`` (default: a few) sets the
+    generation length in its vditscope.json; height and width are the published ones. ``progress`` hears
     of the two stages (building, saving)."""
     import diffusers
     from transformers import AutoTokenizer
@@ -131,15 +133,33 @@ def build_real_shaped(
     )
     if progress:
         progress(f"saving to {out}", 1, 2)
-    with quiet_loading():
-        pipe.save_pretrained(out, safe_serialization=True)
     frames = num_frames or (5 if model.family == "wan" else 9)
     generation = {"height": model.height, "width": model.width, "num_frames": frames, **SHORT_GENERATION}
     settings = {
         "generation": generation,
         "real_shaped": {"published": model.name, "repo": model.repo, "layers": layers},
     }
-    (out / "vditscope.json").write_text(json.dumps(settings, indent=1))
+    _save_whole(pipe, settings, out)
     if progress:
         progress("done", 2, 2)
     return out
+
+
+def _save_whole(pipe: Any, settings: dict[str, Any], out: Path) -> None:
+    """Save the pipeline and its vditscope.json into a hidden folder beside ``out``, then move them into
+    ``out`` (new, or the empty folder it is): a failure leaves no half-written pipeline behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        with quiet_loading():
+            pipe.save_pretrained(staging, safe_serialization=True)
+        (staging / "vditscope.json").write_text(json.dumps(settings, indent=1))
+        if out.exists():
+            for entry in staging.iterdir():
+                entry.rename(out / entry.name)
+            staging.rmdir()
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
