@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from bench_common import Report, interleaved, machine_lines, resolve_device, timed
 
+from vditscope.adapters.published import published_model
+from vditscope.adapters.real_shaped import real_shaped_transformer
 from vditscope.analyses.quality import latent_mse, psnr, ssim
 from vditscope.capture.intervene import AttentionEdit, intervene
 from vditscope.stats.block_sparse import FLEX_TIMINGS
@@ -64,26 +66,7 @@ TARGET_SPEEDUP = 1.3
 
 def wan_transformer(blocks: int, seed: int) -> Any:
     """The Wan2.1-T2V-1.3B transformer config (its published width) with ``blocks`` blocks, seeded random weights."""
-    from diffusers import WanTransformer3DModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=12,
-            attention_head_dim=128,
-            in_channels=16,
-            out_channels=16,
-            text_dim=TEXT_DIM,
-            freq_dim=256,
-            ffn_dim=8960,
-            num_layers=blocks,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            eps=1e-6,
-            rope_max_seq_len=1024,
-        )
-    return model.eval()
+    return real_shaped_transformer(published_model("Wan2.1-T2V-1.3B"), blocks, seed)
 
 
 def tiny_vae(base_dim: int, seed: int) -> Any:

@@ -64,6 +64,7 @@ from .cli_options import (
 from .errors import VditscopeError
 from .progress import ProgressFn
 from .store import OutputDir
+from .store.output import follower_rank
 from .thresholds import SINK_RATIO
 
 app = typer.Typer(
@@ -695,7 +696,7 @@ def _exit_for(exc: Exception) -> NoReturn:
 def main() -> None:
     """Entry point: run the app and turn user errors into one line on stderr with exit code 2. In a torchrun
     launch only rank 0 prints results (every rank prints its errors)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+    if follower_rank():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     try:
         code = app(standalone_mode=False)

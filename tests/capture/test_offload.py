@@ -25,7 +25,7 @@ from diffusers.hooks import apply_group_offloading
 
 from vditscope import capture
 from vditscope.adapters.loading import load_pipeline
-from vditscope.adapters.placement import OFFLOADS
+from vditscope.adapters.placement import COMPILES, OFFLOADS
 from vditscope.capture.intervene import AttentionEdit, intervene
 
 from ..families import ALL_FAMILIES, FamilyCase
@@ -264,7 +264,7 @@ def test_offload_choices_are_checked_before_anything_loads(
     """An unknown --offload, or sequential on the CPU, stops in one line (exit 2) with nothing written."""
     from vditscope import cli_options
 
-    assert cli_options.OFFLOADS == OFFLOADS
+    assert cli_options.OFFLOADS == OFFLOADS and cli_options.COMPILES == COMPILES
     code, err = run_main([*ANALYZE, "--offload", "disk", "--out", str(tmp_path / "a")], capsys, monkeypatch)
     assert code == 2 and err == "error: --offload must be none, model, sequential or group, got disk\n", err
     code, err = run_main([*ANALYZE, "--offload", "sequential", "--out", str(tmp_path / "b")], capsys, monkeypatch)

@@ -11,11 +11,11 @@ from torch import nn
 from ..layout import TokenLayout
 from .recipe import Recipe
 
-# "self": video self-attention (joint with text where the family has it); "cross": video queries on text
-# keys; "image": video queries on the CLIP image tokens of an image-to-video model (Wan 2.1 I2V attn2)
 # a pipeline's denoising transformers, in the order a Wan 2.2 pipeline runs them (high noise, then low noise)
 TRANSFORMER_COMPONENTS = ("transformer", "transformer_2")
 
+# "self": video self-attention (joint with text where the family has it); "cross": video queries on text
+# keys; "image": video queries on the CLIP image tokens of an image-to-video model (Wan 2.1 I2V attn2)
 SiteKind = Literal["self", "cross", "image"]
 
 

@@ -18,8 +18,6 @@ from .model_files import check_pipeline_weights, vet_pipeline_dir
 from .placement import Placement
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# where the weights wait between uses: on the device (none), or on the CPU, moved to the device per component
-# (model), per submodule (sequential) or per transformer block (group)
 
 
 def resolve_model_dir(model: str | Path) -> Path:
@@ -115,9 +113,10 @@ def load_pipeline(
     compile: str = "none",
     context_parallel: int = 1,
 ) -> tuple[Any, FamilyAdapter, Path]:
-    """Load a diffusers video pipeline offline; returns (pipeline, adapter, directory). ``offload`` (OFFLOADS)
-    keeps weights on the CPU between uses, for models larger than the device's memory; ``compile`` and
-    ``context_parallel`` (a torchrun launch of that many processes) as ``placement.Placement`` says.
+    """Load a diffusers video pipeline offline; returns (pipeline, adapter, directory). ``offload``
+    (``placement.OFFLOADS``) keeps weights on the CPU between uses, for models larger than the device's memory;
+    ``compile`` and ``context_parallel`` (a torchrun launch of that many processes) as ``placement.Placement``
+    says.
 
     The directory is untrusted input: before any weight is loaded, ``model_files`` refuses pickled
     weights, components from modules other than diffusers, transformers and vditscope's own models,

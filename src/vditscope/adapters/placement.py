@@ -52,11 +52,6 @@ class Placement:
         compile_transformers(pipe, self.compile)
 
 
-def distributed_rank() -> int:
-    """This process's rank in a ``torchrun`` launch (0 outside one)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def check_launch(degree: int, offload: str) -> None:
     """Context parallelism needs one process per rank, started by torchrun, and the weights on the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -123,15 +123,16 @@ class PublishedModel:
 
     @cached_property
     def _sizes(self) -> tuple[dict[str, int], int]:
-        transformer = transformer_module(self)
+        others = {
+            "text_encoder" if i == 0 else f"text_encoder_{i + 1}": text_encoder_module(encoder)
+            for i, encoder in enumerate(self.text_encoders)
+        }
         with torch.device("meta"):
-            others = {"vae": _diffusers_class(self.vae_class)(**self.vae)}
-        for i, encoder in enumerate(self.text_encoders):
-            others["text_encoder" if i == 0 else f"text_encoder_{i + 1}"] = text_encoder_module(encoder)
-        counts = {"transformer": _count(transformer)}
+            others["vae"] = _diffusers_class(self.vae_class)(**self.vae)
+        counts = {"transformer": _count(transformer_module(self))}
         if self.experts > 1:
             counts["transformer_2"] = counts["transformer"]
-        counts.update({name: _count(module) for name, module in sorted(others.items(), key=lambda kv: kv[0] == "vae")})
+        counts.update({name: _count(module) for name, module in others.items()})
         largest = max(p.numel() for module in others.values() for p in module.parameters())
         return counts, largest
 

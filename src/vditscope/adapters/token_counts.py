@@ -11,10 +11,12 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from ..layout import TokenLayout
 from . import ADAPTERS
+from .base import patch_sizes
 
 # The VAE factors (spatial, temporal) and text length of each family's pipeline when its configs do not
 # say: the diffusers pipelines' own fallbacks (Mochi's pipeline fixes 8 and 6 whatever its VAE says).
@@ -130,14 +132,6 @@ def vae_factors(family: str, vae: dict[str, Any]) -> tuple[int, int]:
     return spatial, temporal  # mochi: fixed by its pipeline
 
 
-def _patches(config: dict[str, Any]) -> tuple[int, int, int]:
-    """(temporal, height, width) patch sizes of a transformer config (as ``base.patch_sizes``)."""
-    patch = config.get("patch_size", 1)
-    if isinstance(patch, (tuple, list)):
-        return int(patch[0]), int(patch[1]), int(patch[2])
-    return int(config.get("patch_size_t") or 1), int(patch), int(patch)
-
-
 def _latent_frames(family: str, num_frames: int, temporal: int, patch_t: int) -> int:
     """Latent frames of a generation as the family's pipeline makes them (Wan rounds to 4k + 1 frames;
     CogVideoX 1.5 pads to whole temporal patches)."""
@@ -160,7 +154,7 @@ def token_counts(
     max_sequence_length) on a model of these configs; ``text_tokens`` is the pipeline's padded text length
     when ``generation`` does not set one."""
     spatial, temporal = vae_factors(family, vae)
-    pt, ph, pw = _patches(transformer)
+    pt, ph, pw = patch_sizes(SimpleNamespace(**{"patch_size": 1, **transformer}))
     latent = _latent_frames(family, int(generation["num_frames"]), temporal, pt)
     height, width = int(generation["height"]) // spatial // ph, int(generation["width"]) // spatial // pw
     frames = latent if family == "mochi" else (-(-latent // pt) if family == "cogvideox" else latent // pt)

@@ -98,12 +98,12 @@ def rank_share(
     if q.shape[1] != heads:
         raise VditscopeError(f"a call with {q.shape[1]} heads fits neither a head nor a query shard of {heads}")
     mine = shards.heads(heads)
+    part = slice(mine.start, mine.stop)
     full_q = shards.gather_sequence(q)
     if attn_mask is not None and attn_mask.ndim == 4 and attn_mask.shape[-2] == q.shape[2] > 1:
         attn_mask = shards.gather_sequence(attn_mask)
     if attn_mask is not None and attn_mask.ndim == 4 and attn_mask.shape[1] == heads:
-        attn_mask = attn_mask[:, mine.start : mine.stop]
-    part = slice(mine.start, mine.stop)
+        attn_mask = attn_mask[:, part]
     return ShardedCall(full_q[:, part], k[:, part], v[:, part], attn_mask, mine.start)
 
 

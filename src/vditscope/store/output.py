@@ -180,11 +180,16 @@ class _Lock:
         self.fd = -1
 
 
+def follower_rank() -> bool:
+    """Whether this process is a rank other than 0 of a launch of several processes (torchrun: WORLD_SIZE > 1),
+    which computes what rank 0 does and neither writes --out nor prints results."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+
+
 def follower_scratch() -> Path | None:
-    """In a launch of several processes (torchrun: WORLD_SIZE > 1), a new private temporary folder for a rank
-    other than 0, which writes nothing to --out (removed when the process ends: the command may read back
-    what it wrote); None for rank 0 and single processes."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
+    """For a follower rank (``follower_rank``), a new private temporary folder to write to instead of --out
+    (removed when the process ends: the command may read back what it wrote); None otherwise."""
+    if not follower_rank():
         return None
     scratch = Path(tempfile.mkdtemp(prefix=f"vditscope-rank{os.environ['RANK']}-"))
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)

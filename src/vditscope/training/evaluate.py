@@ -25,7 +25,8 @@ from ..capture import capture
 from ..data import shapes
 from ..store import write_atomic
 from .objectives import encode_prompts
-from .recipes import denoising_loss
+from .recipes import RECIPES, denoising_loss
+from .tiny import rendered_batch
 
 
 @dataclass
@@ -148,17 +149,14 @@ def caption_sensitivity(
     opposite direction ("direction") or the next colour ("colour"), same noise and noise levels for every
     caption (``draws`` draws each, noise levels shifted by the training ``shift``); 0 means the model ignores
     the word."""
-    from ..adapters import ADAPTERS
-
-    recipe = ADAPTERS[family].recipe
+    recipe = RECIPES.get(family)
     if recipe is None:
         return {}
     _, held_out = shapes.split_specs(0, held_out=max(clips, 40))
     rng = np.random.default_rng(seed)
     size, frames = int(generation["height"]), int(generation["num_frames"])
     specs = held_out[:clips]
-    videos = np.stack([shapes.render_clip(s, frames=frames, size=size, rng=rng) for s in specs])
-    latents = pipe.vae.encode(torch.from_numpy(videos).permute(0, 4, 1, 2, 3) * 2 - 1).latent_dist.sample()
+    latents = pipe.vae.encode(rendered_batch(specs, frames, size, rng)).latent_dist.sample()
     colors = list(shapes.COLORS)
     captions = {
         "true": [s.caption for s in specs],

@@ -76,12 +76,17 @@ def build_pipeline(config: TinyConfig) -> Any:
     return pipe
 
 
+def rendered_batch(specs: list[shapes.ClipSpec], frames: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """Videos (B, 3, F, H, W) in [-1, 1] of the clips ``specs`` rendered with ``rng``: what the VAE encodes."""
+    videos = np.stack([shapes.render_clip(s, frames=frames, size=size, rng=rng) for s in specs])
+    return torch.from_numpy(videos).permute(0, 4, 1, 2, 3) * 2 - 1
+
+
 def make_batch(config: TinyConfig, step: int, specs: list[shapes.ClipSpec]) -> tuple[torch.Tensor, list[str]]:
     """Videos (B, 3, F, H, W) in [-1, 1] and captions for one step; deterministic in (seed, step)."""
     rng = np.random.default_rng([config.seed, step])
     batch_specs = shapes.sample_specs(config.batch, rng, specs)
-    videos = np.stack([shapes.render_clip(s, frames=config.frames, size=config.size, rng=rng) for s in batch_specs])
-    tensor = torch.from_numpy(videos).permute(0, 4, 1, 2, 3) * 2 - 1
+    tensor = rendered_batch(batch_specs, config.frames, config.size, rng)
     captions = [s.caption if rng.random() >= config.caption_dropout else "" for s in batch_specs]
     return tensor, captions
 
