@@ -3,7 +3,9 @@ model with small settings (the ``runs`` fixture in conftest.py makes one session
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,3 +24,18 @@ def run_command(argv: list[str]) -> None:
             main()
         except SystemExit as exc:
             assert not exc.code, f"vditscope {' '.join(argv)} exited with {exc.code}"
+
+
+def assert_renders_again(run: Path) -> None:
+    """`vditscope report` renders the run's report.html byte for byte, and its figures, from the stored files."""
+    from vditscope.analyses.render import render_report
+
+    original = (run / "report.html").read_bytes()
+    folder = run / "figures"  # none for a page without matplotlib figures (text-ablation: videos and a table)
+    figures = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    assert figures == [] or any(name.endswith(".svg") for name in figures), figures
+    (run / "report.html").unlink()
+    if folder.exists():
+        shutil.rmtree(folder)
+    assert render_report(run).read_bytes() == original
+    assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else []) == figures

@@ -120,6 +120,7 @@ ALLOWED = {  # folder -> the folders it may import (README "Layout")
         "errors",
         "models",
         "progress",
+        "stats",
         "store",
         "thresholds",
         "tiny",

@@ -380,7 +380,7 @@ def compare(
 @app.command()
 @with_options(OVERWRITE)
 def report(
-    run: Annotated[Path, typer.Argument(help="Run directory of analyze or a sweep.")], *, options: dict[str, Any]
+    run: Annotated[Path, typer.Argument(help="Run directory of analyze, a sweep or sinks.")], *, options: dict[str, Any]
 ) -> None:
     """Render a run's report.html again from its stored tables and maps (nothing is generated)."""
     from .analyses.render import render_report
@@ -518,7 +518,7 @@ LANGUAGE_MODEL: OptionGroup = {
 }
 SINK_DETECTION: OptionGroup = {
     "threshold": (
-        Annotated[float, typer.Option(help="Sink: received >= this many times the median key's.")],
+        Annotated[float, typer.Option(help="Sink: received >= this many times the median key's (floored at 1/N).")],
         SINK_RATIO,
     ),
     "top_keys": (Annotated[int, typer.Option(help="Keys kept per head and call (video models).")], 16),

@@ -21,6 +21,8 @@ from vditscope.adapters.loading import load_pipeline
 from vditscope.capture.transfer import TransferConfig, transfer, transferred
 from vditscope.layout import TokenLayout
 
+from ..runs import assert_renders_again
+
 SMALL_ARGS = ["--num-frames", "9", "--steps", "3", "--height", "32", "--width", "64"]
 SOURCE = "a red square moving right on a black background"
 TARGET = "a green square moving right on a black background"
@@ -102,6 +104,8 @@ def test_edit_sweep_scores_every_layer(tmp_path: Path) -> None:
     assert list(table.columns) == ["layers", "first_layer", "ssim_to_source", "psnr_to_source", "track_distance_px"]
     assert list(table.layers) == ["none", "0,1", "1,2", "2,3"] and table.ssim_to_source.between(-1, 1).all()
     assert "data:image/png;base64" in (out / "report.html").read_text()
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["edit-sweep.png", "edit-sweep.svg"]
+    assert_renders_again(out)
 
 
 @pytest.mark.parametrize(

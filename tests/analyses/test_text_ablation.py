@@ -14,6 +14,8 @@ import torch
 from vditscope.adapters.loading import load_pipeline
 from vditscope.capture.text_ablation import first_text_token_only
 
+from ..runs import assert_renders_again
+
 SETTINGS = {"num_frames": 9, "num_inference_steps": 3, "height": 32, "width": 64, "max_sequence_length": 16}
 PROMPT = "a red square moving right on a black background"
 
@@ -59,5 +61,6 @@ def test_text_ablation_command(tmp_path: Path) -> None:
     table = pd.read_parquet(tmp_path / "t" / "text_ablation.parquet")
     assert list(table.method) == ["mask", "truncate"] and table.ssim.between(-1, 1).all()
     assert {"colour_full", "colour_ablated", "psnr"} <= set(table.columns)
+    assert_renders_again(tmp_path / "t")
     bad = subprocess.run([*args, "--method", "drop", "--out", str(tmp_path / "b")], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown ablation" in bad.stderr and not (tmp_path / "b").exists()

@@ -15,3 +15,54 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     assert front_x == [0.75, 0.5, 0.25, 0.0] and front_y == [12.0, 30.0, 35.0, 60.0]
     for fx, fy in zip(front_x, front_y, strict=True):  # nothing at least as sparse is better
         assert not np.any((x >= fx) & (y > fy))
+
+
+def _figure(title: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    from vditscope.report.figures import figure_png
+
+    fig, ax = plt.subplots(figsize=(2, 1.5))
+    ax.plot([0, 1], [1, 0])
+    ax.set_title(title)
+    return figure_png(fig)
+
+
+def test_figure_files_writes_each_page_figure_as_png_and_svg(tmp_path) -> None:
+    from vditscope.report.figure_files import Figure, figure_files
+    from vditscope.report.html import figure_html
+
+    plain = _figure("outside")  # no block open: plain PNG bytes, no SVG rendered
+    assert type(plain) is bytes
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "stale.png").write_bytes(b"from an earlier render")
+    with figure_files(tmp_path) as collected:
+        first = _figure("$x$ <b>")
+        assert isinstance(first, Figure) and "<svg" in first.svg
+        figure_html(first, "image/png", "Token maps, layer 0 <script>")
+        figure_html(_figure("again"), "image/png", "Token maps, layer 0 <script>")  # the same name twice
+        figure_html(b"GIF89a", "image/gif", "p0")  # a video is not a figure
+        with figure_files(tmp_path / "elsewhere"):  # an inner block adds to the outer one
+            figure_html(_figure("inner"), "image/png", "../../etc/passwd")
+    assert list(collected) == ["token-maps-layer-0-script", "token-maps-layer-0-script-2", "etc-passwd"]
+    names = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert names == sorted(f"{stem}.{ext}" for stem in collected for ext in ("png", "svg"))  # stale.png gone
+    assert (tmp_path / "figures" / "token-maps-layer-0-script.png").read_bytes() == bytes(first)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_figure_files_writes_nothing_after_an_error_and_never_replaces_a_file(tmp_path) -> None:
+    import pytest
+
+    from vditscope.report.figure_files import figure_files
+    from vditscope.report.html import figure_html
+
+    with pytest.raises(RuntimeError), figure_files(tmp_path):
+        figure_html(_figure("a"), "image/png", "a")
+        raise RuntimeError("the report failed")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "figures").write_text("a file of yours")
+    with pytest.raises(OSError), figure_files(tmp_path):
+        figure_html(_figure("a"), "image/png", "a")
+    assert (tmp_path / "figures").read_text() == "a file of yours"
+    assert [p.name for p in tmp_path.iterdir()] == ["figures"]  # no staging folder left behind

@@ -135,9 +135,10 @@ def run_compare(run_a: Path, run_b: Path, out: Path, overwrite: bool = False) ->
 def write_comparison(comparison: Comparison, output: OutputDir) -> Path:
     """compare.parquet, compare.csv, compare.png and a self-contained compare.html, written atomically."""
     from ..report.compare_html import write_compare_report
+    from ..report.figure_files import figure_files
     from ..report.figures import comparison_bars
 
-    with output.staging() as staging:
+    with output.staging() as staging, figure_files(staging):
         writer = RunWriter(staging, "compare")
         writer.table("compare.parquet", comparison.table)
         writer.csv("compare.csv", comparison.table)

@@ -36,7 +36,7 @@ from ..executors import (
 )
 from ..media import gif_bytes, write_mp4
 from ..progress import ProgressFn
-from ..store import OutputDir, files_of, json_safe, write_tensors
+from ..store import OutputDir, files_of, json_safe, write_json, write_tensors
 from ..tiny import DEFAULT_MODEL
 from . import quality
 from .memory_plan import check_generation
@@ -254,6 +254,7 @@ def edit_sweep_plan(request: EditRequest, setup: EditSetup, num_layers: int) -> 
 def _edit_sweep(request: EditRequest, output: OutputDir, executor: Executor, progress: ProgressFn | None) -> Any:
     import pandas as pd
 
+    from ..report.figure_files import figure_files
     from ..report.figures import edit_sweep_bars
     from ..report.study_html import write_edit_sweep_report
 
@@ -264,11 +265,15 @@ def _edit_sweep(request: EditRequest, output: OutputDir, executor: Executor, pro
     if progress:
         progress("writing", len(rows) - 1, len(rows) - 1)
     table = pd.DataFrame(rows)
-    figure = edit_sweep_bars(table)
-    with output.staging() as staging:
+    with output.staging() as staging, figure_files(staging):
+        figure = edit_sweep_bars(table)
         table.to_parquet(staging / "edit_sweep.parquet", index=False)
         table.to_csv(staging / "edit_sweep.csv", index=False)
         (staging / "edit_sweep.png").write_bytes(figure)
+        info = {"model": str(setup.model_dir), "source_prompt": request.source_prompt,
+                "target_prompt": request.target_prompt, "seed": request.seed, "mode": request.mode,
+                "window": request.window, "steps": None if request.steps is None else list(request.steps)}  # fmt: skip
+        write_json(staging / "run.json", info)
         write_edit_sweep_report(
             staging / "report.html",
             request.source_prompt,

@@ -206,7 +206,7 @@ def structure_sink_findings(sinks: pd.DataFrame, anchor: str = ANALYZE_ANCHORS["
     where those keys sit, and the strongest one."""
     if sinks.empty:
         return []
-    rule = f"a most-attended key receiving >= {SINK_RATIO:g}x the median key's mass"
+    rule = f"a most-attended key receiving >= {SINK_RATIO:g}x the median key's mass (the median floored at 1/N)"
     found = sinks[sinks["sink"].astype(bool)]
     top = sinks.loc[sinks["sink_ratio"].astype(float).idxmax()]
     strongest = {"layer": int(top["layer"]), "head": int(top["head"]), "ratio": float(top["sink_ratio"])}
@@ -357,7 +357,7 @@ def sink_share_findings(result: SinkResult, threshold: float, anchor: str) -> li
     if layers.empty:
         return []
     name, heads, sink_heads = model_name(result), int(layers["heads"].sum()), int(layers["sink_heads"].sum())
-    rule = f"a key receiving >= {threshold:g}x the median key's attention in its layer and head"
+    rule = f"a key receiving >= {threshold:g}x the median key's attention (floored at 1/N) in its layer and head"
     numbers: dict[str, Any] = {"heads": heads, "sink_heads": sink_heads, "share": sink_heads / heads if heads else 0.0}
     if sink_heads == 0:
         ratio = float(layers["max_ratio"].max())

@@ -6,15 +6,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+
+import pandas as pd
 
 from ..errors import VditscopeError
 from ..report import write_report
+from ..report.figure_files import FIGURES_DIR, figure_files
+from ..report.figures import edit_sweep_bars
 from ..report.sweep_html import write_sweep_report
 from ..store import OutputDir, Run, open_run, write_atomic
+from .results import SinkResult
 from .structure import analyze_structure
 
-RENDERABLE = ("analyze", "sweep sparsity", "sweep temperature")
+RENDERABLE = ("analyze", "sweep sparsity", "sweep temperature", "sinks", "edit-sweep", "text-ablation")
 
 
 def render_report(path: str | Path, overwrite: bool = False) -> Path:
@@ -25,6 +31,10 @@ def render_report(path: str | Path, overwrite: bool = False) -> Path:
     run = open_run(path, found.command, require=needed)
     if run.command == "analyze":
         return _render_analyze(run, overwrite)
+    if run.command == "sinks":
+        return _render_sinks(run, overwrite)
+    if run.command in ("edit-sweep", "text-ablation"):
+        return _render_study(run, overwrite)
     if run.command in RENDERABLE:
         return _render_sweep(run, overwrite)
     raise VditscopeError(
@@ -33,19 +43,84 @@ def render_report(path: str | Path, overwrite: bool = False) -> Path:
 
 
 def _render_analyze(run: Run, overwrite: bool) -> Path:
-    """The analyze report from run.json, stats, maps and videos, through the output policy: the run
-    directory is replaced as a whole, its marker listing the new report."""
+    """The analyze report from run.json, stats, maps and videos."""
     info, stats = run.info, run.stats
     maps = run.tensors("maps.safetensors")
     videos = {name: frames.numpy() for name, frames in run.tensors("videos.safetensors").items()}
     labels = {int(index): tokens for index, tokens in (info.get("text_token_labels") or {}).items()}
     structure = analyze_structure(stats, maps, info.get("layout"), labels)
-    output = OutputDir(run.path, "analyze", overwrite=overwrite)
+    return _render_staged(run, overwrite, lambda path: write_report(path, info, stats, maps, videos, structure))
+
+
+def _render_sinks(run: Run, overwrite: bool) -> Path:
+    """The sinks report from run.json and the sink tables (the language model's beside them with --lm)."""
+    from ..report.sinks_html import write_sinks_report
+
+    info = run.info
+    primary = _sink_result(run, "", info["kind"], info)
+    lm = _sink_result(run, "lm_", "text", info["lm"]) if info.get("lm") else None
+    calls = run.table("sink_calls.parquet") if "sink_calls.parquet" in run.files else None
+    return _render_staged(run, overwrite, lambda path: write_sinks_report(path, info, primary, lm, calls))
+
+
+def _render_study(run: Run, overwrite: bool) -> Path:
+    """The edit-sweep or text-ablation report from run.json and its table (and frames)."""
+    if "run.json" not in run.files:
+        raise VditscopeError(
+            f"{run.path} was written by an earlier release without run.json; rerun `vditscope {run.command}` to "
+            "get a run that `vditscope report` can render"
+        )
+    write = _edit_sweep_writer(run) if run.command == "edit-sweep" else _text_ablation_writer(run)
+    return _render_staged(run, overwrite, write)
+
+
+def _edit_sweep_writer(run: Run) -> Callable[[Path], None]:
+    from ..report.study_html import write_edit_sweep_report
+
+    info, table = run.info, run.table()
+    steps = tuple(info["steps"]) if info.get("steps") else None
+
+    def write(path: Path) -> None:
+        with figure_files(path.parent):  # drawn again, so that figures/ gets the SVG as well
+            figure = edit_sweep_bars(table)
+            write_edit_sweep_report(path, info["source_prompt"], info["target_prompt"], info["mode"],
+                                    int(info["window"]), steps, table, figure)  # fmt: skip
+
+    return write
+
+
+def _text_ablation_writer(run: Run) -> Callable[[Path], None]:
+    from ..report.study_html import write_text_ablation_report
+
+    info, table = run.info, run.table()
+    videos = {name: frames.numpy() for name, frames in run.tensors("frames.safetensors").items()}
+
+    def write(path: Path) -> None:
+        write_text_ablation_report(path, info["model"], info["family"], int(info["seed"]), info["prompts"],
+                                   info["methods"], table, videos)  # fmt: skip
+
+    return write
+
+
+def _sink_result(run: Run, prefix: str, kind: str, info: dict) -> SinkResult:
+    """One model's sink tables as the sinks command left them (``prefix`` "lm_" for the language model)."""
+
+    def table(name: str) -> pd.DataFrame:
+        return run.table(f"{prefix}{name}.parquet") if f"{prefix}{name}.parquet" in run.files else pd.DataFrame()
+
+    parts = [table(name) for name in ("sinks", "sink_layers", "sink_where", "sink_consistency", "sink_ablation")]
+    return SinkResult(kind, str(info.get("model", "")), str(info.get("family", "")), *parts)
+
+
+def _render_staged(run: Run, overwrite: bool, write: Callable[[Path], None]) -> Path:
+    """Write a run's report with ``write(path)`` through the output policy: the run directory is replaced
+    as a whole (its files linked, the report and its figures new), its marker listing the new report."""
+    output = OutputDir(run.path, run.command, overwrite=overwrite)
     with output, output.staging() as staging:
         for name in run.files:
-            if name != "report.html":
+            if name not in ("report.html", FIGURES_DIR):
                 _link_or_copy(run.path / name, staging / name)
-        write_report(staging / "report.html", info, stats, maps, videos, structure)
+        write(staging / "report.html")
     return output.path / "report.html"
 
 

@@ -2,11 +2,13 @@
 sinks sit, how consistent they are across steps and prompts, and a per-layer summary.
 
 A sink is a key whose received attention is at least ``threshold`` times the median key's of the
-same layer and head, both counted per query that can see the key (``ratio_visible``: a causal
-model's first token is seen by every query, so the plain mean over queries, ``ratio``, gives it
-about ln(N) x the median under uniform attention; without masks the two are equal). Default 10x,
-as in the paper's "disproportionate share"; 5x finds weaker sinks, 50-100x only the extreme ones
-that dominate whole heads.
+same layer and head, the median floored at the uniform share 1 / keys (``SINK_MEDIAN_FLOOR``: in a
+concentrated head the median key gets ~0 and ordinary keys would pass by the thousand). Both are
+counted per query that can see the key (``ratio_visible``: a causal model's first token is seen by
+every query, so the plain mean over queries, ``ratio``, gives it about ln(N) x the median under
+uniform attention; without masks the two are equal). Default 10x, as in the paper's
+"disproportionate share"; 5x finds weaker sinks, 50-100x only the extreme ones that dominate whole
+heads.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..layout import TokenLayout
-from ..stats.key_stats import KeyStats, median_received
+from ..stats.key_stats import KeyStats, sink_baseline
 from ..thresholds import SINK_RATIO
 
 SINK_THRESHOLD = SINK_RATIO
@@ -113,7 +115,7 @@ def key_table(
     is None, else the ``keep`` most attended keys of each head."""
     received = stats.received[0]
     heads, num_keys = received.shape
-    median = median_received(received).unsqueeze(-1)
+    median = sink_baseline(received).unsqueeze(-1)
     count = num_keys if keep is None else min(keep, num_keys)
     mass, index = received.topk(count, dim=-1)
     visible = stats.received_visible[0].gather(-1, index)
@@ -126,7 +128,7 @@ def key_table(
     ratio = (mass / median).reshape(-1).numpy()
     sinks = stats.sinks(threshold)[0].gather(-1, index).reshape(-1).numpy()
     fair = stats.received_visible[0]
-    ratio_visible = (visible / median_received(fair).unsqueeze(-1)).reshape(-1).numpy()
+    ratio_visible = (visible / sink_baseline(fair).unsqueeze(-1)).reshape(-1).numpy()
     table = pd.DataFrame(
         {
             "layer": np.full(heads * count, layer),

@@ -21,6 +21,7 @@ from ..adapters.settings import default_prompts, model_settings
 from ..adapters.text_models import TextModel, is_text_model_dir, load_text_model
 from ..capture.sink_ablation import PATHS, SELECTIONS, ablate_sinks
 from ..capture.sink_capture import sink_capture
+from ..capture.sink_sets import SinkSets, record_sink_sets
 from ..errors import VditscopeError
 from ..executors import (
     Executor,
@@ -252,12 +253,10 @@ class AblationReference:
 
 
 @dataclass(frozen=True)
-class SinkAblationJob:
-    """The reference generation with the sinks (or as many random keys) masked or value-zeroed in
-    ``layers``: one row of quality against the unchanged generation (the job's one input)."""
+class SinkSetJob:
+    """The reference generation once more, unchanged, recording the sinks of every call and head of the
+    ablation layers: the keys every ablation hides, and the count its random control matches."""
 
-    path: str
-    selection: str
     layers: tuple[int, ...]
     threshold: float
     chunk_size: int | None
@@ -265,19 +264,36 @@ class SinkAblationJob:
     seed: int
     generation: dict[str, Any]
 
-    def __call__(self, bench: Workbench, dense: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, bench: Workbench) -> SinkSets:
+        with record_sink_sets(bench.pipe, self.layers, threshold=self.threshold, chunk_size=self.chunk_size) as rec:
+            bench.generate(self.prompt, self.seed, self.generation)
+        return rec.sets
+
+
+@dataclass(frozen=True)
+class SinkAblationJob:
+    """The ``reference`` generation with its recorded sinks (or as many random keys of the same calls and
+    heads) masked or value-zeroed in its layers: one row of quality against the unchanged generation (its
+    inputs: the reference frames and the recorded sink sets)."""
+
+    path: str
+    selection: str
+    reference: SinkSetJob  # the generation, the layers and the sink rule
+
+    def __call__(self, bench: Workbench, dense: dict[str, Any], sink_sets: SinkSets) -> dict[str, Any]:
+        ref = self.reference
         with ablate_sinks(
-            bench.pipe, list(self.layers), path=self.path, selection=self.selection, threshold=self.threshold,
-            seed=self.seed, chunk_size=self.chunk_size,
+            bench.pipe, list(ref.layers), path=self.path, selection=self.selection, threshold=ref.threshold,
+            seed=ref.seed, chunk_size=ref.chunk_size, sink_sets=sink_sets,
         ) as session:  # fmt: skip
-            frames, latents = bench.generate(self.prompt, self.seed, self.generation)
+            frames, latents = bench.generate(ref.prompt, ref.seed, ref.generation)
         removed = session.ablation_table()
         return {
             "path": self.path,
             "keys": self.selection,
-            "layers": ",".join(map(str, self.layers)),
-            "prompt": self.prompt,
-            "seed": self.seed,
+            "layers": ",".join(map(str, ref.layers)),
+            "prompt": ref.prompt,
+            "seed": ref.seed,
             "psnr": quality.psnr(frames, dense["frames"]),
             "ssim": quality.ssim(frames, dense["frames"]),
             "latent_mse": quality.latent_mse(latents, dense["latents"]),
@@ -289,17 +305,21 @@ class SinkAblationJob:
 def _video_ablation(
     pool: Pool, request: SinksRequest, reference: AblationReference, layers: list[int], progress: ProgressFn | None
 ) -> pd.DataFrame:
-    """Sinks and as many random keys, masked or value-zeroed, in the ablation layers: quality against the
-    unchanged generation of the first prompt and seed, one job per variant."""
+    """The dense run's sinks and as many random keys (same calls and heads), masked or value-zeroed, in the
+    ablation layers: quality against the unchanged generation of the first prompt and seed, one job per
+    variant after one that records the sink sets."""
     if not layers:
         return pd.DataFrame()
-    ref, jobs = reference, []
+    ref = reference
+    record = SinkSetJob(tuple(layers), request.threshold, request.chunk_size, ref.prompt, ref.seed, ref.generation)
+    sets = Job("sink-sets", record, label="sink sets of the unchanged generation")
+    jobs = []
     for path in PATHS:
         for selection in SELECTIONS:
-            task = SinkAblationJob(path, selection, tuple(layers), request.threshold, request.chunk_size, ref.prompt,
-                                   ref.seed, ref.generation)  # fmt: skip
-            jobs.append(Job(f"{path}.{selection}", task, inputs=(ref.dense,), label=f"{path}, {selection}"))
-    return pd.DataFrame(run_jobs(pool, JobPlan(jobs, noun="ablations"), progress).results)
+            task = SinkAblationJob(path, selection, record)
+            jobs.append(Job(f"{path}.{selection}", task, inputs=(ref.dense,), needs=("sink-sets",),
+                            label=f"{path}, {selection}"))  # fmt: skip
+    return pd.DataFrame(run_jobs(pool, JobPlan(jobs, inputs={sets.key: sets}, noun="ablations"), progress).results)
 
 
 # -- language models ---------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None 
     """Full and first-token-only generations per prompt, each a job on ``request.executor``; writes
     text_ablation.parquet/.csv, frames.safetensors and report.html."""
     from ..report.study_html import write_text_ablation_report
-    from ..store import OutputDir, write_tensors
+    from ..store import OutputDir, write_json, write_tensors
 
     checked_prompts_and_seeds(request.prompts, [request.seed])
     bad = [m for m in request.methods if m not in ABLATIONS]
@@ -119,6 +119,9 @@ def run_text_ablation(request: TextAblationRequest, progress: ProgressFn | None 
             table.to_parquet(staging / "text_ablation.parquet", index=False)
             table.to_csv(staging / "text_ablation.csv", index=False)
             write_tensors(staging / "frames.safetensors", {k: torch.from_numpy(v) for k, v in videos.items()})
+            info = {"model": str(model_dir), "family": family, "seed": request.seed, "prompts": prompts,
+                    "methods": list(request.methods), "generation": generation}  # fmt: skip
+            write_json(staging / "run.json", info)
             write_text_ablation_report(
                 staging / "report.html", str(model_dir), family, request.seed, prompts, request.methods, table, videos
             )

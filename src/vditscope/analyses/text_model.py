@@ -17,6 +17,7 @@ from ..adapters.text_models import TextModel
 from ..capture.sdpa_patch import routed_sdpa, sdpa_handler
 from ..capture.session import SdpaCall
 from ..capture.sink_ablation import ablate_call
+from ..capture.sink_capture import call_key_stats
 from ..errors import VditscopeError
 from ..stats.key_stats import KeyStats, key_stats
 
@@ -76,22 +77,32 @@ def text_ablation(
     max_tokens: int = 512,
 ) -> dict[str, float]:
     """Sinks (or random keys) removed in ``layers``: next-token loss (causal models) and the relative
-    change of the model's last output, against the unchanged forward pass."""
+    change of the model's last output, against the unchanged forward pass. The sinks are those of the
+    unchanged pass, per layer and head (an ablated early layer changes what later layers attend to), and
+    the random control hides as many keys of the same layer and head."""
     inputs = _encode(text_model, text, max_tokens)
-    counter = [0]
+    counter = [0, 0]  # SDPA calls of the dense and of the ablated pass: the layer index
+    dense_sinks: dict[int, torch.Tensor] = {}
     removed: list[float] = []
 
     def plain(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa):
-        return SdpaCall(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa).run()
-
-    def ablating(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa):
         call = SdpaCall(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
         layer = counter[0]
         counter[0] += 1
+        if layer in layers:
+            dense_sinks[layer] = call_key_stats(call, None).sinks(threshold)
+        return call.run()
+
+    def ablating(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+        call = SdpaCall(original, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        layer = counter[1]
+        counter[1] += 1
         if layer not in layers:
             return call.run()
         generator = torch.Generator().manual_seed(seed * 1_000_003 + layer)
-        out, chosen, _ = ablate_call(call, path=path, selection=selection, threshold=threshold, generator=generator)
+        out, chosen, _ = ablate_call(
+            call, path=path, selection=selection, threshold=threshold, generator=generator, fixed=dense_sinks[layer]
+        )
         removed.append(float(chosen.float().sum(-1).mean()))
         return out
 

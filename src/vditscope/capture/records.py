@@ -10,7 +10,7 @@ import torch
 
 from ..layout import TokenLayout
 from ..stats import TOP_FRACTIONS, AttentionStats
-from ..stats.key_stats import median_received
+from ..stats.key_stats import sink_baseline
 from .state import ForwardState
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class CallRecord:
     layout: TokenLayout | None
     entropy: np.ndarray  # (H,) mean entropy over queries, nats
     text_mass: np.ndarray  # (H,) mean mass of video queries on text keys
-    sink_ratio: np.ndarray  # (H,) max received mass / median received mass over visible keys
+    sink_ratio: np.ndarray  # (H,) max received mass / sink baseline (median key, floored at 1/N)
     sink_index: np.ndarray  # (H,) key receiving the most mass
     sink_mass: np.ndarray  # (H,) mean mass a query puts on that key
     same_frame_mass: np.ndarray  # (H,) mean mass of video queries on their own frame
@@ -72,9 +72,10 @@ class CallRecord:
 
 
 def sink_ratios(received: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(max / median over keys with any mass, argmax) along the last axis; masked keys get no mass."""
+    """(max / the sink baseline, argmax) along the last axis: the baseline is the median over the keys with any
+    mass (masked keys get none), floored at the uniform share (``key_stats.sink_baseline``)."""
     peak, index = received.max(dim=-1)
-    return peak / median_received(received), index
+    return peak / sink_baseline(received), index
 
 
 def records_from_stats(

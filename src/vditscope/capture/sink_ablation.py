@@ -4,10 +4,13 @@ random keys as a control, to measure what the sinks carry.
 Two paths: "mask" hides the chosen keys from every query (their scores get -inf, the rest of the
 attention renormalizes; the score path) and "zero-values" keeps the attention weights but zeroes
 the chosen keys' value vectors (the value path: the mass the sinks received now adds nothing).
-Sinks are found per call, head and batch element as keys whose received attention (per query
-that can see them) is at least ``threshold`` times the median key's; the random control draws the
-same number of keys per head among the visible non-sink keys, seeded by (seed, generation, step,
-layer).
+Sinks are keys whose received attention (per query that can see them) is at least ``threshold`` times
+the median key's (floored at the uniform share). Given the dense run's sink sets (``sink_sets``, from
+``record_sink_sets``) the ablation hides exactly those keys at every call and head, and the random
+control exactly as many visible non-sink keys of the same call and head: both variants remove the same
+number of keys, and the sinks are the unchanged model's. Without them, sinks are found per call on the
+ablated run's own trajectory (the control then matches each call's count, not the dense run's).
+Random draws are seeded by (seed, generation, step, layer).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .calls import ObservedCall, SdpaCall
 from .selection import SELF_ONLY, Selection
 from .session import HookSession, SessionObserver, Technique
 from .sink_capture import call_key_stats
+from .sink_sets import SinkSets
 
 PATHS = ("mask", "zero-values")
 SELECTIONS = ("sinks", "random")
@@ -40,11 +44,18 @@ def check_ablation(path: str, selection: str, threshold: float) -> None:
         raise ValueError(f"the sink threshold is a ratio to the median key and must be > 1, got {threshold}")
 
 
-def choose_keys(stats: KeyStats, threshold: float, selection: str, generator: torch.Generator) -> torch.Tensor:
-    """(B, H, Nk) bool: the sink keys (ratio >= threshold), or as many random visible non-sink keys.
+def choose_keys(
+    stats: KeyStats,
+    threshold: float,
+    selection: str,
+    generator: torch.Generator,
+    fixed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, H, Nk) bool: the sink keys, or as many random visible non-sink keys. The sinks are ``fixed``
+    (B, H, Nk), the dense run's, when given, else the keys of this call with ratio >= threshold.
 
     One visible key per head is always kept so that no query loses every key."""
-    sinks = stats.sinks(threshold)
+    sinks = stats.sinks(threshold) if fixed is None else fixed.to(device=stats.received.device, dtype=torch.bool)
     seen = stats.received > 0
     chosen = torch.zeros_like(sinks)
     batch, heads, _ = sinks.shape
@@ -54,8 +65,9 @@ def choose_keys(stats: KeyStats, threshold: float, selection: str, generator: to
             count = min(int(sinks[b, h].sum()), max(visible - 1, 0))
             if count == 0:
                 continue
-            if selection == "sinks":
-                order = stats.received[b, h].argsort(descending=True)[:count]
+            if selection == "sinks":  # the sinks, the most attended first where one must stay visible
+                ranked = torch.where(sinks[b, h], stats.received[b, h], torch.full_like(stats.received[b, h], -1.0))
+                order = ranked.argsort(descending=True)[:count]
             else:
                 pool = torch.nonzero(seen[b, h] & ~sinks[b, h]).flatten()
                 order = pool[torch.randperm(len(pool), generator=generator)[:count]]
@@ -119,18 +131,21 @@ def ablate_call(
     threshold: float,
     generator: torch.Generator,
     chunk_size: int | None = None,
+    fixed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, KeyStats]:
-    """(ablated output, chosen keys (B, H, Nk), the call's key statistics) of one SDPA call."""
+    """(ablated output, chosen keys (B, H, Nk), the call's key statistics) of one SDPA call; ``fixed``: the
+    dense run's sinks (B, H, Nk) of this call (see ``choose_keys``)."""
     stats = call_key_stats(call, chunk_size)
     with torch.no_grad():
-        chosen = choose_keys(stats, threshold, selection, generator)
+        chosen = choose_keys(stats, threshold, selection, generator, fixed)
     return ablated_attention(call, chosen, path), chosen, stats
 
 
 @dataclass(frozen=True)
 class SinkAblationConfig:
     """Where to ablate (self-attention layers), which path, which keys ("sinks" or "random"), the sink
-    threshold (ratio to the median key), the seed of the random control and the chunk size."""
+    threshold (ratio to the median key), the seed of the random control, the chunk size, and the dense
+    run's sink sets (``record_sink_sets``; None: sinks found per call on the ablated trajectory)."""
 
     where: Selection = field(default_factory=lambda: Selection(kinds=SELF_ONLY))
     path: str = "mask"
@@ -138,6 +153,7 @@ class SinkAblationConfig:
     threshold: float = DEFAULT_THRESHOLD
     seed: int = 0
     chunk_size: int | None = None
+    sink_sets: SinkSets | None = None
 
     def __post_init__(self) -> None:
         check_ablation(self.path, self.keys, self.threshold)
@@ -166,6 +182,7 @@ class SinkAblation(SessionObserver):
             threshold=self.threshold,
             generator=generator,
             chunk_size=self.config.chunk_size,
+            fixed=self._recorded(call),
         )
         mass = (stats.received * chosen).sum(-1).mean(-1)
         keys = chosen.float().sum(-1).mean(-1)
@@ -174,6 +191,16 @@ class SinkAblation(SessionObserver):
                 AblationRecord(state.generation, state.step, branch, layer, float(keys[b]), float(mass[b]))
             )
         return out
+
+    def _recorded(self, call: ObservedCall) -> torch.Tensor | None:
+        """(B, H, Nk) the dense run's sinks of this call, or None without recorded sets."""
+        sets = self.config.sink_sets
+        if sets is None:
+            return None
+        _, heads, _, _ = call.sdpa.q.shape
+        num_keys = call.sdpa.k.shape[2]
+        keys = [(call.state.step, branch, sample, call.site.layer) for branch, sample in call.labels]
+        return torch.stack([sets.mask(key, heads, num_keys) for key in keys])
 
     def ablation_table(self) -> Any:
         """pandas DataFrame: one row per ablated call and batch element."""
@@ -195,11 +222,13 @@ def ablate_sinks(
     threshold: float = DEFAULT_THRESHOLD,
     seed: int = 0,
     chunk_size: int | None = None,
+    sink_sets: SinkSets | None = None,
 ) -> Iterator[SinkAblation]:
     """Remove the sinks (or as many random keys) of every self-attention call of the chosen layers
-    (None = all) made inside the block. Hooks are removed on exit, also on errors."""
+    (None = all) made inside the block; ``sink_sets``: the dense run's (``record_sink_sets``), which fixes
+    the keys and matches the control's count. Hooks are removed on exit, also on errors."""
     where = Selection(layers=None if layers is None else frozenset(int(layer) for layer in layers), kinds=SELF_ONLY)
-    config = SinkAblationConfig(where, path, selection, threshold, seed, chunk_size)
+    config = SinkAblationConfig(where, path, selection, threshold, seed, chunk_size, sink_sets)
     with apply_sink_ablation(model_or_pipeline, config) as session:
         yield session
 

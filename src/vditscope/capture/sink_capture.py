@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..stats.key_stats import KeyStats, key_stats, median_received
+from ..stats.key_stats import KeyStats, key_stats, sink_baseline
 from .calls import ObservedCall, SdpaCall
 from .selection import SELF_ONLY, Selection
 from .session import HookSession, SessionObserver, Technique
@@ -104,12 +104,21 @@ def call_key_stats(call: SdpaCall, chunk_size: int | None) -> KeyStats:
         )
 
 
+def run_and_measure(call: SdpaCall, chunk_size: int | None) -> tuple[torch.Tensor, KeyStats | None]:
+    """The call's own output and its per-key statistics (None for a call they do not cover: not 4-D, or
+    with dropout)."""
+    out = call.run()
+    if call.q.ndim != 4 or call.dropout_p > 0:
+        return out, None
+    return out, call_key_stats(call, chunk_size)
+
+
 def top_keys(stats: KeyStats, b: int, count: int) -> dict[str, np.ndarray]:
     """The ``count`` most attended keys per head of batch element b, with their statistics."""
     received = stats.received[b]
     count = min(count, received.shape[-1])
     mass, index = received.topk(count, dim=-1)
-    median = median_received(received).unsqueeze(-1)
+    median = sink_baseline(received).unsqueeze(-1)
     return {
         "index": index.numpy(),
         "received": mass.numpy(),
@@ -146,11 +155,10 @@ class SinkCapture(SessionObserver):
         self.grid: tuple[int, int, int] | None = None
 
     def observe(self, call: ObservedCall) -> torch.Tensor:
-        sdpa, state, layer = call.sdpa, call.state, call.site.layer
-        out = sdpa.run()
-        if sdpa.q.ndim != 4 or sdpa.dropout_p > 0:
+        state, layer = call.state, call.site.layer
+        out, stats = run_and_measure(call.sdpa, self.config.chunk_size)
+        if stats is None:
             return out
-        stats = call_key_stats(sdpa, self.config.chunk_size)
         self.grid = state.grid
         for b, (branch, sample) in enumerate(call.labels):
             top = top_keys(stats, b, self.top_keys)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .figure_files import writes_figures
 from .html import Markup, figure_html, format_html, page, table_html
 
 if TYPE_CHECKING:
     from ..analyses.results import Comparison
 
 
+@writes_figures
 def write_compare_report(path: Path, comparison: Comparison, figure: bytes) -> None:
     """compare.html: the two runs, how they were matched, the per-layer table and the figure. Both run
     directories may come from someone else: their paths and run.json fields are shown as text."""

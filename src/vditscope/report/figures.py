@@ -15,6 +15,7 @@ import torch
 from matplotlib.text import Text
 
 from ..analyses.sweep_tables import LEVEL_METHODS, level_column
+from .figure_files import Figure, collecting
 
 # Labels carry prompts, token strings, model and directory names: draw every text as it is, never as
 # mathtext or TeX, where a pair of dollar signs would be parsed (and a bad formula raises).
@@ -22,7 +23,8 @@ LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
 
 
 def figure_png(fig: plt.Figure) -> bytes:
-    """The figure as PNG bytes, every text drawn literally (see LITERAL_TEXT); closes the figure."""
+    """The figure as PNG bytes, every text drawn literally (see LITERAL_TEXT); closes the figure. Inside
+    ``figure_files`` the bytes are a ``Figure`` that also holds the figure as SVG."""
     try:
         for text in fig.findobj(Text):  # the texts made so far took their settings from rcParams then
             text.set_parse_math(False)
@@ -30,7 +32,11 @@ def figure_png(fig: plt.Figure) -> bytes:
         buffer = io.BytesIO()
         with matplotlib.rc_context(LITERAL_TEXT):  # and tick labels made while drawing take them now
             fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-        return buffer.getvalue()
+            if not collecting():
+                return buffer.getvalue()
+            vector = io.StringIO()
+            fig.savefig(vector, format="svg", bbox_inches="tight", metadata={"Date": None})
+        return Figure(buffer.getvalue(), vector.getvalue())
     finally:
         plt.close(fig)
 

@@ -24,6 +24,7 @@ from ..stats.streaming import uniform_locality
 from ..store.map_names import MapName, parse_map_name
 from . import figures
 from .explorer import explorer_section
+from .figure_files import add_figure, writes_figures
 from .findings_html import analyze_findings_section
 
 STYLE = """
@@ -65,6 +66,7 @@ def figure_html(data: bytes | None, mime: str, name: str, caption: str = "") -> 
     """One figure element (nothing when the figure could not be drawn); name and caption are text."""
     if data is None:
         return Markup()
+    add_figure(name, data)  # also as figures/NAME.png and .svg inside figure_files
     text = format_html("<figcaption>{}</figcaption>", caption) if caption else Markup()
     return format_html("<figure data-figure='{}'>{}{}</figure>", name, _img(data, mime, name), text)
 
@@ -96,6 +98,7 @@ def page(title: str, heading: str, parts: Iterable[object]) -> str:
     return "\n".join([head, format_html("<h1>{}</h1>", heading), *(escape(part) for part in parts), "</body></html>"])
 
 
+@writes_figures
 def write_report(
     path: Path,
     run: dict[str, Any],
@@ -301,7 +304,8 @@ def _sinks_section(structure: Structure) -> list[Markup]:
         Markup("<h2 id='sinks'>Attention sinks</h2>"),
         format_html(
             "<p>The most attended key of each head; it counts as a sink when it receives at least {:g}x "
-            "the median key's mass (sink_ratio). {} of {} heads have one. consistency = share of "
+            "the median key's mass, the median floored at the uniform share 1/N (sink_ratio). {} of {} heads have one. "
+            "consistency = share of "
             "generations and steps in which the same key is the most attended one; sink_mass = mean mass a query "
             "puts on it.</p>",
             SINK_RATIO,

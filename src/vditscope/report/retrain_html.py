@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..media import gif_bytes
+from .figure_files import writes_figures
 from .figures import capped_psnr, figure_png, plt
 from .html import Markup, figure_html, format_html, page, table_html
 
@@ -60,6 +61,7 @@ def sparsity_before_after(sparsity: pd.DataFrame) -> bytes | None:
     return figure_png(fig)
 
 
+@writes_figures
 def write_study_report(
     path: Path,
     models: dict[str, str],

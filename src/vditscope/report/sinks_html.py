@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..analyses.findings import sink_findings
 from . import sink_figures
+from .figure_files import writes_figures
 from .findings_html import findings_section
 from .html import Markup, figure_html, format_html, page, table_html
 
@@ -38,6 +39,7 @@ def _section(result: SinkResult, threshold: float, anchor: str) -> list[Markup]:
         format_html("<h2 id='{}'>{}</h2>", anchor, name),
         format_html(
             "<p>{} of {} heads have at least one sink (a key receiving >= {:g}x the median key's attention, "
+            "the median floored at 1/N, "
             "averaged over the observed steps and prompts for a video model).</p>",
             sink_heads,
             total_heads,
@@ -70,6 +72,7 @@ def _section(result: SinkResult, threshold: float, anchor: str) -> list[Markup]:
     return parts
 
 
+@writes_figures
 def write_sinks_report(
     path: Path, run: dict[str, Any], primary: SinkResult, lm: SinkResult | None, calls: pd.DataFrame | None = None
 ) -> None:
@@ -79,7 +82,8 @@ def write_sinks_report(
     threshold = float(run["threshold"])
     intro = format_html(
         "<p>Model {} ({}). A sink is a key whose received attention (mean over queries) is at least {:g}x the "
-        "median key's of the same layer and head. Key and value norms are relative to the median key of that "
+        "median key's of the same layer and head (the median floored at the uniform share 1/N). Key and value "
+        "norms are relative to the median key of that "
         "head.</p>",
         primary.model,
         primary.family,

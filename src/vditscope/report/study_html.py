@@ -10,10 +10,12 @@ import pandas as pd
 
 from ..analyses.findings import EDIT_SWEEP_ANCHOR, TEXT_ABLATION_ANCHOR, edit_sweep_findings, text_ablation_findings
 from ..media import gif_bytes
+from .figure_files import writes_figures
 from .findings_html import findings_section
 from .html import figure_html, format_html, page, table_html
 
 
+@writes_figures
 def write_edit_sweep_report(
     path: Path,
     source_prompt: str,
@@ -41,6 +43,7 @@ def write_edit_sweep_report(
     path.write_text(page("vditscope edit-sweep", "Which layers carry layout", parts))
 
 
+@writes_figures
 def write_text_ablation_report(
     path: Path,
     model: str,

@@ -9,9 +9,11 @@ from typing import Any
 import pandas as pd
 
 from . import figures
+from .figure_files import writes_figures
 from .html import Markup, figure_html, format_html, key_value_table, page, table_html
 
 
+@writes_figures
 def write_sweep_report(path: Path, meta: dict[str, Any], table: pd.DataFrame, plan: dict[str, Any]) -> None:
     """report.html of a sweep: settings, the figures, the sensitivity table, the plan and every cell."""
     from ..analyses.findings import sweep_findings

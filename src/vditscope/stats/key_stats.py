@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..thresholds import SINK_MEDIAN_FLOOR
 from .streaming import MASK_FLOOR, attention_stats
 
 MIN_VISIBLE = 16  # queries that must see a key before it can count as a sink
@@ -37,7 +38,7 @@ class KeyStats:
         """received_visible / its median: the sink measure for causal or padded attention, where
         early keys are seen by more queries (equal to ``ratio`` without masks)."""
         fair = self.received_visible
-        return fair / median_received(fair).unsqueeze(-1)
+        return fair / sink_baseline(fair).unsqueeze(-1)
 
     def sinks(self, threshold: float) -> torch.Tensor:
         """(B, H, Nk) bool: keys with ratio_visible >= threshold, seen by at least MIN_VISIBLE queries
@@ -48,8 +49,9 @@ class KeyStats:
 
     @property
     def ratio(self) -> torch.Tensor:
-        """received / median received over the keys with any mass, per batch element and head."""
-        return self.received / median_received(self.received).unsqueeze(-1)
+        """received / the sink baseline (the median key's, floored at the uniform share), per batch element
+        and head."""
+        return self.received / sink_baseline(self.received).unsqueeze(-1)
 
 
 def median_received(received: torch.Tensor) -> torch.Tensor:
@@ -60,6 +62,14 @@ def median_received(received: torch.Tensor) -> torch.Tensor:
         return visible.nanquantile(0.5, dim=-1)
     rows = visible.reshape(-1, visible.shape[-1])
     return torch.stack([row.nanquantile(0.5) for row in rows]).reshape(visible.shape[:-1])
+
+
+def sink_baseline(received: torch.Tensor) -> torch.Tensor:
+    """What sink ratios divide by: the median received attention over the keys with any mass, floored at
+    SINK_MEDIAN_FLOOR x the uniform share 1 / (keys with any mass). Without the floor a concentrated head,
+    whose median key gets ~0, makes ordinary keys look like sinks (ratios of 10^4-10^7)."""
+    keys = (received > 0).sum(dim=-1).clamp(min=1).to(torch.float32)
+    return torch.maximum(median_received(received), SINK_MEDIAN_FLOOR / keys)
 
 
 def visible_queries(

@@ -53,6 +53,14 @@ class FileSpec:
         return name == self.name or ("/" not in name and fnmatch.fnmatchcase(name, self.name))
 
 
+FIGURES = FileSpec(
+    "figures",
+    "folder",
+    "every figure of the report as NAME.png and NAME.svg (for papers and slides)",
+    always=False,  # runs of earlier releases have none; `vditscope report RUN` writes it
+)
+
+
 @dataclass(frozen=True)
 class RunFormat:
     """What one command's output directory holds."""
@@ -111,6 +119,7 @@ _ANALYZE = RunFormat(
         FileSpec("text_attention.parquet", "table", "per layer and text token: the mass video queries put on it"),
         FileSpec("head_sinks.parquet", "table", "per layer and head: the sink key, its ratio and consistency"),
         FileSpec("report.html", "html", "the self-contained report"),
+        FIGURES,
     ),
     info="run.json",
     main_fields=("model", "family", "prompts", "seeds", "steps", "layers", "heads"),
@@ -136,6 +145,7 @@ def _sweep(mode: str) -> RunFormat:
             ),
             FileSpec("sweep.json", "json", "model, mode, scope, method, levels, prompts, seeds, generation, cells"),
             FileSpec("report.html", "html", "the self-contained sweep report"),
+            FIGURES,
         ),
         info="sweep.json",
         main_fields=("model", "family", "mode", "scope", "method", "levels", "cells"),
@@ -170,8 +180,16 @@ _EDIT_SWEEP = RunFormat(
         FileSpec("edit_sweep.parquet", "table", "one row per transferred layer: quality against source and target"),
         FileSpec("edit_sweep.csv", "csv", "edit_sweep.parquet as CSV"),
         FileSpec("edit_sweep.png", "figure", "the per-layer bars"),
+        FileSpec(
+            "run.json",
+            "json",
+            "model, prompts, seed, mode, window, steps: what `vditscope report` needs (earlier releases lack it)",
+            always=False,
+        ),
         FileSpec("report.html", "html", "the self-contained report"),
+        FIGURES,
     ),
+    info="run.json",
     main_table="edit_sweep.parquet",
 )
 _GENERATE = RunFormat(
@@ -197,6 +215,7 @@ _SINKS = RunFormat(
     (
         FileSpec("run.json", "json", "model, kind, family, threshold, top keys, settings, versions"),
         FileSpec("report.html", "html", "the self-contained report"),
+        FIGURES,
         FileSpec("sink_calls.parquet", "table", "per attention call: its sink keys (video models)", always=False),
         FileSpec(
             "sinks.parquet",
@@ -259,8 +278,16 @@ _TEXT_ABLATION = RunFormat(
         FileSpec("text_ablation.parquet", "table", "one row per prompt and method: SSIM, PSNR, frame MSE, colours"),
         FileSpec("text_ablation.csv", "csv", "text_ablation.parquet as CSV"),
         FileSpec("frames.safetensors", "tensors", "raw frames: p{i}.full and p{i}.{method}"),
+        FileSpec(
+            "run.json",
+            "json",
+            "model, family, seed, prompts, methods: what `vditscope report` needs (earlier releases lack it)",
+            always=False,
+        ),
         FileSpec("report.html", "html", "the self-contained report"),
+        FIGURES,
     ),
+    info="run.json",
     main_table="text_ablation.parquet",
 )
 _COMPARE = RunFormat(
@@ -276,6 +303,7 @@ _COMPARE = RunFormat(
         FileSpec("compare.csv", "csv", "compare.parquet as CSV"),
         FileSpec("compare.png", "figure", "the per-layer bars"),
         FileSpec("compare.html", "html", "the self-contained report"),
+        FIGURES,
     ),
     main_table="compare.parquet",
 )
@@ -331,6 +359,7 @@ _RETRAIN = RunFormat(
         _study("study_sparsity.parquet", "table", "per model and level: quality under sparsity", "study*"),
         _study("study_quality.parquet", "table", "the retrained model's quality against the original", "study*"),
         _study("study.html", "html", "the study's self-contained report", "study*"),
+        _study("figures", "folder", "every figure of the study report as NAME.png and NAME.svg", "figures"),
         _study(
             "sweep-original", "folder", "the original model's sparsity sweep (a `sweep sparsity` output)", "sweep-*"
         ),

@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..adapters.loading import quiet_loading
+from ..stats.key_stats import sink_baseline
 from ..store import OutputDir
 from ..thresholds import SINK_RATIO
 from .checkpoint import optimizer_step
@@ -396,7 +397,8 @@ def load_trained_lm(run_dir: Path) -> tuple[Any, Any, TinyLMConfig]:
 class SinkFigures(NamedTuple):
     """Per (layer, head) arrays, averaged over texts, of how much attention the first token draws.
 
-    ``ratio``: the attention the first token receives over the median a key receives, a key's
+    ``ratio``: the attention the first token receives over the median a key receives (floored at the
+    uniform share, ``key_stats.sink_baseline``), a key's
     received attention being its mean over the queries that can see it (a uniform causal pattern
     scores about 4 at 128 tokens). ``ratio_all_queries``: the same with every key's mean taken
     over all queries, masked ones counting 0 (uniform scores about 8 at 128 tokens).
@@ -416,14 +418,15 @@ def sink_figures(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir,
-        attn_implementation="eager",
-        dtype=torch.float32,
-        local_files_only=True,
-        trust_remote_code=False,
-        use_safetensors=True,
-    ).eval()
+    with quiet_loading():  # no library progress bar in the command's output
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            attn_implementation="eager",
+            dtype=torch.float32,
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=True,
+        ).eval()
     ratio, ratio_all, share = [], [], []
     for text in texts:
         ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=context)["input_ids"]
@@ -433,7 +436,7 @@ def sink_figures(
             (ratio, [a.sum(dim=1) / visible for a in attentions]),
             (ratio_all, [a.mean(dim=1) for a in attentions]),
         ):
-            out.append(np.stack([(r[:, 0] / r[:, 1:].median(dim=1).values).numpy() for r in received]))
+            out.append(np.stack([(r[:, 0] / sink_baseline(r[:, 1:])).numpy() for r in received]))
         share.append(np.stack([a[:, skip:, 0].mean(dim=1).numpy() for a in attentions]))
     return SinkFigures(np.mean(ratio, axis=0), np.mean(ratio_all, axis=0), np.mean(share, axis=0))
 
