@@ -140,5 +140,9 @@ def merge_head_shards(per_rank: list[list[Any]]) -> list[Any]:
             if isinstance(value, np.ndarray) and value.shape[:1] == (heads,):
                 changes[f.name] = np.concatenate([getattr(part, f.name) for part in parts])
         changes["maps"] = {name: torch.cat([part.maps[name] for part in parts]) for name in first.maps}
+        changes["probes"] = {  # a probe's per-head values (first axis: this rank's heads) are concatenated too
+            name: np.concatenate([part.probes[name] for part in parts]) if np.shape(value)[:1] == (heads,) else value
+            for name, value in first.probes.items()
+        }
         merged.append(replace(first, **changes))
     return merged

@@ -7,7 +7,7 @@ observer (runs the streaming statistics on each call and keeps one record per ba
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +19,8 @@ from ..stats import attention_stats
 from ..stats.streaming import TopMassMode
 from .calls import ObservedCall, SdpaCall
 from .context_parallel import merge_head_shards, rank_share
-from .records import CallRecord, records_from_stats, records_table
+from .probes import Probe, ProbeCall, check_probes, default_scale, probe_values
+from .records import TABLE_COLUMNS, CallRecord, records_from_stats, records_table
 from .selection import Selection
 from .session import HookSession, SessionObserver, Technique
 from .state import ForwardState
@@ -39,8 +40,10 @@ class CaptureConfig:
     map_tiles: int | None = None
     map_steps: frozenset[int] | None = None
     backend: str = "auto"
+    probes: Mapping[str, Probe] = field(default_factory=dict)  # your own statistics (capture/probes.py)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "probes", check_probes(self.probes, set(TABLE_COLUMNS)))
         if self.map_tiles is not None and self.map_tiles < 1:
             raise ValueError(f"map_tiles must be positive, got {self.map_tiles}")
         if self.map_steps is not None:
@@ -133,7 +136,13 @@ class Capture(SessionObserver):
             )
         self.backends.add(getattr(stats, "backend", "torch"))
         labels = call.labels(state, start)
-        self.records.extend(records_from_stats(stats, site, state, labels, layout, keep_maps=config.keep_maps))
+        records = records_from_stats(stats, site, state, labels, layout, keep_maps=config.keep_maps)
+        if config.probes:
+            seen = ProbeCall(q.detach(), k.detach(), v.detach(), default_scale(call.scale, q.shape[-1]), attn_mask,
+                             call.is_causal, layout, site.kind, site.layer, state.step, site.name)  # fmt: skip
+            for record, values in zip(records, probe_values(config.probes, seen), strict=True):
+                record.probes.update(values)
+        self.records.extend(records)
         return fused_out if fused else out
 
 
@@ -154,6 +163,7 @@ def capture(
     map_tiles: int | None = None,
     map_steps: Iterable[int] | None = None,
     backend: str = "auto",
+    probes: Mapping[str, Probe] | None = None,
 ) -> Iterator[Capture]:
     """Record attention statistics of every observed attention call made inside the block.
 
@@ -169,6 +179,8 @@ def capture(
     says which ran). ``cross_attention``: also record the cross-attention calls, kind "cross" (text
     keys) and, in an image-to-video Wan, "image" (its CLIP image tokens). A Wan 2.2 pipeline's two
     experts share the layers 0..L-1; the ``site`` column names the low-noise one's ``transformer_2.blocks.i...``.
+    ``probes``: your own statistics, name -> function of a ``ProbeCall`` (q, k, v, scale, mask, layout, where);
+    a (B, H) result becomes a table column, any other (B, ...) stays on ``record.probes`` (capture/probes.py).
     """
     where = Selection(
         layers=None if layers is None else frozenset(int(layer) for layer in layers),
@@ -176,7 +188,9 @@ def capture(
         kinds=None if cross_attention else frozenset({"self"}),
     )
     chosen_maps = None if map_steps is None else frozenset(int(s) for s in map_steps)
-    config = CaptureConfig(where, top_mass, fused, chunk_size, keep_maps, map_tiles, chosen_maps, backend)
+    config = CaptureConfig(
+        where, top_mass, fused, chunk_size, keep_maps, map_tiles, chosen_maps, backend, dict(probes or {})
+    )
     with apply_capture(model_or_pipeline, config) as session:
         yield session
 

@@ -65,6 +65,7 @@ class CallRecord:
     same_position_mass: np.ndarray  # (H,) ... on their own spatial position in the other frames
     top_mass: np.ndarray  # (H, 5) mean mass of the top 1/5/10/20/50% keys
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    probes: dict[str, np.ndarray] = field(default_factory=dict)  # capture(probes=...): your statistics
 
     @property
     def heads(self) -> int:
@@ -177,4 +178,21 @@ def records_table(records: list[CallRecord]) -> Any:
     }
     for i, name in enumerate(TOP_COLUMNS):
         columns[name] = top[:, i]
-    return pd.DataFrame(columns)[TABLE_COLUMNS]
+    probes = per_head_probes(records, columns)
+    return pd.DataFrame(columns)[TABLE_COLUMNS + probes]
+
+
+def per_head_probes(records: list[CallRecord], columns: dict[str, Any]) -> list[str]:
+    """Add to ``columns`` each probe that gave every record one value per head (NaN where a record has none,
+    e.g. a probe that only some calls answer); returns their names in first-seen order."""
+    names = list(dict.fromkeys(name for r in records for name in r.probes))
+    kept = []
+    for name in names:
+        values = [r.probes.get(name) for r in records]
+        if all(v is None or np.shape(v) == (r.heads,) for v, r in zip(values, records, strict=True)):
+            columns[name] = np.concatenate(
+                [np.full(r.heads, np.nan) if v is None else np.asarray(v, dtype=np.float64) for v, r in
+                 zip(values, records, strict=True)]
+            )  # fmt: skip
+            kept.append(name)
+    return kept
