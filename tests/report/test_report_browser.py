@@ -385,3 +385,45 @@ def test_explorer_overlays_the_clicked_tile_and_matches_the_stored_maps(driver: 
         explorer.screenshot(screenshot)
     errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
     assert not errors, errors
+
+
+def test_explorer_shows_where_a_text_token_is_looked_at_from(driver: WebDriver, report_html: Path) -> None:
+    """Choose a text token: every frame shows the mass each query tile puts on it, equal (8-bit) to the stored
+    text tile map of that generation, layer and head; 'none' brings the clicked position's view back."""
+    import numpy as np
+    from safetensors.torch import load_file
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    run_dir = report_html.parent
+    driver.get_log("browser")
+    driver.get(report_html.resolve().as_uri())
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return !!window.vditscopeExplorer"))
+    main = driver.find_element(By.ID, "vx-main")
+    self_view = driver.execute_script("return arguments[0].toDataURL()", main)
+    text = Select(driver.find_element(By.ID, "vx-text"))
+    assert text.options[2].text == "1: red"  # "a red square ...": the prompt's own tokens label the choice
+    maps = load_file(run_dir / "maps.safetensors")
+    for key, head in ((1, -1), (2, 1)):
+        Select(driver.find_element(By.ID, "vx-head")).select_by_value(str(head))
+        text.select_by_value(str(key))
+        state = driver.execute_script("return window.vditscopeExplorer.state()")
+        column = driver.execute_script("return window.vditscopeExplorer.column()")
+        stored = maps[f"text_tile_map.{state['generation']}.cross.layer{state['layer']}"].double()
+        expected = (stored.mean(0) if head < 0 else stored[head])[:, key].numpy()
+        assert state["text"] == key and column is not None and len(column) == state["tiles"]
+        rows = (stored.mean(0) if head < 0 else stored[head]).numpy()
+        np.testing.assert_allclose(column, expected, rtol=0, atol=float(rows.max(axis=1).max()) / 255 + 1e-6)
+        assert max(column) > 0
+    assert driver.execute_script("return arguments[0].toDataURL()", main) != self_view
+    assert "Text token 2" in driver.find_element(By.ID, "vx-info").text
+    screenshot = os.environ.get("VDITSCOPE_EXPLORER_TEXT_SCREENSHOT")
+    if screenshot:  # the README's picture of the cross-attention view
+        Select(driver.find_element(By.ID, "vx-head")).select_by_value("-1")
+        text.select_by_value("1")
+        driver.find_element(By.ID, "vx").screenshot(screenshot)
+    text.select_by_value("-1")
+    assert driver.execute_script("return window.vditscopeExplorer.column()") is None
+    assert driver.execute_script("return window.vditscopeExplorer.row()") is not None
+    errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, errors

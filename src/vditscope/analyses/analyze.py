@@ -35,6 +35,7 @@ from .sweep_tables import check_plan, load_plan
 # Per-head token maps are kept while all of a run's token maps fit in this many bytes; above it
 # they are stored as the mean over heads (shape (1, T, T)), which run.json records.
 TOKEN_MAP_BUDGET = 32 * 2**20
+TILED_MAPS = ("token_map.", "text_tile_map.")  # maps over query tiles: per head while they fit the budget
 # what `vditscope analyze` writes at the top of its run directory (the output policy's declared names)
 RUN_FILES = files_of("analyze")
 
@@ -265,10 +266,10 @@ def gather(plan: AnalysisPlan, results: list[Captured], text_position: str | Non
         tables.append(result.table)
         pooled = result.maps
         if index == 0:
-            per_generation = sum(t.numel() * t.element_size() for n, t in pooled.items() if "token_map" in n)
+            per_generation = sum(t.numel() * t.element_size() for n, t in pooled.items() if n.startswith(TILED_MAPS))
             token_heads = "all" if per_generation * len(plan.runs) <= TOKEN_MAP_BUDGET else "mean"
         if token_heads == "mean":
-            pooled = {n: t.mean(0, keepdim=True) if n.startswith("token_map.") else t for n, t in pooled.items()}
+            pooled = {n: t.mean(0, keepdim=True) if n.startswith(TILED_MAPS) else t for n, t in pooled.items()}
         maps.update(pooled)
         videos[f"p{p}.s{seed}"] = writable(result.video)
         if result.grid is not None:

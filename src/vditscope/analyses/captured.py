@@ -120,7 +120,7 @@ def writable(array: np.ndarray) -> np.ndarray:
 
 def pooled_maps(records: list, prompt: int, seed: int) -> dict[str, torch.Tensor]:
     """Per-layer maps of the cond branch: name -> (heads, ...). Token maps are kept per step (float16);
-    the other maps are averaged over the captured steps."""
+    the other maps are averaged over the captured steps (text tile maps, taken at the map steps, as float16)."""
     sums: dict[str, list[torch.Tensor]] = {}
     per_step: dict[str, torch.Tensor] = {}
     for record in records:
@@ -134,6 +134,7 @@ def pooled_maps(records: list, prompt: int, seed: int) -> dict[str, torch.Tensor
                 name = MapName(key, prompt, seed, record.kind, record.layer)
                 sums.setdefault(str(name), []).append(tensor.to(torch.float32))
     pooled = {name: torch.stack(items).mean(0) for name, items in sums.items()}
+    pooled = {name: t.to(torch.float16) if name.startswith("text_tile_map.") else t for name, t in pooled.items()}
     return pooled | per_step
 
 

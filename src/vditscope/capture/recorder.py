@@ -15,8 +15,10 @@ from typing import Any
 import torch
 
 from ..adapters import AttentionSite
+from ..layout import TokenLayout
 from ..stats import attention_stats
 from ..stats.streaming import TopMassMode
+from ..stats.text_tiles import text_tile_map
 from .calls import ObservedCall, SdpaCall
 from .context_parallel import merge_head_shards, rank_share
 from .probes import Probe, ProbeCall, check_probes, default_scale, probe_values
@@ -137,6 +139,11 @@ class Capture(SessionObserver):
         self.backends.add(getattr(stats, "backend", "torch"))
         labels = call.labels(state, start)
         records = records_from_stats(stats, site, state, labels, layout, keep_maps=config.keep_maps)
+        tiles = config.tiles_at(state.step)
+        if tiles is not None:
+            text_tiles = text_tiles_of(q, k, attn_mask, call.scale, site.kind, layout, state.grid, tiles)
+            for b, record in enumerate(records if text_tiles is not None else []):
+                record.maps["text_tile_map"] = text_tiles[b].cpu()
         if config.probes:
             seen = ProbeCall(q.detach(), k.detach(), v.detach(), default_scale(call.scale, q.shape[-1]), attn_mask,
                              call.is_causal, layout, site.kind, site.layer, state.step, site.name)  # fmt: skip
@@ -144,6 +151,33 @@ class Capture(SessionObserver):
                 record.probes.update(values)
         self.records.extend(records)
         return fused_out if fused else out
+
+
+def text_tiles_of(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    scale: float | None,
+    kind: str,
+    layout: TokenLayout | None,
+    grid: tuple[int, int, int] | None,
+    tiles: int,
+) -> torch.Tensor | None:
+    """The mass each tile of video queries puts on each text key (B, H, T, L) for a cross call (every key a
+    text token, the queries the video grid) or a joint call with text keys; None for other calls."""
+    if kind == "cross" and grid is not None:
+        video = TokenLayout(*grid)
+        if q.shape[2] != video.num_video:
+            return None
+        queries, text = slice(0, video.num_video), slice(0, k.shape[2])
+    elif kind == "self" and layout is not None and layout.text is not None and layout.num_text > 0:
+        video, queries, text = layout, slice(layout.video_start, layout.video_stop), slice(*layout.text)
+    else:
+        return None
+    tile_size, count = video.tiles(tiles)
+    with torch.no_grad():
+        return text_tile_map(q.detach(), k.detach(), queries=queries, text=text, tile_size=tile_size, tiles=count,
+                             scale=scale, attn_mask=attn_mask)  # fmt: skip
 
 
 CAPTURE = Technique("capture", Capture)

@@ -27,6 +27,7 @@ from ..store.map_names import MapName, parse_map_name
 
 MAP_BUDGET = 4 * 2**20  # bytes of quantized token maps (with their scales) one report embeds at most
 FRAME_BUDGET = 2**20  # bytes of video frames (RGB, 8 bit) one report embeds at most
+TEXT_BUDGET = 2**20  # bytes of quantized text tile maps (the cross-attention view) one report embeds at most
 MEAN = -1  # an entry's step or head that is the mean over the stored steps or heads
 Entry = tuple[int, int, int, int]  # (generation index, step or MEAN, layer, head or MEAN)
 
@@ -241,7 +242,10 @@ def explorer_data(
     clips = [video_uint8(videos[generations[g]]) for g in chosen]
     stride = frame_stride([clip.shape for clip in clips])
     clips = [clip[:, ::stride, ::stride] for clip in clips] if stride > 1 else clips
+    names = [generations[g] for g in chosen]
+    text = text_data(maps, names, grid.tiles, [_prompt_labels(run, name) for name in names])
     return {
+        "text": text,
         "grid": [grid.frames, grid.rows, grid.cols],
         "tiles": grid.tiles,
         "tile_size": grid.size,
@@ -259,6 +263,61 @@ def explorer_data(
         "note": note,
         "stride": stride,
     }
+
+
+def stored_text_maps(maps: dict[str, torch.Tensor], generations: list[str]) -> dict[tuple[str, int], torch.Tensor]:
+    """The text tile maps (cross-attention, or joint attention's text keys) of the given generations:
+    (generation, layer) -> (H, T, L), the mass each query tile puts on each text key."""
+    found = {}
+    for name, tensor in maps.items():
+        parsed = parse_map_name(name)
+        if parsed is None or parsed.key != "text_tile_map" or parsed.step is not None or tensor.ndim != 3:
+            continue
+        if parsed.generation in generations:
+            found[(parsed.generation, parsed.layer)] = tensor
+    return found
+
+
+def text_data(
+    maps: dict[str, torch.Tensor],
+    generations: list[str],
+    tiles: int,
+    labels: list[list[str]],
+    budget: int = TEXT_BUDGET,
+) -> dict | None:
+    """The explorer's cross-attention data for ``generations`` (the explorer's own): per generation and layer
+    the head mean, and every head while they fit ``budget`` bytes; None when the run stores no text tile maps
+    of this tiling."""
+    stored = stored_text_maps(maps, generations)
+    if not stored or any(t.shape[1] != tiles for t in stored.values()):
+        return None
+    keys = int(next(iter(stored.values())).shape[-1])
+    heads = int(next(iter(stored.values())).shape[0])
+    present = [(g, layer) for g, name in enumerate(generations) for layer in sorted({lay for _, lay in stored})
+               if (name, layer) in stored]  # fmt: skip
+    per_entry = tiles * keys + 4 * tiles
+    head_ids = [MEAN] + (list(range(heads)) if heads > 1 else [])
+    if len(present) * len(head_ids) * per_entry > budget:
+        head_ids = [MEAN]
+    entries = [(g, layer, h) for g, layer in present for h in head_ids][: max(1, budget // per_entry)]
+    encoded = []
+    for g, layer, h in entries:
+        values = stored[(generations[g], layer)].to(torch.float32)
+        encoded.append(quantize_rows((values.mean(0) if h == MEAN else values[h]).numpy()))
+    return {
+        "keys": keys,
+        "entries": [list(e) for e in entries],
+        "scales": _b64(np.concatenate([s for _, s in encoded]).astype("<f4").tobytes()),
+        "maps": _b64(np.concatenate([q.ravel() for q, _ in encoded]).tobytes()),
+        "labels": [[(names[i] if i < len(names) else f"text {i}") for i in range(keys)] for names in labels],
+        "per_head": len(head_ids) > 1,
+    }
+
+
+def _prompt_labels(run: dict[str, Any], generation: str) -> list[str]:
+    """The text-token labels of a generation's prompt as run.json stores them ([] when it has none)."""
+    labels = run.get("text_token_labels") or {}
+    return [str(t) for t in labels.get(generation.split(".")[0][1:], [])]
 
 
 def _b64(data: bytes | np.ndarray) -> str:
@@ -285,9 +344,13 @@ def explorer_section(run: dict[str, Any], maps: dict[str, torch.Tensor], videos:
     controls = Markup(
         "<p style='display:flex;flex-wrap:wrap;gap:.4em 1.2em'><label>prompt, seed <select id='vx-gen'>{}</select>"
         "</label><label>layer <select id='vx-layer'>{}</select></label><label>head <select id='vx-head'>{}</select>"
-        "</label><label>step <select id='vx-step'>{}</select></label></p>"
+        "</label><label>step <select id='vx-step'>{}</select></label>{}</p>"
     ).format(
-        _options(labels), _options([(layer, str(layer)) for layer in data["layers"]]), _options(heads), _options(steps)
+        _options(labels),
+        _options([(layer, str(layer)) for layer in data["layers"]]),
+        _options(heads),
+        _options(steps),
+        _text_control(data),
     )
     view = Markup(
         "<div id='vx' tabindex='0' style='outline:none'>{}<div style='display:flex;gap:1em;align-items:flex-start'>"
@@ -302,6 +365,16 @@ def explorer_section(run: dict[str, Any], maps: dict[str, torch.Tensor], videos:
         script_json(data), Markup(EXPLORER_JS)
     )
     return [Markup("<h2>Attention explorer: where a position looks</h2>"), _explanation(data), view, code]
+
+
+def _text_control(data: dict) -> Markup:
+    """The text-token choice of the cross-attention view (nothing when the run stores no text tile maps)."""
+    text = data.get("text")
+    if not text:
+        return Markup()
+    tokens = [(MEAN, "none: where the clicked position looks")]
+    tokens += [(i, f"{i}: {label}") for i, label in enumerate(text["labels"][0])]
+    return Markup("<label>looked at from: text token <select id='vx-text'>{}</select></label>").format(_options(tokens))
 
 
 def _explanation(data: dict) -> Markup:
@@ -321,10 +394,17 @@ def _explanation(data: dict) -> Markup:
         f"{video['frames']}), a proportional mapping, not the VAE's exact one; token rows and columns map to pixel "
         "rows and columns proportionally too. Colour runs from 0 to the largest per-token mass over all frames. Maps "
         "are 8-bit per query row (error at most 1/510 of the row's largest value); the step mean is the mean over "
-        f"the stored map steps. {data['note']} Cross-attention (video queries on text tokens) is not shown per "
-        "position: the run stores only the mass each text token receives summed over all video queries (see Text "
-        "attention)."
+        f"the stored map steps. {data['note']} "
     )
+    if data.get("text"):
+        heads = "every head and the head mean" if data["text"]["per_head"] else "the head mean"
+        text += (
+            "Choose a text token under 'looked at from' to see the cross-attention instead: every frame shows, per "
+            "video token, the mass its query tile puts on that text token (the mean over the tile's queries, averaged "
+            f"over the stored map steps; {heads}). Choose 'none' to go back to the clicked position's attention."
+        )
+    else:
+        text += "This run stores no per-position text attention (see Text attention for the mass each token gets)."
     return Markup("<p>{}</p>").format(escape(text))
 
 
@@ -344,12 +424,18 @@ EXPLORER_JS = """
   var videos = data.videos.map(function (v) {
     return {frames: v.frames, h: v.height, w: v.width, rgb: decode(v.rgb)};
   });
+  var TX = data.text, tq8 = null, tscales = null, tindex = {};
+  if (TX) {
+    tq8 = decode(TX.maps);
+    tscales = new Float32Array(decode(TX.scales).buffer);
+    TX.entries.forEach(function (e, i) { tindex[e.join(",")] = i; });
+  }
   var sel = {};
-  ["gen", "layer", "head", "step"].forEach(function (k) { sel[k] = document.getElementById("vx-" + k); });
+  ["gen", "layer", "head", "step", "text"].forEach(function (k) { sel[k] = document.getElementById("vx-" + k); });
   var main = document.getElementById("vx-main"), info = document.getElementById("vx-info");
   var strip = document.getElementById("vx-strip"), work = document.createElement("canvas");
   var wctx = work.getContext("2d"), thumbs = [], shownGen = -1;
-  var state = {query: null, frame: 0, row: null};
+  var state = {query: null, frame: 0, row: null, col: null};
   var STOPS = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], LUT = [];
   for (var i = 0; i < 256; i++) {
     var x = i / 255 * (STOPS.length - 1), k = Math.min(STOPS.length - 2, Math.floor(x)), f = x - k;
@@ -379,14 +465,22 @@ EXPLORER_JS = """
       row = mean(data.steps.map(function (k) { return rowOf(g, k, l, h, q); }));
     return row;
   }
-  function choice() {
-    return {gen: +sel.gen.value, layer: +sel.layer.value, head: +sel.head.value, step: +sel.step.value};
+  function textColumn(g, l, h, key) {  // the mass each query tile puts on text key ``key``
+    var i = tindex[[g, l, h].join(",")];
+    if (i === undefined) return null;
+    var col = new Float64Array(T);
+    for (var t = 0; t < T; t++) col[t] = tq8[(i * T + t) * TX.keys + key] * tscales[i * T + t] / 255;
+    return col;
   }
-  function heat() {
+  function choice() {
+    return {gen: +sel.gen.value, layer: +sel.layer.value, head: +sel.head.value, step: +sel.step.value,
+      text: sel.text ? +sel.text.value : -1};
+  }
+  function heat(text) {
     var tokens = new Float64Array(N), top = 0;
     for (var j = 0; j < N; j++) {
       var t = Math.floor(j / SIZE);
-      tokens[j] = state.row[t] / (Math.min(N, (t + 1) * SIZE) - t * SIZE);
+      tokens[j] = text ? state.col[t] : state.row[t] / (Math.min(N, (t + 1) * SIZE) - t * SIZE);
       if (tokens[j] > top) top = tokens[j];
     }
     return {tokens: tokens, top: top};
@@ -424,7 +518,7 @@ EXPLORER_JS = """
     var ctx = canvas.getContext("2d");
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(work, 0, 0, canvas.width, canvas.height);
-    if (state.query !== null) outline(ctx, canvas, v, lf);
+    if (state.query !== null && choice().text < 0) outline(ctx, canvas, v, lf);
   }
   function fit(canvas, v, px) {
     var s = Math.max(v.h, v.w) <= px ? Math.floor(px / Math.max(v.h, v.w)) : px / Math.max(v.h, v.w);
@@ -454,6 +548,10 @@ EXPLORER_JS = """
       thumbs.push(canvas);
     }
     fit(main, v, 384);
+    if (TX && sel.text) {  // this prompt's tokens
+      for (var k = 1; k < sel.text.options.length; k++)
+        sel.text.options[k].textContent = (k - 1) + ": " + TX.labels[g][k - 1];
+    }
     state.frame = Math.min(state.frame, v.frames - 1);
     if (state.query === null) state.query = Math.floor(((R >> 1) * C + (C >> 1)) / SIZE);
     shownGen = g;
@@ -462,7 +560,9 @@ EXPLORER_JS = """
     var ch = choice(), v = videos[ch.gen];
     if (ch.gen !== shownGen) build(ch.gen);
     state.row = rowOf(ch.gen, ch.step, ch.layer, ch.head, state.query);
-    var hm = state.row ? heat() : null, tokens = [state.query * SIZE, Math.min(N, (state.query + 1) * SIZE) - 1];
+    state.col = ch.text >= 0 ? textColumn(ch.gen, ch.layer, ch.head, ch.text) : null;
+    var hm = ch.text >= 0 ? (state.col ? heat(true) : null) : (state.row ? heat(false) : null);
+    var tokens = [state.query * SIZE, Math.min(N, (state.query + 1) * SIZE) - 1];
     paint(main, v, state.frame, hm);
     thumbs.forEach(function (canvas, f) {
       paint(canvas, v, f, hm);
@@ -471,16 +571,26 @@ EXPLORER_JS = """
     var where = tokens.map(function (j) {
       return "latent frame " + Math.floor(j / (R * C)) + " row " + (Math.floor(j / C) % R) + " column " + (j % C);
     });
-    info.textContent = "Query tile " + state.query + " of " + T + ": tokens " + tokens[0] + " (" + where[0] +
-      ") to " + tokens[1] + " (" + where[1] + "). Frame " + (state.frame + 1) + " of " + v.frames +
-      " (latent frame " + cellOf(state.frame, LF, v.frames) + "). " + (hm ? "Colour: mass per key token, " +
-      "0 to " + hm.top.toPrecision(3) + "." : "This head at this step is not in the report (its size " +
-      "budget): choose the head mean or the step mean.");
+    var frame = "Frame " + (state.frame + 1) + " of " + v.frames + " (latent frame " +
+      cellOf(state.frame, LF, v.frames) + "). ";
+    if (ch.text >= 0) {
+      info.textContent = "Text token " + ch.text + " (" + TX.labels[ch.gen][ch.text] + "), layer " + ch.layer + ": " +
+        "the mass each video token's query tile puts on it. " + frame + (hm ? "Colour: 0 to " +
+        hm.top.toPrecision(3) + "." : "This head's text attention is not in the report (its size budget): " +
+        "choose the head mean.");
+    } else {
+      info.textContent = "Query tile " + state.query + " of " + T + ": tokens " + tokens[0] + " (" + where[0] +
+        ") to " + tokens[1] + " (" + where[1] + "). " + frame + (hm ? "Colour: mass per key token, " +
+        "0 to " + hm.top.toPrecision(3) + "." : "This head at this step is not in the report (its size " +
+        "budget): choose the head mean or the step mean.");
+    }
     document.getElementById("vx-top").textContent = hm ? hm.top.toPrecision(3) : "";
     root.setAttribute("data-query", String(state.query));
     root.setAttribute("data-frame", String(state.frame));
   }
-  ["gen", "layer", "head", "step"].forEach(function (k) { sel[k].addEventListener("change", update); });
+  ["gen", "layer", "head", "step", "text"].forEach(function (k) {
+    if (sel[k]) sel[k].addEventListener("change", update);
+  });
   main.addEventListener("click", function (event) { pick(main, state.frame, event); });
   root.addEventListener("keydown", function (event) {
     if (event.target.tagName === "SELECT") return;
@@ -495,9 +605,10 @@ EXPLORER_JS = """
     state: function () {
       var ch = choice();
       return {generation: data.generations[ch.gen], layer: ch.layer, head: ch.head, step: ch.step,
-        query: state.query, frame: state.frame, tiles: T, tileSize: SIZE};
+        query: state.query, frame: state.frame, tiles: T, tileSize: SIZE, text: ch.text};
     },
-    row: function () { return state.row ? Array.from(state.row) : null; }
+    row: function () { return state.row ? Array.from(state.row) : null; },
+    column: function () { return state.col ? Array.from(state.col) : null; }
   };
   update();
 })();
