@@ -242,6 +242,12 @@ def test_structured_sweeps(tmp_path: Path) -> None:
     assert list(table["mask"]) == ["svg"] and table.layers.tolist() == ["all"]
     # the video grid is 5 frames: a spatial or temporal mask drops most entries in 2 of 3 steps
     assert 0.3 < float(table.sparsity.iloc[0]) < 2 / 3 and np.isfinite(table.psnr).all()
+    # the per-head choice, "layer:letters" for each of the 4 layers' 4 heads, shown on the page; no unused levels
+    masks = dict(part.split(":") for part in table["head_masks"].iloc[0].split(";"))
+    assert sorted(masks) == ["0", "1", "2", "3"] and all(len(v) == 4 and set(v) <= {"s", "t"} for v in masks.values())
+    page = (tmp_path / "svg" / "report.html").read_text()
+    assert "Per-head windows (svg)" in page and ("spatial (100%)" in page or "temporal (100%)" in page)
+    assert "<th style='text-align:left'>levels</th>" not in page and "per head: spatial or temporal" in page
     tiles = run_cli(*sweep_args(tmp_path / "tiles", "--method", "tiles", "--window", "0,1,1", "--layers", "2"))
     assert tiles.returncode == 0, tiles.stderr
     table = pd.read_parquet(tmp_path / "tiles" / "sweep.parquet")

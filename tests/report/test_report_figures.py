@@ -66,3 +66,30 @@ def test_figure_files_writes_nothing_after_an_error_and_never_replaces_a_file(tm
         figure_html(_figure("a"), "image/png", "a")
     assert (tmp_path / "figures").read_text() == "a file of yours"
     assert [p.name for p in tmp_path.iterdir()] == ["figures"]  # no staging folder left behind
+
+
+def test_temperature_lines_never_average_across_layer_sets() -> None:
+    import pandas as pd
+
+    from vditscope.report.figures import temperature_lines
+
+    rows = [
+        {"method": "bottom-k", "layers": layers, "k": k, "temperature": tau, "psnr": psnr}
+        for layers, base in (("all", 20.0), ("2", 40.0))
+        for k in (0.5, 0.9)
+        for tau, psnr in ((0.5, base), (1.0, base + 5))
+    ]
+    lines = temperature_lines(pd.DataFrame(rows))
+    assert sorted(lines) == ["layers 2, k = 0.5", "layers 2, k = 0.9", "layers all, k = 0.5", "layers all, k = 0.9"]
+    assert list(lines["layers all, k = 0.5"]) == [20.0, 25.0] and list(lines["layers 2, k = 0.9"]) == [40.0, 45.0]
+
+
+def test_sink_consistency_draws_no_panel_for_a_model_with_nothing_to_compare() -> None:
+    import pandas as pd
+
+    from vditscope.report.sink_figures import consistency_bars
+
+    text = pd.DataFrame({"layer": [0, 1], "steps_overlap": [np.nan] * 2, "prompts_overlap": [np.nan] * 2})
+    video = pd.DataFrame({"layer": [0, 1], "steps_overlap": [0.6, 0.7], "prompts_overlap": [0.2, np.nan]})
+    assert consistency_bars({"lm (llama, text)": text}) is None  # one text: no steps, no second text
+    assert consistency_bars({"video": video, "lm (llama, text)": text}) is not None

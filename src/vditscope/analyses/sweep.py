@@ -69,6 +69,7 @@ TABLE_COLUMNS = [
     "mass_dropped",
     "edited_sparsity",
     "model_mass_dropped",
+    "head_masks",
 ]
 
 # what a sweep writes at the top of its (resumable) directory
@@ -289,7 +290,7 @@ def run_sweep(request: SweepRequest, progress: ProgressFn | None = None, executo
         finished = run_jobs(pool, cell_plan(out, cells, prompts, generation, model_name, request), progress)
         if progress:
             progress("writing the sweep table", len(cells), len(cells))
-        table = pd.DataFrame(finished.results)[TABLE_COLUMNS]
+        table = pd.DataFrame(finished.results).reindex(columns=TABLE_COLUMNS)  # cells of earlier releases: gaps
         execution = {
             "executor": executor.name,
             "workers": pool.worker_summary() or "this process",
@@ -408,7 +409,20 @@ def _run_cell(
         "mass_dropped": float(edits["mass_dropped"].mean()) if len(edits) else 0.0,
         "edited_sparsity": float(edits["entries_dropped"].mean()) if len(edits) else 0.0,
         "model_mass_dropped": session.totals.mass_dropped,
+        "head_masks": head_masks(edits) if cell.edit.mask == "svg" else "",
     }
+
+
+def head_masks(edits: pd.DataFrame) -> str:
+    """The window each head of each edited layer used, the majority over the cell's calls: "layer:kinds" per
+    layer, one letter per head (s spatial, t temporal), e.g. "3:sstt" (svg chooses per head and call)."""
+    if edits.empty:
+        return ""
+    majority = edits.groupby(["layer", "head"])["mask"].agg(lambda kinds: kinds.value_counts().index[0])
+    return ";".join(
+        f"{layer}:" + "".join(kind[:1] for kind in group.sort_index().to_numpy())
+        for layer, group in majority.groupby(level="layer")
+    )
 
 
 def _write_outputs(

@@ -139,3 +139,27 @@ def level_column(table: pd.DataFrame) -> str:
     """The column that holds a sweep's level: k (bottom-k), p (top-p, blocks) or mask (structured)."""
     method = table["method"].iloc[0]
     return "k" if method == "bottom-k" else "p" if method in MASS_METHODS else "mask"
+
+
+def svg_head_choices(table: pd.DataFrame) -> pd.DataFrame:
+    """Per layer and head of an svg sweep: the window it used, spatial or temporal, with the share of the cells
+    (prompts, seeds, levels) that agree (from each cell's ``head_masks``, "layer:letters"); empty for other
+    sweeps and for runs written before the column existed."""
+    if "head_masks" not in table or table.empty:
+        return pd.DataFrame()
+    letters: dict[tuple[int, int], list[str]] = {}
+    for text in table["head_masks"].dropna():
+        for part in filter(None, str(text).split(";")):
+            layer, kinds = part.split(":")
+            for head, letter in enumerate(kinds):
+                letters.setdefault((int(layer), head), []).append(letter)
+    if not letters:
+        return pd.DataFrame()
+    names = {"s": "spatial", "t": "temporal"}
+    rows: dict[int, dict[str, str]] = {}
+    for (layer, head), seen in sorted(letters.items()):
+        top = max(set(seen), key=seen.count)
+        rows.setdefault(layer, {"layer": str(layer)})[f"head {head}"] = (
+            f"{names.get(top, top)} ({seen.count(top) / len(seen):.0%})"
+        )
+    return pd.DataFrame(list(rows.values()))

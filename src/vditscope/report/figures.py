@@ -327,17 +327,29 @@ def sweep_temperature(table: pd.DataFrame) -> bytes | None:
     """PSNR against temperature, one line per sparsity level (temperature sweeps)."""
     if table.empty or table["temperature"].nunique() < 2:
         return None
-    level = level_column(table)
+    lines = temperature_lines(table)
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for value, group in table.groupby(level):
-        means = group.groupby("temperature")["psnr"].mean()
-        ax.plot(means.index, capped_psnr(means), marker="o", ms=3, label=f"{level} = {value:g}")
+    cmap = plt.get_cmap("viridis", max(len(lines), 2))
+    for i, (label, means) in enumerate(lines.items()):
+        ax.plot(means.index, capped_psnr(means), marker="o", ms=3, color=cmap(i), label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("temperature tau (logits / tau)")
     ax.set_ylabel("PSNR vs dense (dB, 60 = identical)")
     ax.set_title("Temperature and sparsity")
-    ax.legend(fontsize=7)
+    if len(lines) <= 14:
+        ax.legend(fontsize=6, ncol=2)
     return figure_png(fig)
+
+
+def temperature_lines(table: pd.DataFrame) -> dict[str, pd.Series]:
+    """PSNR by temperature (mean over prompts and seeds), one line per layer set and level: cells of different
+    scopes (all layers, one layer) are never averaged together. Labels name both."""
+    level = level_column(table)
+    lines = {}
+    for (layers, value), group in table.groupby(["layers", level], sort=True):
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        lines[f"layers {layers}, {level} = {shown}"] = group.groupby("temperature")["psnr"].mean()
+    return lines
 
 
 def edit_sweep_bars(table: pd.DataFrame) -> bytes:

@@ -13,6 +13,8 @@ from .figure_files import writes_figures
 from .figures import capped_psnr, figure_png, plt
 from .html import Markup, figure_html, format_html, page, table_html
 
+# one colour per model in every figure of the study (and a line style where lines of both share an axis)
+MODEL_STYLES = {"original": ("--", "#7f7f7f"), "retrained": ("-", "#d62728")}
 SINK_COLUMNS = ["model", "layer", "retrained", "sink_heads", "heads", "max_ratio", "median_top_ratio", "sink_share"]
 
 
@@ -26,8 +28,9 @@ def sinks_before_after(sinks: pd.DataFrame, layers: list[int]) -> bytes | None:
     for i, name in enumerate(names):
         part = sinks[sinks["model"] == name].sort_values("layer")
         x = part["layer"].to_numpy() + (i - (len(names) - 1) / 2) * width
-        axes[0].bar(x, part["max_ratio"], width, label=name)
-        axes[1].bar(x, part["sink_heads"] / part["heads"], width, label=name)
+        color = MODEL_STYLES.get(name, ("-", None))[1]
+        axes[0].bar(x, part["max_ratio"], width, label=name, color=color)
+        axes[1].bar(x, part["sink_heads"] / part["heads"], width, label=name, color=color)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("strongest key / median key")
     axes[1].set_ylabel("heads with a sink")
@@ -46,13 +49,13 @@ def sparsity_before_after(sparsity: pd.DataFrame) -> bytes | None:
         return None
     level = sparsity.columns[2]
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^v<>px*"
     for i, (layer, group) in enumerate(sparsity.groupby("layer")):
-        for name, style in (("original", "--"), ("retrained", "-")):
+        for name, (style, color) in MODEL_STYLES.items():
             part = group[group["model"] == name].sort_values(level)
             if part.empty:
                 continue
-            ax.plot(part[level], capped_psnr(part["psnr"]), style, marker="o", color=colors[i % len(colors)],
+            ax.plot(part[level], capped_psnr(part["psnr"]), style, marker=markers[i % len(markers)], color=color,
                     label=f"layer {layer}, {name}")  # fmt: skip
     ax.set_xlabel(f"sparsity level ({level})")
     ax.set_ylabel("PSNR vs own dense (dB, capped at 60)")

@@ -75,15 +75,25 @@ def norm_scatter(tables: dict[str, pd.DataFrame]) -> bytes | None:
 
 
 def consistency_bars(overlaps: dict[str, pd.DataFrame]) -> bytes | None:
-    """Per layer: mean Jaccard overlap of sink sets across steps and across prompts/texts."""
-    overlaps = {name: table for name, table in overlaps.items() if not table.empty}
+    """Per layer: mean Jaccard overlap of sink sets across steps and across prompts/texts. A model without
+    anything to compare (one text: no steps, no second text) gets no panel, and an overlap that is undefined
+    for every layer (a text model's steps) no bars: 'undefined' is not drawn as 0."""
+    series = {"steps_overlap": ("across steps", "#4c78a8"), "prompts_overlap": ("across prompts/texts", "#f58518")}
+    overlaps = {
+        name: table
+        for name, table in overlaps.items()
+        if not table.empty and any(table[column].notna().any() for column in series)
+    }
     if not overlaps:
         return None
     fig, axes = plt.subplots(1, len(overlaps), figsize=(4.5 * len(overlaps), 3.0), squeeze=False)
     for ax, (name, table) in zip(axes[0], overlaps.items(), strict=True):
         x = np.arange(len(table))
-        ax.bar(x - 0.2, table["steps_overlap"].fillna(0), 0.4, label="across steps", color="#4c78a8")
-        ax.bar(x + 0.2, table["prompts_overlap"].fillna(0), 0.4, label="across prompts/texts", color="#f58518")
+        drawn = [column for column in series if table[column].notna().any()]
+        for i, column in enumerate(drawn):
+            offset = (i - (len(drawn) - 1) / 2) * 0.4
+            label, color = series[column]
+            ax.bar(x + offset, table[column].fillna(0), 0.4, label=label, color=color)
         ax.set_xticks(x, [str(layer) for layer in table["layer"]], fontsize=7)
         ax.set_xlabel("layer")
         ax.set_ylabel("sink-set overlap (Jaccard)")

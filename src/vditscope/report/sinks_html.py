@@ -39,11 +39,13 @@ def _section(result: SinkResult, threshold: float, anchor: str) -> list[Markup]:
         format_html("<h2 id='{}'>{}</h2>", anchor, name),
         format_html(
             "<p>{} of {} heads have at least one sink (a key receiving >= {:g}x the median key's attention, "
-            "the median floored at 1/N, "
-            "averaged over the observed steps and prompts for a video model).</p>",
+            "the median floored at 1/N, {}).</p>",
             sink_heads,
             total_heads,
             threshold,
+            "averaged over the observed steps and prompts"
+            if result.kind == "video"
+            else "in one forward pass over the first text; the other texts are compared with it",
         ),
         figure_html(sink_figures.ratio_heatmap(result.keys, name, threshold), "image/png", f"ratios {name}"),
         format_html("<h3 id='{}-layers'>Per layer</h3>", anchor),
@@ -97,8 +99,9 @@ def write_sinks_report(
         figure_html(sink_figures.norm_scatter({_name(r): r.keys for r in results}), "image/png", "value norms"),
         Markup(
             "<p id='consistency'>Consistency: mean Jaccard overlap of each head's sink set between denoising steps "
-            "of a generation and between prompts (or texts) at the same step; sets are capped at the captured top "
-            "keys per head.</p>"
+            "of a generation and between prompts at the same step (a video model), or between texts (a text model, "
+            "which has no steps: give <code>--text</code> (<code>--lm-text</code>) more than once to compare); sets "
+            "are capped at the captured top keys per head. A model with nothing to compare has no panel.</p>"
         ),
         figure_html(
             sink_figures.consistency_bars({_name(r): r.consistency for r in results}), "image/png", "consistency"
