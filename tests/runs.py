@@ -26,15 +26,15 @@ def run_command(argv: list[str]) -> None:
             assert not exc.code, f"vditscope {' '.join(argv)} exited with {exc.code}"
 
 
-def assert_renders_again(run: Path) -> None:
-    """`vditscope report` renders the run's report.html byte for byte, and its figures, from the stored files."""
+def assert_renders_again(run: Path, page: str = "report.html") -> None:
+    """`vditscope report` renders the run's page byte for byte, and its figures, from the stored files."""
     from vditscope.analyses.render import render_report
 
-    original = (run / "report.html").read_bytes()
+    original = (run / page).read_bytes()
     folder = run / "figures"  # none for a page without matplotlib figures (text-ablation: videos and a table)
     figures = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
     assert figures == [] or any(name.endswith(".svg") for name in figures), figures
-    (run / "report.html").unlink()
+    (run / page).unlink()
     if folder.exists():
         shutil.rmtree(folder)
     assert render_report(run).read_bytes() == original

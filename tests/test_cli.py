@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from vditscope.capture import TABLE_COLUMNS
 
+from .runs import assert_renders_again
+
 SMALL = ["--num-frames", "9", "--steps", "3", "--height", "32", "--width", "64"]
 
 
@@ -118,6 +120,8 @@ def test_compare_a_run_with_itself_and_with_another(small_run: Path, tmp_path: P
     assert table.similarity.between(-1, 1).all() and "relative depth" in result.stderr
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
     assert "data:image/png;base64" in (tmp_path / "cmp" / "compare.html").read_text()
+    assert "relative depth" in (tmp_path / "cmp" / "compare.html").read_text()  # the matching notes, kept
+    assert_renders_again(tmp_path / "cmp", "compare.html")
     bad = run_cli("compare", str(small_run), str(tmp_path / "missing"), "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "not a run directory" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()

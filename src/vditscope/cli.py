@@ -380,7 +380,7 @@ def compare(
 @app.command()
 @with_options(OVERWRITE)
 def report(
-    run: Annotated[Path, typer.Argument(help="Run directory of analyze, a sweep or sinks.")], *, options: dict[str, Any]
+    run: Annotated[Path, typer.Argument(help="Run directory of analyze, a sweep, sinks, edit-sweep, text-ablation or compare.")], *, options: dict[str, Any]
 ) -> None:
     """Render a run's report.html again from its stored tables and maps (nothing is generated)."""
     from .analyses.render import render_report

@@ -3,6 +3,7 @@ settings), from their run directories alone."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -144,5 +145,16 @@ def write_comparison(comparison: Comparison, output: OutputDir) -> Path:
         writer.csv("compare.csv", comparison.table)
         figure = comparison_bars(comparison.table, comparison.run_a.path.name, comparison.run_b.path.name)
         writer.bytes("compare.png", figure)
+        info = {
+            "run_a": {"path": str(comparison.run_a.path), **_model_of(comparison.run_a.run)},
+            "run_b": {"path": str(comparison.run_b.path), **_model_of(comparison.run_b.run)},
+            "notes": list(comparison.notes),
+        }
+        writer.path("compare.json", "json").write_text(json.dumps(info, indent=1) + "\n")
         write_compare_report(writer.path("compare.html", "html"), comparison, figure)
     return output.path
+
+
+def _model_of(run: dict[str, Any]) -> dict[str, str]:
+    """The model and family a compared run names (what compare.html shows of it)."""
+    return {"model": str(run.get("model", "")), "family": str(run.get("family", ""))}

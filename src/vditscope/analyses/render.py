@@ -14,26 +14,26 @@ import pandas as pd
 from ..errors import VditscopeError
 from ..report import write_report
 from ..report.figure_files import FIGURES_DIR, figure_files
-from ..report.figures import edit_sweep_bars
+from ..report.figures import comparison_bars, edit_sweep_bars
 from ..report.sweep_html import write_sweep_report
 from ..store import OutputDir, Run, open_run, write_atomic
 from .results import SinkResult
 from .structure import analyze_structure
 
-RENDERABLE = ("analyze", "sweep sparsity", "sweep temperature", "sinks", "edit-sweep", "text-ablation")
+RENDERABLE = ("analyze", "sweep sparsity", "sweep temperature", "sinks", "edit-sweep", "text-ablation", "compare")
 
 
 def render_report(path: str | Path, overwrite: bool = False) -> Path:
     """Write ``report.html`` of the run at ``path`` again from its tables and maps; returns the report's path.
     ``overwrite``: as for every command, write beside files of yours that the run directory also holds."""
     found = open_run(path, require=())  # which command wrote it; the report itself may be missing
-    needed = [spec.name for spec in found.format.always if spec.name != "report.html"]
+    needed = [spec.name for spec in found.format.always if spec.kind != "html"]  # the page may be missing
     run = open_run(path, found.command, require=needed)
     if run.command == "analyze":
         return _render_analyze(run, overwrite)
     if run.command == "sinks":
         return _render_sinks(run, overwrite)
-    if run.command in ("edit-sweep", "text-ablation"):
+    if run.command in ("edit-sweep", "text-ablation", "compare"):
         return _render_study(run, overwrite)
     if run.command in RENDERABLE:
         return _render_sweep(run, overwrite)
@@ -65,13 +65,31 @@ def _render_sinks(run: Run, overwrite: bool) -> Path:
 
 def _render_study(run: Run, overwrite: bool) -> Path:
     """The edit-sweep or text-ablation report from run.json and its table (and frames)."""
-    if "run.json" not in run.files:
+    info = run.format.info or "run.json"
+    if info not in run.files:
         raise VditscopeError(
-            f"{run.path} was written by an earlier release without run.json; rerun `vditscope {run.command}` to "
+            f"{run.path} was written by an earlier release without {info}; rerun `vditscope {run.command}` to "
             "get a run that `vditscope report` can render"
         )
-    write = _edit_sweep_writer(run) if run.command == "edit-sweep" else _text_ablation_writer(run)
-    return _render_staged(run, overwrite, write)
+    writers = {"edit-sweep": _edit_sweep_writer, "text-ablation": _text_ablation_writer, "compare": _compare_writer}
+    page = "compare.html" if run.command == "compare" else "report.html"
+    return _render_staged(run, overwrite, writers[run.command](run), page)
+
+
+def _compare_writer(run: Run) -> Callable[[Path], None]:
+    from ..report.compare_html import write_compare_report
+    from .results import Comparison, RunData
+
+    info, table = run.info, run.table()
+    runs = [RunData(Path(info[key]["path"]), dict(info[key]), {}) for key in ("run_a", "run_b")]
+    comparison = Comparison(table, runs[0], runs[1], list(info.get("notes", [])))
+
+    def write(path: Path) -> None:
+        with figure_files(path.parent):  # drawn again, so that figures/ gets the SVG as well
+            figure = comparison_bars(table, runs[0].path.name, runs[1].path.name)
+            write_compare_report(path, comparison, figure)
+
+    return write
 
 
 def _edit_sweep_writer(run: Run) -> Callable[[Path], None]:
@@ -112,16 +130,16 @@ def _sink_result(run: Run, prefix: str, kind: str, info: dict) -> SinkResult:
     return SinkResult(kind, str(info.get("model", "")), str(info.get("family", "")), *parts)
 
 
-def _render_staged(run: Run, overwrite: bool, write: Callable[[Path], None]) -> Path:
-    """Write a run's report with ``write(path)`` through the output policy: the run directory is replaced
-    as a whole (its files linked, the report and its figures new), its marker listing the new report."""
+def _render_staged(run: Run, overwrite: bool, write: Callable[[Path], None], page: str = "report.html") -> Path:
+    """Write a run's ``page`` with ``write(path)`` through the output policy: the run directory is replaced
+    as a whole (its files linked, the page and its figures new), its marker listing the new page."""
     output = OutputDir(run.path, run.command, overwrite=overwrite)
     with output, output.staging() as staging:
         for name in run.files:
-            if name not in ("report.html", FIGURES_DIR):
+            if name not in (page, FIGURES_DIR):
                 _link_or_copy(run.path / name, staging / name)
-        write(staging / "report.html")
-    return output.path / "report.html"
+        write(staging / page)
+    return output.path / page
 
 
 def _render_sweep(run: Run, overwrite: bool) -> Path:

@@ -303,8 +303,16 @@ _COMPARE = RunFormat(
         FileSpec("compare.csv", "csv", "compare.parquet as CSV"),
         FileSpec("compare.png", "figure", "the per-layer bars"),
         FileSpec("compare.html", "html", "the self-contained report"),
+        FileSpec(
+            "compare.json",
+            "json",
+            "the two runs (path, model, family) and how they were matched: what `vditscope report` needs "
+            "(earlier releases lack it)",
+            always=False,
+        ),
         FIGURES,
     ),
+    info="compare.json",
     main_table="compare.parquet",
 )
 _CHECKPOINT = FileSpec("checkpoint.safetensors", "tensors", "the last checkpoint: weights and AdamW moments")
