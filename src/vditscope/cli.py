@@ -377,11 +377,12 @@ def compare(
     typer.echo(f"wrote {path}/ (compare.parquet, compare.csv, compare.png, compare.html)")
 
 
+REPORT_RUN_HELP = "Run directory of analyze, a sweep, sinks, edit-sweep, text-ablation or compare."
+
+
 @app.command()
 @with_options(OVERWRITE)
-def report(
-    run: Annotated[Path, typer.Argument(help="Run directory of analyze, a sweep, sinks, edit-sweep, text-ablation or compare.")], *, options: dict[str, Any]
-) -> None:
+def report(run: Annotated[Path, typer.Argument(help=REPORT_RUN_HELP)], *, options: dict[str, Any]) -> None:
     """Render a run's report.html again from its stored tables and maps (nothing is generated)."""
     from .analyses.render import render_report
 
