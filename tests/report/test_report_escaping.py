@@ -164,7 +164,8 @@ def _sweep_table() -> pd.DataFrame:
              "layers": hostile("cell-layers") if layer < 0 else str(layer), "layer": layer, "k": k, "p": np.nan,
              "temperature": 1.0, "prompt": hostile("cell-prompt"), "prompt_index": 0, "seed": 0,
              "psnr": np.inf if k == 0 else 30.0 + layer, "ssim": 1.0 - k / 2, "latent_mse": k / 10, "lpips": np.nan,
-             "sparsity": k / 4, "mass_dropped": k / 10, "edited_sparsity": k, "model_mass_dropped": k / 10}
+             "sparsity": k / 4, "mass_dropped": k / 10, "edited_sparsity": k, "model_mass_dropped": k / 10,
+             "head_masks": hostile("head-masks") if layer < 0 else f"{layer + 1}:st"}
         )  # fmt: skip
     return pd.DataFrame(rows)[TABLE_COLUMNS]
 

@@ -150,7 +150,9 @@ def svg_head_choices(table: pd.DataFrame) -> pd.DataFrame:
     letters: dict[tuple[int, int], list[str]] = {}
     for text in table["head_masks"].dropna():
         for part in filter(None, str(text).split(";")):
-            layer, kinds = part.split(":")
+            layer, _, kinds = part.partition(":")
+            if not layer.isdigit() or not kinds or set(kinds) - {"s", "t"}:
+                continue  # a run directory is untrusted input: anything else is not a choice
             for head, letter in enumerate(kinds):
                 letters.setdefault((int(layer), head), []).append(letter)
     if not letters:
