@@ -377,7 +377,7 @@ def compare(
     typer.echo(f"wrote {path}/ (compare.parquet, compare.csv, compare.png, compare.html)")
 
 
-REPORT_RUN_HELP = "Run directory of analyze, a sweep, sinks, edit-sweep, text-ablation or compare."
+REPORT_RUN_HELP = "Run directory of analyze, a sweep, sinks, edit-sweep, text-ablation, compare or retrain."
 
 
 @app.command()

@@ -4,6 +4,7 @@ before/after study (sinks, sparsity sweep of the retrained layer, quality agains
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -30,6 +31,16 @@ def test_retrain_command_writes_model_and_study(tmp_path):
     # freshly re-initialized and barely trained: the last layer's sinks are gone or much weaker
     assert study["summary"]["retrained"]["max_ratio"] < study["summary"]["original"]["max_ratio"]
     assert "Retraining: before and after" in (out / "study.html").read_text()
+    # vditscope report renders the study again from its files, byte for byte, its figures too
+    original, figures = (out / "study.html").read_bytes(), sorted(p.name for p in (out / "figures").iterdir())
+    assert "sinks.svg" in figures and "sparsity.svg" in figures
+    (out / "study.html").unlink()
+    shutil.rmtree(out / "figures")
+    rendered = subprocess.run([sys.executable, "-m", "vditscope.cli", "report", str(out)], capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr
+    assert (out / "study.html").read_bytes() == original
+    assert sorted(p.name for p in (out / "figures").iterdir()) == figures
 
 
 def test_retrain_command_rejects_blocks_out_of_range(tmp_path):

@@ -20,7 +20,16 @@ from ..store import OutputDir, Run, open_run, write_atomic
 from .results import SinkResult
 from .structure import analyze_structure
 
-RENDERABLE = ("analyze", "sweep sparsity", "sweep temperature", "sinks", "edit-sweep", "text-ablation", "compare")
+RENDERABLE = (
+    "analyze",
+    "sweep sparsity",
+    "sweep temperature",
+    "sinks",
+    "edit-sweep",
+    "text-ablation",
+    "compare",
+    "retrain",
+)
 
 
 def render_report(path: str | Path, overwrite: bool = False) -> Path:
@@ -33,6 +42,8 @@ def render_report(path: str | Path, overwrite: bool = False) -> Path:
         return _render_analyze(run, overwrite)
     if run.command == "sinks":
         return _render_sinks(run, overwrite)
+    if run.command == "retrain":
+        return _render_retrain_study(run, overwrite)
     if run.command in ("edit-sweep", "text-ablation", "compare"):
         return _render_study(run, overwrite)
     if run.command in RENDERABLE:
@@ -61,6 +72,29 @@ def _render_sinks(run: Run, overwrite: bool) -> Path:
     lm = _sink_result(run, "lm_", "text", info["lm"]) if info.get("lm") else None
     calls = run.table("sink_calls.parquet") if "sink_calls.parquet" in run.files else None
     return _render_staged(run, overwrite, lambda path: write_sinks_report(path, info, primary, lm, calls))
+
+
+def _render_retrain_study(run: Run, overwrite: bool) -> Path:
+    """study.html of a retrain run from study.json, its tables and videos (a resumable output: written in place)."""
+    from ..report.retrain_html import write_study_report
+
+    if "study.json" not in run.files:
+        raise VditscopeError(f"{run.path} holds no study (study.json): rerun `vditscope retrain` without --no-study")
+    study = run.json("study.json")
+    tables = {name: run.table(f"study_{name}.parquet") for name in ("sinks", "sparsity", "quality")}
+    videos: dict = {}
+    if "study_videos.safetensors" in run.files:
+        videos = {name: t.numpy() for name, t in run.tensors("study_videos.safetensors").items()}
+        videos["prompt"] = str(study.get("video_prompt") or "")
+    loss = run.path / "loss.png"
+    output = OutputDir(run.path, run.command, overwrite=overwrite, resumable=True)
+    with output:
+        output.open()
+        write_atomic(
+            run.path / "study.html",
+            lambda target: write_study_report(target, study["models"], study["layers"], tables, videos, loss),
+        )
+    return run.path / "study.html"
 
 
 def _render_study(run: Run, overwrite: bool) -> Path:

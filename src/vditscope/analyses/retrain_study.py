@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 
 from ..adapters.loaded import generate
 from ..adapters.settings import default_prompts, model_settings
 from ..errors import VditscopeError
 from ..progress import ProgressFn
-from ..store import OutputDir, files_of, write_json, write_table
+from ..store import OutputDir, files_of, write_json, write_table, write_tensors
 from ..thresholds import SINK_RATIO
 from . import quality
 from .options import GenerationOptions
@@ -118,11 +120,14 @@ def run_retrain_study(request: RetrainStudyRequest, progress: ProgressFn | None 
         tables = {"sinks": sinks, "sparsity": sparsity, "quality": quality_table}
         for name, table in tables.items():
             write_table(out / f"study_{name}.parquet", table)
+        if videos:  # the side-by-side video of the report, kept so that `vditscope report` can render it again
+            frames = {name: torch.from_numpy(np.ascontiguousarray(videos[name])) for name in MODELS}
+            write_tensors(out / "study_videos.safetensors", frames)
         write_json(
             out / "study.json",
             {"models": models, "layers": layers, "prompts": prompts, "seeds": list(request.seeds),
              "levels": list(request.levels), "method": request.method, "threshold": request.threshold,
-             "summary": summarize(tables, layers)},
+             "video_prompt": videos.get("prompt"), "summary": summarize(tables, layers)},
         )  # fmt: skip
         write_study_report(out / "study.html", models, layers, tables, videos, out / "loss.png")
         return tables

@@ -366,6 +366,12 @@ _RETRAIN = RunFormat(
         _study("study_sinks.parquet", "table", "per model and layer: sink heads and the largest ratio", "study*"),
         _study("study_sparsity.parquet", "table", "per model and level: quality under sparsity", "study*"),
         _study("study_quality.parquet", "table", "the retrained model's quality against the original", "study*"),
+        _study(
+            "study_videos.safetensors",
+            "tensors",
+            "the original's and the retrained model's video of the first prompt (frames x height x width x 3)",
+            "study*",
+        ),
         _study("study.html", "html", "the study's self-contained report", "study*"),
         _study("figures", "folder", "every figure of the study report as NAME.png and NAME.svg", "figures"),
         _study(
