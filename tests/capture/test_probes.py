@@ -65,3 +65,19 @@ def test_bad_probes_are_refused_clearly(tiny) -> None:
         _run(pipe, generation, probes={"scalar": lambda call: torch.tensor(1.0)})
     cap, _ = _run(pipe, generation)  # and the model is left as it was
     assert all(not r.probes for r in cap.records)
+
+
+@pytest.mark.parametrize("case", ["causal", "bool", "additive"])
+def test_probe_probabilities_of_a_query_slice_match_the_dense_reference(case: str) -> None:
+    from vditscope.stats.reference import dense_probabilities
+
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(2, 4, 13, 8, generator=g), torch.randn(2, 2, 13, 8, generator=g)
+    mask = None
+    if case == "bool":
+        mask = torch.rand(2, 1, 13, 13, generator=g) > 0.3
+    elif case == "additive":
+        mask = torch.randn(1, 4, 13, 13, generator=g)
+    call = ProbeCall(q, k, k, 0.35, mask, case == "causal", None, "self", 0, 0, "blocks.0.attn1")
+    want = dense_probabilities(q, k, scale=0.35, attn_mask=mask, is_causal=case == "causal")[:, :, 5:11]
+    torch.testing.assert_close(call.probabilities(slice(5, 11)).double(), want, atol=1e-5, rtol=1e-5)

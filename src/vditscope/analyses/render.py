@@ -20,50 +20,48 @@ from ..store import OutputDir, Run, open_run, write_atomic
 from .results import SinkResult
 from .structure import analyze_structure
 
-RENDERABLE = (
-    "analyze",
-    "sweep sparsity",
-    "sweep temperature",
-    "sinks",
-    "edit-sweep",
-    "text-ablation",
-    "compare",
-    "retrain",
-)
-
 
 def render_report(path: str | Path, overwrite: bool = False) -> Path:
-    """Write ``report.html`` of the run at ``path`` again from its tables and maps; returns the report's path.
+    """Write the report page of the run at ``path`` again from its tables and maps; returns the page's path.
     ``overwrite``: as for every command, write beside files of yours that the run directory also holds."""
     found = open_run(path, require=())  # which command wrote it; the report itself may be missing
     needed = [spec.name for spec in found.format.always if spec.kind != "html"]  # the page may be missing
     run = open_run(path, found.command, require=needed)
-    if run.command == "analyze":
-        return _render_analyze(run, overwrite)
-    if run.command == "sinks":
-        return _render_sinks(run, overwrite)
-    if run.command == "retrain":
-        return _render_retrain_study(run, overwrite)
-    if run.command in ("edit-sweep", "text-ablation", "compare"):
-        return _render_study(run, overwrite)
-    if run.command in RENDERABLE:
-        return _render_sweep(run, overwrite)
-    raise VditscopeError(
-        f"{run.path} holds the output of vditscope {run.command}; vditscope report renders {', '.join(RENDERABLE)} runs"
-    )
+    writer = WRITERS.get(run.command)
+    if writer is None:
+        raise VditscopeError(
+            f"{run.path} holds the output of vditscope {run.command}; vditscope report renders "
+            f"{', '.join(RENDERABLE)} runs"
+        )
+    info = run.format.info
+    if info is not None and info not in run.files:
+        raise VditscopeError(
+            f"{run.path} was written by an earlier release without {info}; rerun `vditscope {run.command}` to "
+            "get a run that `vditscope report` can render"
+        )
+    page = next(spec.name for spec in run.format.files if spec.kind == "html")
+    render = _render_in_place if run.format.resumable else _render_staged
+    return render(run, overwrite, page, writer(run))
 
 
-def _render_analyze(run: Run, overwrite: bool) -> Path:
+def _analyze_writer(run: Run) -> Callable[[Path], None]:
     """The analyze report from run.json, stats, maps and videos."""
     info, stats = run.info, run.stats
     maps = run.tensors("maps.safetensors")
     videos = {name: frames.numpy() for name, frames in run.tensors("videos.safetensors").items()}
     labels = {int(index): tokens for index, tokens in (info.get("text_token_labels") or {}).items()}
     structure = analyze_structure(stats, maps, info.get("layout"), labels)
-    return _render_staged(run, overwrite, lambda path: write_report(path, info, stats, maps, videos, structure))
+    return lambda path: write_report(path, info, stats, maps, videos, structure)
 
 
-def _render_sinks(run: Run, overwrite: bool) -> Path:
+def _sweep_writer(run: Run) -> Callable[[Path], None]:
+    """The sweep report from sweep.json, sweep.parquet and plan.json."""
+    meta, table = run.info, run.table("sweep.parquet")
+    plan = json.loads((run.path / "plan.json").read_text()) if (run.path / "plan.json").is_file() else {}
+    return lambda path: write_sweep_report(path, meta, table, plan)
+
+
+def _sinks_writer(run: Run) -> Callable[[Path], None]:
     """The sinks report from run.json and the sink tables (the language model's beside them with --lm)."""
     from ..report.sinks_html import write_sinks_report
 
@@ -71,11 +69,11 @@ def _render_sinks(run: Run, overwrite: bool) -> Path:
     primary = _sink_result(run, "", info["kind"], info)
     lm = _sink_result(run, "lm_", "text", info["lm"]) if info.get("lm") else None
     calls = run.table("sink_calls.parquet") if "sink_calls.parquet" in run.files else None
-    return _render_staged(run, overwrite, lambda path: write_sinks_report(path, info, primary, lm, calls))
+    return lambda path: write_sinks_report(path, info, primary, lm, calls)
 
 
-def _render_retrain_study(run: Run, overwrite: bool) -> Path:
-    """study.html of a retrain run from study.json, its tables and videos (a resumable output: written in place)."""
+def _retrain_study_writer(run: Run) -> Callable[[Path], None]:
+    """study.html of a retrain run from study.json, its tables and videos."""
     from ..report.retrain_html import write_study_report
 
     if "study.json" not in run.files:
@@ -87,27 +85,7 @@ def _render_retrain_study(run: Run, overwrite: bool) -> Path:
         videos = {name: t.numpy() for name, t in run.tensors("study_videos.safetensors").items()}
         videos["prompt"] = str(study.get("video_prompt") or "")
     loss = run.path / "loss.png"
-    output = OutputDir(run.path, run.command, overwrite=overwrite, resumable=True)
-    with output:
-        output.open()
-        write_atomic(
-            run.path / "study.html",
-            lambda target: write_study_report(target, study["models"], study["layers"], tables, videos, loss),
-        )
-    return run.path / "study.html"
-
-
-def _render_study(run: Run, overwrite: bool) -> Path:
-    """The edit-sweep or text-ablation report from run.json and its table (and frames)."""
-    info = run.format.info or "run.json"
-    if info not in run.files:
-        raise VditscopeError(
-            f"{run.path} was written by an earlier release without {info}; rerun `vditscope {run.command}` to "
-            "get a run that `vditscope report` can render"
-        )
-    writers = {"edit-sweep": _edit_sweep_writer, "text-ablation": _text_ablation_writer, "compare": _compare_writer}
-    page = "compare.html" if run.command == "compare" else "report.html"
-    return _render_staged(run, overwrite, writers[run.command](run), page)
+    return lambda path: write_study_report(path, study["models"], study["layers"], tables, videos, loss)
 
 
 def _compare_writer(run: Run) -> Callable[[Path], None]:
@@ -164,7 +142,21 @@ def _sink_result(run: Run, prefix: str, kind: str, info: dict) -> SinkResult:
     return SinkResult(kind, str(info.get("model", "")), str(info.get("family", "")), *parts)
 
 
-def _render_staged(run: Run, overwrite: bool, write: Callable[[Path], None], page: str = "report.html") -> Path:
+# command -> the writer of its report page, built from the run's stored files
+WRITERS: dict[str, Callable[[Run], Callable[[Path], None]]] = {
+    "analyze": _analyze_writer,
+    "sweep sparsity": _sweep_writer,
+    "sweep temperature": _sweep_writer,
+    "sinks": _sinks_writer,
+    "edit-sweep": _edit_sweep_writer,
+    "text-ablation": _text_ablation_writer,
+    "compare": _compare_writer,
+    "retrain": _retrain_study_writer,
+}
+RENDERABLE = tuple(WRITERS)
+
+
+def _render_staged(run: Run, overwrite: bool, page: str, write: Callable[[Path], None]) -> Path:
     """Write a run's ``page`` with ``write(path)`` through the output policy: the run directory is replaced
     as a whole (its files linked, the page and its figures new), its marker listing the new page."""
     output = OutputDir(run.path, run.command, overwrite=overwrite)
@@ -176,15 +168,13 @@ def _render_staged(run: Run, overwrite: bool, write: Callable[[Path], None], pag
     return output.path / page
 
 
-def _render_sweep(run: Run, overwrite: bool) -> Path:
-    """The sweep report from sweep.json, sweep.parquet and plan.json (a resumable output: written in place)."""
-    meta, table = run.info, run.table("sweep.parquet")
-    plan = json.loads((run.path / "plan.json").read_text()) if (run.path / "plan.json").is_file() else {}
+def _render_in_place(run: Run, overwrite: bool, page: str, write: Callable[[Path], None]) -> Path:
+    """Write the ``page`` of a resumable output (sweeps, retrain) in place, atomically, as the command does."""
     output = OutputDir(run.path, run.command, overwrite=overwrite, resumable=True)
     with output:
         output.open()
-        write_atomic(run.path / "report.html", lambda target: write_sweep_report(target, meta, table, plan))
-    return run.path / "report.html"
+        write_atomic(run.path / page, write)
+    return run.path / page
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -15,7 +15,6 @@ norms and RoPE), run without autograd and never change the model's output. Write
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from ..layout import TokenLayout
+from ..stats.basics import masked_logits
 
 
 @dataclass(frozen=True)
@@ -44,17 +44,22 @@ class ProbeCall:
     site: str
 
     def probabilities(self, queries: slice = slice(None)) -> torch.Tensor:
-        """Softmax attention of the chosen queries (B, H, q, Nk), float32: only for small slices, never all
-        queries of a long video (N x N)."""
-        q = self.q[:, :, queries].float()
+        """Softmax attention of the chosen queries (B, H, q, Nk), float32, masked as SDPA masks the call (its
+        mask, and the causal one at the chosen queries' own positions); a row with no visible key is 0. Only for
+        small slices, never all queries of a long video (N x N)."""
+        rows = torch.arange(self.q.shape[2], device=self.q.device)[queries]
+        q = self.q[:, :, rows].float()
         k = self.k.float()
         if k.shape[1] != q.shape[1]:
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        scores = q @ k.transpose(-1, -2) * self.scale
-        if self.attn_mask is not None:
-            mask = self.attn_mask[..., queries, :] if self.attn_mask.shape[-2] > 1 else self.attn_mask
-            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-        return scores.softmax(dim=-1)
+        mask = self.attn_mask
+        if mask is not None and mask.shape[-2] > 1:
+            mask = mask[..., rows, :]
+        scores = masked_logits(q @ k.transpose(-1, -2) * self.scale, mask)
+        if self.is_causal:
+            keys = torch.arange(k.shape[2], device=k.device)
+            scores = scores.masked_fill(keys[None, :] > rows[:, None], float("-inf"))
+        return torch.nan_to_num(scores.softmax(dim=-1))
 
 
 Probe = Callable[[ProbeCall], Any]
@@ -91,8 +96,3 @@ def probe_values(probes: Mapping[str, Probe], call: ProbeCall) -> list[dict[str,
         for b in range(batch):
             per_element[b][name] = array[b]
     return per_element
-
-
-def default_scale(scale: float | None, head_dim: int) -> float:
-    """SDPA's softmax scale: the given one, else 1 / sqrt(head_dim)."""
-    return scale if scale is not None else 1.0 / math.sqrt(head_dim)

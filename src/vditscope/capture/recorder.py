@@ -17,11 +17,12 @@ import torch
 from ..adapters import AttentionSite
 from ..layout import TokenLayout
 from ..stats import attention_stats
+from ..stats.basics import checked_scale
 from ..stats.streaming import TopMassMode
 from ..stats.text_tiles import text_tile_map
 from .calls import ObservedCall, SdpaCall
 from .context_parallel import merge_head_shards, rank_share
-from .probes import Probe, ProbeCall, check_probes, default_scale, probe_values
+from .probes import Probe, ProbeCall, check_probes, probe_values
 from .records import TABLE_COLUMNS, CallRecord, records_from_stats, records_table
 from .selection import Selection
 from .session import HookSession, SessionObserver, Technique
@@ -145,7 +146,7 @@ class Capture(SessionObserver):
             for b, record in enumerate(records if text_tiles is not None else []):
                 record.maps["text_tile_map"] = text_tiles[b].cpu()
         if config.probes:
-            seen = ProbeCall(q.detach(), k.detach(), v.detach(), default_scale(call.scale, q.shape[-1]), attn_mask,
+            seen = ProbeCall(q.detach(), k.detach(), v.detach(), checked_scale(call.scale, q.shape[-1]), attn_mask,
                              call.is_causal, layout, site.kind, site.layer, state.step, site.name)  # fmt: skip
             for record, values in zip(records, probe_values(config.probes, seen), strict=True):
                 record.probes.update(values)

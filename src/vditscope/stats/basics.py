@@ -116,6 +116,16 @@ def checked_scale(scale: float | None, dim: int) -> float:
     return value
 
 
+def masked_logits(logits: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """Logits (natural-log units) with an SDPA mask applied as SDPA applies it: a boolean mask hides the keys
+    where it is False (-inf), any other mask is added."""
+    if attn_mask is None:
+        return logits
+    if attn_mask.dtype == torch.bool:
+        return logits.masked_fill(~attn_mask, float("-inf"))
+    return logits + attn_mask.to(logits.dtype)
+
+
 def checked_chunk_size(chunk_size: int | None) -> int | None:
     """``chunk_size`` if it is None or a positive integer; ValueError otherwise."""
     if chunk_size is None:

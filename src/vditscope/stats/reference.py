@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..layout import TokenLayout
+from .basics import masked_logits
 from .streaming import frame_distance_profile, ring_profile
 from .top_mass import TOP_FRACTIONS, top_counts
 
@@ -29,11 +30,7 @@ def dense_probabilities(
     k = k.repeat_interleave(group, dim=1)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     logits = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) * scale
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            logits = logits.masked_fill(~attn_mask, float("-inf"))
-        else:
-            logits = logits + attn_mask.to(dtype)
+    logits = masked_logits(logits, attn_mask)
     if is_causal:
         causal = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
         logits = logits.masked_fill(~causal, float("-inf"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .basics import checked_scale
+from .basics import checked_scale, masked_logits
 
 TEXT_TILE_KEYS = 64  # at most this many text keys (the first ones: the prompt, before the padding) are kept
 
@@ -55,10 +55,7 @@ def text_tile_map(
                 r1 = min(stop, r0 + chunk_size)
                 scores = q[b, h, r0:r1].float() @ keys.t() * scale
                 if mask is not None:
-                    rows = mask[b, h, r0:r1] if mask.shape[-2] > 1 else mask[b, h]
-                    scores = (
-                        scores.masked_fill(~rows, float("-inf")) if rows.dtype == torch.bool else scores + rows.float()
-                    )
+                    scores = masked_logits(scores, mask[b, h, r0:r1] if mask.shape[-2] > 1 else mask[b, h])
                 probs = torch.nan_to_num(scores.softmax(dim=-1))  # a row with every key masked gives no mass
                 sums[b, h].index_add_(0, tile_of[r0 - first : r1 - first], probs[:, keep])
     return sums / counts.clamp(min=1)[None, None, :, None]
