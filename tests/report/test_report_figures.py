@@ -93,3 +93,21 @@ def test_sink_consistency_draws_no_panel_for_a_model_with_nothing_to_compare() -
     video = pd.DataFrame({"layer": [0, 1], "steps_overlap": [0.6, 0.7], "prompts_overlap": [0.2, np.nan]})
     assert consistency_bars({"lm (llama, text)": text}) is None  # one text: no steps, no second text
     assert consistency_bars({"video": video, "lm (llama, text)": text}) is not None
+
+
+def test_svg_head_choices_name_the_heads_a_cell_edited() -> None:
+    import pandas as pd
+
+    from vditscope.analyses.sweep_tables import head_masks, svg_head_choices
+
+    edits = pd.DataFrame(
+        {"layer": [1, 1, 1, 3], "head": [0, 2, 2, 1], "mask": ["spatial", "temporal", "temporal", "spatial"]}
+    )
+    assert head_masks(edits) == "1:s-t;3:-s"  # head 1 of layer 1 and head 0 of layer 3 were not edited
+    table = svg_head_choices(pd.DataFrame({"head_masks": [head_masks(edits), "1:t-t", "<b>x</b>"]}))
+    assert list(table.columns) == ["layer", "head 0", "head 1", "head 2"]
+    assert table.iloc[0]["head 2"] == "temporal (100%)" and table.iloc[0]["head 0"] in (
+        "spatial (50%)",
+        "temporal (50%)",
+    )
+    assert table.iloc[1]["head 1"] == "spatial (100%)" and pd.isna(table.iloc[1]["head 0"])

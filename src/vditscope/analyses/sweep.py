@@ -37,6 +37,7 @@ from .sweep_tables import (
     MASS_METHODS,
     PLAN_VERSION,
     check_plan,
+    head_masks,
     level_column,
     level_edit,
     load_plan,
@@ -411,18 +412,6 @@ def _run_cell(
         "model_mass_dropped": session.totals.mass_dropped,
         "head_masks": head_masks(edits) if cell.edit.mask == "svg" else "",
     }
-
-
-def head_masks(edits: pd.DataFrame) -> str:
-    """The window each head of each edited layer used, the majority over the cell's calls: "layer:kinds" per
-    layer, one letter per head (s spatial, t temporal), e.g. "3:sstt" (svg chooses per head and call)."""
-    if edits.empty:
-        return ""
-    majority = edits.groupby(["layer", "head"])["mask"].agg(lambda kinds: kinds.value_counts().index[0])
-    return ";".join(
-        f"{layer}:" + "".join(kind[:1] for kind in group.sort_index().to_numpy())
-        for layer, group in majority.groupby(level="layer")
-    )
 
 
 def _write_outputs(

@@ -141,6 +141,22 @@ def level_column(table: pd.DataFrame) -> str:
     return "k" if method == "bottom-k" else "p" if method in MASS_METHODS else "mask"
 
 
+def head_masks(edits: pd.DataFrame) -> str:
+    """The window each head of each edited layer used, the majority over the cell's calls: "layer:kinds" per
+    layer, one letter per head from head 0 (s spatial, t temporal, - not edited), e.g. "3:sstt" (svg chooses
+    per head and call)."""
+    if edits.empty:
+        return ""
+    majority = edits.groupby(["layer", "head"])["mask"].agg(lambda kinds: kinds.value_counts().index[0])
+    parts = []
+    for layer, group in majority.groupby(level="layer"):
+        letters = ["-"] * (int(group.index.get_level_values("head").max()) + 1)
+        for (_, head), kind in group.items():
+            letters[int(head)] = str(kind)[:1]
+        parts.append(f"{layer}:" + "".join(letters))
+    return ";".join(parts)
+
+
 def svg_head_choices(table: pd.DataFrame) -> pd.DataFrame:
     """Per layer and head of an svg sweep: the window it used, spatial or temporal, with the share of the cells
     (prompts, seeds, levels) that agree (from each cell's ``head_masks``, "layer:letters"); empty for other
@@ -151,10 +167,11 @@ def svg_head_choices(table: pd.DataFrame) -> pd.DataFrame:
     for text in table["head_masks"].dropna():
         for part in filter(None, str(text).split(";")):
             layer, _, kinds = part.partition(":")
-            if not layer.isdigit() or not kinds or set(kinds) - {"s", "t"}:
+            if not layer.isdigit() or not kinds or set(kinds) - {"s", "t", "-"}:
                 continue  # a run directory is untrusted input: anything else is not a choice
             for head, letter in enumerate(kinds):
-                letters.setdefault((int(layer), head), []).append(letter)
+                if letter != "-":  # a head the cell did not edit
+                    letters.setdefault((int(layer), head), []).append(letter)
     if not letters:
         return pd.DataFrame()
     names = {"s": "spatial", "t": "temporal"}
@@ -164,4 +181,5 @@ def svg_head_choices(table: pd.DataFrame) -> pd.DataFrame:
         rows.setdefault(layer, {"layer": str(layer)})[f"head {head}"] = (
             f"{names.get(top, top)} ({seen.count(top) / len(seen):.0%})"
         )
-    return pd.DataFrame(list(rows.values()))
+    heads = sorted({head for _, head in letters})
+    return pd.DataFrame(list(rows.values()), columns=["layer", *(f"head {head}" for head in heads)])
