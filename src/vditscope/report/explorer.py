@@ -237,8 +237,7 @@ def explorer_data(
     if not entries:
         return None
     index = {g: i for i, g in enumerate(chosen)}
-    encoded = [quantize_rows(entry_values(stored[(generations[e[0]], e[2])], e)) for e in entries]
-    quantized, scales = [q for q, _ in encoded], [s for _, s in encoded]
+    encoded = embedded_rows([entry_values(stored[(generations[e[0]], e[2])], e) for e in entries])
     clips = [video_uint8(videos[generations[g]]) for g in chosen]
     stride = frame_stride([clip.shape for clip in clips])
     clips = [clip[:, ::stride, ::stride] for clip in clips] if stride > 1 else clips
@@ -252,10 +251,9 @@ def explorer_data(
         "heads": heads if heads > 1 else 0,
         "steps": steps,
         "layers": layers,
-        "generations": [generations[g] for g in chosen],
+        "generations": names,
         "entries": [[index[g], s, layer, h] for g, s, layer, h in entries],
-        "scales": _b64(np.concatenate(scales).astype("<f4").tobytes()),
-        "maps": _b64(np.concatenate([q.ravel() for q in quantized]).tobytes()),
+        **encoded,
         "videos": [
             {"frames": c.shape[0], "height": c.shape[1], "width": c.shape[2], "rgb": _b64(np.ascontiguousarray(c))}
             for c in clips
@@ -300,15 +298,14 @@ def text_data(
     if len(present) * len(head_ids) * per_entry > budget:
         head_ids = [MEAN]
     entries = [(g, layer, h) for g, layer in present for h in head_ids][: max(1, budget // per_entry)]
-    encoded = []
+    rows = []
     for g, layer, h in entries:
         values = stored[(generations[g], layer)].to(torch.float32)
-        encoded.append(quantize_rows((values.mean(0) if h == MEAN else values[h]).numpy()))
+        rows.append((values.mean(0) if h == MEAN else values[h]).numpy())
     return {
         "keys": keys,
         "entries": [list(e) for e in entries],
-        "scales": _b64(np.concatenate([s for _, s in encoded]).astype("<f4").tobytes()),
-        "maps": _b64(np.concatenate([q.ravel() for q, _ in encoded]).tobytes()),
+        **embedded_rows(rows),
         "labels": [[(names[i] if i < len(names) else f"text {i}") for i in range(keys)] for names in labels],
         "per_head": len(head_ids) > 1,
     }
@@ -318,6 +315,16 @@ def _prompt_labels(run: dict[str, Any], generation: str) -> list[str]:
     """The text-token labels of a generation's prompt as run.json stores them ([] when it has none)."""
     labels = run.get("text_token_labels") or {}
     return [str(t) for t in labels.get(generation.split(".")[0][1:], [])]
+
+
+def embedded_rows(matrices: list[np.ndarray]) -> dict[str, str]:
+    """Matrices as the page decodes them: every row 8-bit quantized (``quantize_rows``), the rows of all
+    matrices concatenated in ``maps`` and their scales (float32, little-endian) in ``scales``, base64."""
+    encoded = [quantize_rows(matrix) for matrix in matrices]
+    return {
+        "scales": _b64(np.concatenate([s for _, s in encoded]).astype("<f4").tobytes()),
+        "maps": _b64(np.concatenate([q.ravel() for q, _ in encoded]).tobytes()),
+    }
 
 
 def _b64(data: bytes | np.ndarray) -> str:
