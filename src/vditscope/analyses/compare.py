@@ -3,7 +3,6 @@ settings), from their run directories alone."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +149,7 @@ def write_comparison(comparison: Comparison, output: OutputDir) -> Path:
             "run_b": {"path": str(comparison.run_b.path), **_model_of(comparison.run_b.run)},
             "notes": list(comparison.notes),
         }
-        writer.path("compare.json", "json").write_text(json.dumps(info, indent=1) + "\n")
+        writer.json("compare.json", info)
         write_compare_report(writer.path("compare.html", "html"), comparison, figure)
     return output.path
 
