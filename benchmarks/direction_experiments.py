@@ -1,0 +1,173 @@
+"""Issue 17's experiments on the shipped shapes models: does the direction word steer the motion?
+
+Three subcommands, each printing one JSON line per result (run one at a time on this 2-core machine; give a
+background run OMP_NUM_THREADS=1):
+
+    finetune OUT [--lo 0.5 --hi 1.0 --steps 1500 --lr 3e-4 --every 300]
+        fine-tune the shipped tiny-wan with noise levels drawn uniformly in [lo, hi] (its own batches of 16),
+        reporting caption sensitivity and the direction of 16 held-out clips every ``every`` steps
+    train OUT [--frames 17 --temporal-factor 2 --steps 4000 --threads 1]
+        train tiny-wan from scratch with `vditscope train-tiny`'s recipe and loop at another clip length or
+        temporal factor (resumable, checkpoints every 250 steps)
+    evaluate RUN_OR_MODEL [--count 24 --guidance 4]
+        caption sensitivity and generated colour/direction on ``count`` held-out clips of a train-tiny run
+        directory, of a finetune output, or of the shipped model ("tiny-wan")
+
+The figures in issue 17's note came from these commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vditscope.adapters.loading import load_pipeline
+from vditscope.adapters.recipe import Noised
+from vditscope.data import shapes
+from vditscope.tiny import TinyConfig, tiny_model_dir
+from vditscope.training.evaluate import caption_sensitivity
+from vditscope.training.recipes import recipe_for
+from vditscope.training.tiny import load_trained_pipeline, make_batch, train
+
+PROMPT_SEED_OFFSET = 100_000  # fine-tuning batches come from steps the shipped model's training never drew
+
+
+def shipped() -> tuple:
+    """The shipped tiny-wan pipeline, its generation settings and training configuration."""
+    pipe, _, directory = load_pipeline(tiny_model_dir())
+    pipe.set_progress_bar_config(disable=True)
+    settings = json.loads((Path(directory) / "vditscope.json").read_text())
+    return pipe, settings["generation"], TinyConfig(**settings["training"])
+
+
+def generated_directions(pipe, generation: dict, count: int) -> dict:
+    """Colour and direction accuracy of ``count`` held-out clips (seed i for the i-th), and the confusion."""
+    _, held = shapes.split_specs(0)
+    direction = colour = 0
+    confusion: dict[str, list[str]] = {}
+    for i, spec in enumerate(held[:count]):
+        frames = pipe(prompt=spec.caption, generator=torch.Generator().manual_seed(i), output_type="np", **generation)
+        measured = shapes.measure_clip(np.asarray(frames.frames[0], dtype=np.float32), spec.background)
+        direction += measured.direction == spec.direction
+        colour += measured.color == spec.color
+        confusion.setdefault(spec.direction, []).append(measured.direction)
+    return {"direction": direction / count, "colour": colour / count, "confusion": confusion}
+
+
+def finetune(args: argparse.Namespace) -> None:
+    pipe, generation, config = shipped()
+    recipe = recipe_for("wan")
+    train_specs, _ = shapes.split_specs(config.seed)
+    params = [p for module in (pipe.transformer, pipe.text_encoder) for p in module.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    def report(step: int) -> None:
+        for module in (pipe.transformer, pipe.text_encoder):
+            module.eval()
+        sensitivity = caption_sensitivity(pipe, "wan", generation, shift=config.shift)
+        clips = generated_directions(pipe, generation, 16)
+        print(
+            json.dumps(
+                {"step": step, "sensitivity": sensitivity, **clips, "seconds": round(time.perf_counter() - started)}
+            ),
+            flush=True,
+        )
+        torch.save(pipe.transformer.state_dict(), out / "transformer.pt")
+        torch.save(pipe.text_encoder.state_dict(), out / "text_encoder.pt")
+        for module in (pipe.transformer, pipe.text_encoder):
+            module.train()
+
+    report(0)
+    for step in range(1, args.steps + 1):
+        videos, captions = make_batch(config, PROMPT_SEED_OFFSET + step, train_specs)
+        with torch.no_grad():
+            latents = recipe.model_latents(pipe, pipe.vae.encode(videos).latent_dist.sample())
+        embeds, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False, max_sequence_length=16,
+                                       device=torch.device("cpu"))  # fmt: skip
+        generator = torch.Generator().manual_seed(step)
+        sigma = args.lo + (args.hi - args.lo) * torch.rand(latents.shape[0], generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        batch = Noised((1 - s) * latents + s * noise, sigma * 1000, noise - latents)
+        prediction = pipe.transformer(**recipe.transformer_kwargs(pipe, batch, embeds), return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(prediction.float(), batch.target.float())
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, step / 50)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if step % args.every == 0:
+            report(step)
+
+
+def train_variant(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    config = TinyConfig(frames=args.frames, temporal_factor=args.temporal_factor)
+    started = time.perf_counter()
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step % 100 == 0:
+            print(
+                json.dumps({"step": step, "loss": round(loss, 4), "seconds": round(time.perf_counter() - started)}),
+                flush=True,
+            )
+
+    train(Path(args.out), config, steps=args.steps, checkpoint_every=250, progress=progress)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    source = Path(args.model)
+    if args.model == "tiny-wan":
+        pipe, generation, config = shipped()
+    elif (source / "transformer.pt").is_file():  # a finetune output
+        pipe, generation, config = shipped()
+        pipe.transformer.load_state_dict(torch.load(source / "transformer.pt"))
+        pipe.text_encoder.load_state_dict(torch.load(source / "text_encoder.pt"))
+    else:  # a train-tiny run directory
+        pipe, config = load_trained_pipeline(source)
+        pipe.set_progress_bar_config(disable=True)
+        generation = config.generation()
+    generation = {**generation, "guidance_scale": args.guidance}
+    sensitivity = caption_sensitivity(pipe, "wan", generation, shift=config.shift)
+    print(
+        json.dumps(
+            {"model": args.model, "sensitivity": sensitivity, **generated_directions(pipe, generation, args.count)}
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    tune = sub.add_parser("finetune")
+    tune.add_argument("out")
+    tune.add_argument("--lo", type=float, default=0.5)
+    tune.add_argument("--hi", type=float, default=1.0)
+    tune.add_argument("--steps", type=int, default=1500)
+    tune.add_argument("--lr", type=float, default=3e-4)
+    tune.add_argument("--every", type=int, default=300)
+    variant = sub.add_parser("train")
+    variant.add_argument("out")
+    variant.add_argument("--frames", type=int, default=17)
+    variant.add_argument("--temporal-factor", type=int, default=2)
+    variant.add_argument("--steps", type=int, default=4000)
+    variant.add_argument("--threads", type=int, default=1)
+    score = sub.add_parser("evaluate")
+    score.add_argument("model")
+    score.add_argument("--count", type=int, default=24)
+    score.add_argument("--guidance", type=float, default=4.0)
+    args = parser.parse_args()
+    {"finetune": finetune, "train": train_variant, "evaluate": evaluate}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
