@@ -6,14 +6,17 @@ background run OMP_NUM_THREADS=1):
     finetune OUT [--lo 0.5 --hi 1.0 --steps 1500 --lr 3e-4 --every 300]
         fine-tune the shipped tiny-wan with noise levels drawn uniformly in [lo, hi] (its own batches of 16),
         reporting caption sensitivity and the direction of 16 held-out clips every ``every`` steps
-    train OUT [--frames 17 --temporal-factor 2 --steps 4000 --threads 1]
-        train tiny-wan from scratch with `vditscope train-tiny`'s recipe and loop at another clip length or
-        temporal factor (resumable, checkpoints every 250 steps)
+    train OUT [--frames 17 --temporal-factor 2 --steps 4000 --threads 1 --clips edge|centre|wrap
+               --start S --trail N --texture A --texture-cycles C --flicker F]
+        train tiny-wan from scratch with `vditscope train-tiny`'s recipe and loop at another clip length,
+        temporal factor or clip style (shapes.ClipStyle; resumable, checkpoints every 250 steps)
     evaluate RUN_OR_MODEL [--count 24 --guidance 4]
         caption sensitivity and generated colour/direction on ``count`` held-out clips of a train-tiny run
         directory, of a finetune output, or of the shipped model ("tiny-wan")
 
-The figures in issue 17's note came from these commands.
+The figures in issue 17's notes came from these commands; the clip-style runs were
+`train OUT --clips centre` (4,000 steps) and `train OUT --clips wrap --steps 3000`, each on one thread
+beside the other, then `evaluate OUT --count 40`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +46,7 @@ def shipped() -> tuple:
     pipe, _, directory = load_pipeline(tiny_model_dir())
     pipe.set_progress_bar_config(disable=True)
     settings = json.loads((Path(directory) / "vditscope.json").read_text())
-    return pipe, settings["generation"], TinyConfig(**settings["training"])
+    return pipe, settings["generation"], TinyConfig.from_saved(settings["training"])
 
 
 def generated_directions(pipe, generation: dict, count: int) -> dict:
@@ -72,7 +76,7 @@ def finetune(args: argparse.Namespace) -> None:
     def report(step: int) -> None:
         for module in (pipe.transformer, pipe.text_encoder):
             module.eval()
-        sensitivity = caption_sensitivity(pipe, "wan", generation, shift=config.shift)
+        sensitivity = caption_sensitivity(pipe, "wan", generation, shift=config.shift, style=config.clip_style())
         clips = generated_directions(pipe, generation, 16)
         print(
             json.dumps(
@@ -111,7 +115,11 @@ def finetune(args: argparse.Namespace) -> None:
 
 def train_variant(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    config = TinyConfig(frames=args.frames, temporal_factor=args.temporal_factor)
+    style = shapes.CLIP_STYLES[args.clips]
+    overrides = {name: getattr(args, name) for name in asdict(style) if getattr(args, name) is not None}
+    config = TinyConfig(frames=args.frames, temporal_factor=args.temporal_factor).with_style(
+        replace(style, **overrides)
+    )
     started = time.perf_counter()
 
     def progress(step: int, total: int, loss: float) -> None:
@@ -137,7 +145,7 @@ def evaluate(args: argparse.Namespace) -> None:
         pipe.set_progress_bar_config(disable=True)
         generation = config.generation()
     generation = {**generation, "guidance_scale": args.guidance}
-    sensitivity = caption_sensitivity(pipe, "wan", generation, shift=config.shift)
+    sensitivity = caption_sensitivity(pipe, "wan", generation, shift=config.shift, style=config.clip_style())
     print(
         json.dumps(
             {"model": args.model, "sensitivity": sensitivity, **generated_directions(pipe, generation, args.count)}
@@ -161,6 +169,12 @@ def main() -> None:
     variant.add_argument("--temporal-factor", type=int, default=2)
     variant.add_argument("--steps", type=int, default=4000)
     variant.add_argument("--threads", type=int, default=1)
+    variant.add_argument("--clips", default="edge", choices=list(shapes.CLIP_STYLES))
+    variant.add_argument("--start", choices=["centre", "edge", "wrap"])  # each overrides the --clips style's
+    variant.add_argument("--trail", type=int)
+    variant.add_argument("--texture", type=float)
+    variant.add_argument("--texture-cycles", type=int)
+    variant.add_argument("--flicker", type=float)
     score = sub.add_parser("evaluate")
     score.add_argument("model")
     score.add_argument("--count", type=int, default=24)

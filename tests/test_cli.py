@@ -217,10 +217,21 @@ def test_eval_tiny_prints_accuracies(tmp_path: Path) -> None:
     assert rise["colour"] > 0.5 and rise["colour"] > 5 * abs(rise["direction"])
 
 
+def test_train_tiny_records_the_clip_style_it_trains_on(tmp_path: Path) -> None:
+    """train-tiny trains on the shipped models' clips unless --clips names another style, and records it."""
+    for flag, start in (([], "edge"), (["--clips", "wrap"], "wrap")):
+        out = tmp_path / f"run-{start}"
+        result = run_cli("train-tiny", "--steps", "1", "--out", str(out), *flag)
+        assert result.returncode == 0, result.stderr
+        config = json.loads((out / "state.json").read_text())["config"]
+        assert config["start"] == start and (config["trail"] > 0) == (start == "wrap")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["train-tiny", "--family", "mochi"], "family"),
+        (["train-tiny", "--clips", "spiral"], "clip style"),
         (["train-tiny", "--steps", "0"], "positive"),
         (["eval-tiny", "--count", "0"], "positive"),
         (["eval-tiny", "--model", "/nope"], "no such model"),

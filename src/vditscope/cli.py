@@ -413,17 +413,21 @@ def train_tiny(
     minutes: MinutesOpt = None,
     export: Annotated[Path | None, typer.Option(help="Also save the trained pipeline directory here.")] = None,
     family: Annotated[str, typer.Option(help="Model family to train: wan or cogvideox.")] = "wan",
+    clips: Annotated[
+        str, typer.Option(help="Clip style: edge (the shipped models'), centre or wrap (see the README).")
+    ] = "edge",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train the small shapes text-to-video model from scratch on this CPU (resumable)."""
     from .training.recipes import RECIPES
-    from .training.tiny import TinyConfig, export_pipeline, train
+    from .training.tiny import TinyConfig, clip_style, export_pipeline, train
 
     if family not in RECIPES:
         raise VditscopeError(f"unknown model family {family}: train-tiny knows {', '.join(RECIPES)}")
+    config = TinyConfig(family=family).with_style(clip_style(clips))
     out = out if out is not None else Path(f"runs/train-tiny-{family}")
     _check_training(steps, out, export, "train-tiny", overwrite)
-    _training(steps, train, out, TinyConfig(family=family), steps=steps, minutes=minutes, overwrite=overwrite)
+    _training(steps, train, out, config, steps=steps, minutes=minutes, overwrite=overwrite)
     typer.echo(f"checkpoint in {out}/")
     if export is not None:
         typer.echo(f"pipeline saved to {export_pipeline(out, export, overwrite=overwrite)}/")
@@ -464,12 +468,17 @@ def render_clips(
     ),
     count: Annotated[int, typer.Option(help="Number of clips.")] = 640,
     seed: Annotated[int, typer.Option(help="Seed of the caption draw and the motion.")] = 0,
+    model: Annotated[str, typer.Option(help="Render the clips this shapes model trained on (size, frames, style).")] = (
+        "tiny-wan"
+    ),
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Render captioned shapes clips: a --data folder for `retrain --mode flow` on the tiny models."""
-    from .training.clips import write_shape_clips
+    from .training.clips import shapes_training, write_shape_clips
 
-    typer.echo(f"wrote {count} clips to {write_shape_clips(out, count, seed=seed, overwrite=overwrite)}/")
+    config = shapes_training(model)
+    written = write_shape_clips(out, count, seed=seed, config=config, overwrite=overwrite)
+    typer.echo(f"wrote {count} clips ({config.frames} frames of {config.size} px, as {model} trained on) to {written}/")
 
 
 @app.command("eval-tiny")

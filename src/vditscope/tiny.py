@@ -13,7 +13,7 @@ token (``<|bos|>``) have emerged, to compare video sinks with those of a languag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,36 @@ class TinyConfig:
     guidance_scale: float = 4.0
     seed: int = 0
     family: str = "wan"
+    start: str = "edge"  # the clips' style (shapes.ClipStyle): where the motion starts, ...
+    trail: int = 0  # ... the faded copies behind the shape ...
+    texture: float = 0.0  # ... the static background pattern's amplitude ...
+    texture_cycles: int = 3  # ... its highest frequency (cycles per frame) ...
+    flicker: float = 0.0  # ... and how far each frame's brightness moves
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> TinyConfig:
+        """The configuration a checkpoint or vditscope.json recorded (keys it does not know are left out); one saved
+        before the clip styles existed trained on the legacy clips (``shapes.LEGACY_STYLE``)."""
+        from .data.shapes import LEGACY_STYLE
+
+        known = {f.name for f in fields(cls)}
+        return cls(**{**asdict(LEGACY_STYLE), **{k: v for k, v in saved.items() if k in known}})
+
+    def with_style(self, style: Any) -> TinyConfig:
+        """This configuration with the clips of ``style`` (a ``shapes.ClipStyle``)."""
+        return replace(self, **asdict(style))
+
+    def clip_style(self) -> Any:
+        """The ``shapes.ClipStyle`` of the clips this model trains on."""
+        from .data.shapes import ClipStyle
+
+        return ClipStyle(
+            start=self.start,
+            trail=self.trail,
+            texture=self.texture,
+            texture_cycles=self.texture_cycles,
+            flicker=self.flicker,
+        )
 
     def generation(self) -> dict[str, Any]:
         return {

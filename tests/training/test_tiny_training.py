@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import hashlib
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,16 @@ from vditscope.training import tiny
 SMALL = replace(tiny.TinyConfig(), frames=5, batch=2, layers=1, heads=2, ffn_dim=64, warmup=2)
 
 
-def test_rendered_clips_read_back_as_captioned() -> None:
+# a centred, trailed style on a faint steady pattern, whatever the defaults are
+CENTRED = shapes.ClipStyle(start="centre", trail=3, texture=0.05, texture_cycles=3, flicker=0.0)
+STYLES = {**shapes.CLIP_STYLES, "centre-no-trail": replace(CENTRED, trail=0)}
+
+
+@pytest.mark.parametrize("style", STYLES.values(), ids=STYLES)
+def test_rendered_clips_read_back_as_captioned(style: shapes.ClipStyle) -> None:
     rng = np.random.default_rng(0)
     for spec in shapes.all_specs():
-        video = shapes.render_clip(spec, frames=9, size=32, rng=rng)
+        video = shapes.render_clip(spec, frames=9, size=32, rng=rng, style=style)
         assert video.shape == (9, 32, 32, 3) and video.min() >= 0 and video.max() <= 1
         measured = shapes.measure_clip(video, spec.background)
         assert (measured.color, measured.direction) == (spec.color, spec.direction), spec
@@ -44,6 +51,117 @@ def test_clips_are_deterministic_by_seed() -> None:
     c = shapes.render_clip(spec, frames=5, size=16, rng=np.random.default_rng(4))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert spec.caption == "a red triangle moving up on a gray background"
+
+
+def test_legacy_clips_are_the_ones_the_shipped_models_trained_on() -> None:
+    """The legacy style renders exactly what the data set rendered before clip styles existed (a digest taken
+    from that code), so a model trained then is evaluated on its own data."""
+    spec = shapes.ClipSpec("red", "triangle", "up", "gray")
+    video = shapes.render_clip(spec, frames=5, size=16, rng=np.random.default_rng(3), style=shapes.LEGACY_STYLE)
+    digest = hashlib.sha256(video.tobytes()).hexdigest()
+    assert digest == "0dfeeda31c07569d1f659c6ef32f265dfac54acd044baa6f164be4a4844f0082"
+
+
+def _along(track: np.ndarray, direction: str) -> np.ndarray:
+    """The centroid's coordinate along the motion, signed so that it grows in the direction."""
+    dy, dx = shapes.DIRECTIONS[direction]
+    return track[:, 1] * dx if dx else track[:, 0] * dy
+
+
+def test_centred_clips_start_at_the_centre_whatever_the_direction() -> None:
+    """Only the motion tells the direction: the first frame's shape sits at the centre (within the jitter),
+    and travels the centred distance (an edge start is 6-9 px off the centre)."""
+    style = replace(CENTRED, trail=0, texture=0.0)
+    for i, spec in enumerate(shapes.all_specs()):
+        video = shapes.render_clip(spec, frames=17, size=32, rng=np.random.default_rng(i), style=style)
+        along = _along(shapes.shape_track(video, spec.background), spec.direction)
+        centre = 16 * sum(shapes.DIRECTIONS[spec.direction])
+        assert abs(along[0] - centre) <= shapes.CENTRE_JITTER + 2.5, spec  # a triangle's centroid is off its box's
+        assert shapes.CENTRE_TRAVEL[0] - 1.5 <= along[-1] - along[0] <= shapes.CENTRE_TRAVEL[1] + 0.6, spec
+        assert np.all(np.diff(along) > -0.3), spec  # time runs forward
+
+
+def test_a_wrapping_clip_keeps_the_whole_shape_and_its_motion_reads_across_the_edge() -> None:
+    """On a frame that wraps, the shape's coverage is the same in every frame (nothing is cut at an edge), and
+    the motion reads right even when the shape crosses the edge."""
+    style = replace(CENTRED, start="wrap", trail=0, texture=0.0)
+    crossed = 0
+    for i, spec in enumerate(shapes.all_specs()[::5]):
+        video = shapes.render_clip(spec, frames=17, size=32, rng=np.random.default_rng(i), style=style)
+        weight = shapes.shape_weight(video, spec.background)
+        np.testing.assert_allclose(weight.sum(axis=(1, 2)), weight[0].sum(), rtol=0.03)
+        rows, columns = weight.any(axis=2), weight.any(axis=1)  # (F, H), (F, W)
+        crossed += bool((rows[:, 0] & rows[:, -1]).any() or (columns[:, 0] & columns[:, -1]).any())
+        assert shapes.measure_clip(video, spec.background).direction == spec.direction, spec
+    assert crossed >= 3
+
+
+def test_circular_shift_finds_sub_pixel_motion() -> None:
+    """circular_shift against the known shift of a smooth blob (float64), across the edge too."""
+    ys, xs = np.mgrid[:32, :32]
+    for cy, cx, dy, dx in [(10.0, 12.0, 0.0, 7.4), (16.0, 30.0, -5.6, 4.0), (3.0, 5.0, 9.3, -11.2)]:
+
+        def blob(y: float, x: float) -> np.ndarray:
+            wy = np.minimum(np.abs(ys - y), 32 - np.abs(ys - y))  # distances on the torus
+            wx = np.minimum(np.abs(xs - x), 32 - np.abs(xs - x))
+            return np.exp(-(wy**2 + wx**2) / (2 * 2.5**2))
+
+        found = shapes.circular_shift(blob(cy, cx), blob((cy + dy) % 32, (cx + dx) % 32))
+        np.testing.assert_allclose(found, (dy, dx), atol=0.15)
+
+
+def test_the_trail_lies_behind_the_shape() -> None:
+    """The trail's pixels (the same clip with and without it) sit behind the shape in every frame."""
+    for i, spec in enumerate(shapes.all_specs()[::7]):
+        plain = shapes.render_clip(
+            spec, frames=9, size=32, rng=np.random.default_rng(i), style=replace(CENTRED, trail=0)
+        )
+        trailed = shapes.render_clip(spec, frames=9, size=32, rng=np.random.default_rng(i), style=CENTRED)
+        extra = np.abs(trailed - plain).sum(-1)  # (F, H, W)
+        assert extra.sum() > 0
+        ys, xs = np.mgrid[:32, :32]
+        shape_at = _along(shapes.shape_track(plain, spec.background), spec.direction)
+        total = extra.sum(axis=(1, 2))
+        trail_at = _along(
+            np.stack([(extra * ys).sum((1, 2)) / total, (extra * xs).sum((1, 2)) / total], 1), spec.direction
+        )
+        assert np.all(trail_at < shape_at - 3), spec
+
+
+def test_the_background_pattern_is_static_and_faint() -> None:
+    spec = shapes.ClipSpec("white", "circle", "down", "gray")
+    video = shapes.render_clip(spec, frames=9, size=32, rng=np.random.default_rng(2), style=CENTRED)
+    background = np.asarray(shapes.BACKGROUNDS["gray"], dtype=np.float32)
+    untouched = (np.abs(video - video[0]).sum(-1) == 0).all(axis=0)  # pixels no shape or trail ever covers
+    assert untouched.mean() > 0.4
+    pattern = np.abs(video[0][untouched] - background)
+    assert pattern.max() <= CENTRED.texture + 1e-6 and pattern.max() > 0.02
+    plain = shapes.render_clip(spec, frames=9, size=32, rng=np.random.default_rng(2), style=replace(CENTRED, texture=0))
+    assert np.all(plain[0][untouched] == background)
+
+
+def test_flicker_moves_each_frame_as_a_whole() -> None:
+    """With flicker, a frame differs from the same clip without it by one offset over all its pixels (none
+    clipped on a gray background), within the flicker; the offsets differ between frames."""
+    spec = shapes.ClipSpec("blue", "square", "left", "gray")
+    steady = shapes.render_clip(spec, frames=9, size=32, rng=np.random.default_rng(4), style=CENTRED)
+    style = replace(CENTRED, flicker=0.05)
+    flickering = shapes.render_clip(spec, frames=9, size=32, rng=np.random.default_rng(4), style=style)
+    offsets = (flickering - steady).reshape(9, -1)
+    np.testing.assert_allclose(offsets, offsets[:, :1].repeat(offsets.shape[1], 1), atol=1e-6)
+    assert np.abs(offsets).max() <= 0.05 + 1e-6 and np.ptp(offsets[:, 0]) > 0.01
+
+
+def test_saved_configurations_keep_the_clips_they_trained_on() -> None:
+    """A configuration saved before clip styles existed trained on the legacy clips; a new one keeps its own."""
+    saved = {
+        k: v for k, v in asdict(tiny.TinyConfig()).items() if k not in ("start", "trail", "texture", "texture_cycles")
+    }
+    assert tiny.TinyConfig.from_saved(saved).clip_style() == shapes.LEGACY_STYLE
+    wrap = tiny.TinyConfig().with_style(shapes.CLIP_STYLES["wrap"])
+    assert tiny.TinyConfig.from_saved(asdict(wrap)) == wrap and wrap.clip_style() == shapes.CLIP_STYLES["wrap"]
+    assert tiny.TinyConfig().clip_style() == shapes.DEFAULT_STYLE
+    assert tiny.TinyConfig.from_saved({**asdict(wrap), "steps": 3000}) == wrap  # other keys are left out
 
 
 def test_splits_are_disjoint_and_batches_balanced() -> None:
@@ -119,3 +237,16 @@ def test_the_tokenizer_knows_every_caption_word() -> None:
         ids = tokenizer(spec.caption)["input_ids"]
         assert unk not in ids and len(ids) == len(spec.caption.split()) + 1, spec.caption
     assert tokenizer.convert_tokens_to_ids("background") != unk
+
+
+def test_render_clips_takes_the_clips_a_model_trained_on(tmp_path: Path) -> None:
+    """`render-clips --model M` renders M's own training clips: tiny-cogvideox trained on the legacy clips, the
+    default model on the current style; a folder without a shapes training entry is refused in one line."""
+    from vditscope.errors import VditscopeError
+    from vditscope.training.clips import shapes_training
+
+    assert shapes_training("tiny-cogvideox").clip_style() == shapes.LEGACY_STYLE
+    assert shapes_training("tiny-wan").clip_style() == shapes.DEFAULT_STYLE
+    (tmp_path / "model_index.json").write_text("{}")
+    with pytest.raises(VditscopeError, match="not trained on the shapes clips"):
+        shapes_training(tmp_path)

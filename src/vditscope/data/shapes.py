@@ -75,37 +75,131 @@ def _shape_mask(shape: str, size: int, extent: float) -> np.ndarray:
     return inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
 
 
+@dataclass(frozen=True)
+class ClipStyle:
+    """How a clip moves and what it moves over.
+
+    ``start``: "edge" (from near one side across 70-85% of the frame: where the shape is tells the direction, which
+    a model with relative positions only cannot use), "centre" (from the frame's centre, so that the first frame
+    is the same for every direction and only the motion tells it) or "wrap" (from anywhere, on a frame that wraps
+    around like a torus: every place and motion is as likely as any other, which is all that a model that knows
+    relative positions only, such as Wan with its rotary embeddings, can learn). ``trail``: faded copies of the
+    shape behind it (0: none), as motion blur leaves in real video, so that the direction shows in every frame.
+    ``texture``: amplitude of a static pattern on the background (0: plain), which the frames share, as real scenes do;
+    ``texture_cycles``: its highest frequency, in cycles per frame. ``flicker``: each frame's brightness moves by
+    up to this much (uniform, the whole frame), as a camera's exposure does, so that a frame's own pixels tell
+    what the other frames cannot.
+    """
+
+    start: str = "edge"
+    trail: int = 0
+    texture: float = 0.0
+    texture_cycles: int = 3
+    flicker: float = 0.0
+
+
+LEGACY_STYLE = ClipStyle()  # the clips the shipped models trained on (a config saved before styles existed)
+# the styles `train-tiny --clips` offers: the shipped models' and the two that issue 17's experiments tried
+CLIP_STYLES = {
+    "edge": LEGACY_STYLE,
+    "centre": ClipStyle(start="centre", trail=3, texture=0.1, texture_cycles=6, flicker=0.05),
+    "wrap": ClipStyle(start="wrap", trail=3, texture=0.1, texture_cycles=6, flicker=0.05),
+}
+DEFAULT_STYLE = CLIP_STYLES["edge"]  # what train-tiny trains on unless told otherwise: the shipped tiny-wan's
+TRAIL_SPACING = 2.0  # pixels between the trail's copies
+TRAIL_ALPHA = 0.55  # opacity of the first copy; the others fade linearly
+CENTRE_JITTER = 1.0  # pixels: the centred start is uniform within this of the centre
+CENTRE_TRAVEL = (9.5, 11.5)  # pixels travelled by a centred clip, uniform in this range
+
+
 def render_clip(
-    spec: ClipSpec, *, frames: int, size: int, rng: np.random.Generator, extent: float | None = None
+    spec: ClipSpec,
+    *,
+    frames: int,
+    size: int,
+    rng: np.random.Generator,
+    extent: float | None = None,
+    style: ClipStyle = DEFAULT_STYLE,
 ) -> np.ndarray:
-    """Frames (F, size, size, 3) float32 in [0, 1]: the shape crosses the frame in its direction."""
+    """Frames (F, size, size, 3) float32 in [0, 1]: the shape moves in its direction (see ``ClipStyle``)."""
     extent = extent if extent is not None else size * 0.34
     box = int(np.ceil(extent)) + 2
     sprite = _shape_mask(spec.shape, box, extent)
     margin = box / 2
-    travel = size - 2 * margin  # from one side to the other
     dy, dx = DIRECTIONS[spec.direction]
     cross = rng.uniform(margin, size - margin)  # position across the motion
-    start = margin + rng.uniform(0, 0.15) * travel
-    span = travel * rng.uniform(0.7, 0.85)
+    if style.start == "edge":
+        travel = size - 2 * margin  # from one side to the other
+        start = margin + rng.uniform(0, 0.15) * travel
+        span = travel * rng.uniform(0.7, 0.85)
+        first = start if dx > 0 or dy > 0 else size - start  # the centre along the motion, first frame
+    elif style.start == "centre":
+        first = size / 2 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER)
+        span = rng.uniform(*CENTRE_TRAVEL)
+    elif style.start == "wrap":  # anywhere: the frame wraps around, as a torus
+        cross, first = rng.uniform(0, size, 2)
+        span = rng.uniform(*CENTRE_TRAVEL)
+    else:
+        raise ValueError(f"unknown clip start {style.start!r}")
+    sign = dx + dy
     color = np.asarray(COLORS[spec.color], dtype=np.float32)
-    background = np.asarray(BACKGROUNDS[spec.background], dtype=np.float32)
+    background = _background(BACKGROUNDS[spec.background], size, style.texture, style.texture_cycles, rng)
     video = np.empty((frames, size, size, 3), dtype=np.float32)
+    exposure = rng.uniform(-style.flicker, style.flicker, frames) if style.flicker else np.zeros(frames)
     for t in range(frames):
-        along = start + span * t / max(frames - 1, 1)
-        if dx:  # horizontal motion: x moves, y fixed
-            cx = along if dx > 0 else size - along
-            cy = cross
-        else:
-            cy = along if dy > 0 else size - along
-            cx = cross
+        along = first + sign * span * t / max(frames - 1, 1)
         coverage = np.zeros((size, size), dtype=np.float32)
-        top, left = round(cy - box / 2), round(cx - box / 2)
-        y0, x0 = max(top, 0), max(left, 0)
-        y1, x1 = min(top + box, size), min(left + box, size)
-        coverage[y0:y1, x0:x1] = sprite[y0 - top : y1 - top, x0 - left : x1 - left]
+        for k in range(style.trail, -1, -1):  # the trail's copies first, the shape last
+            behind = along - sign * k * TRAIL_SPACING
+            centre = (cross, behind) if dx else (behind, cross)
+            alpha = 1.0 if k == 0 else TRAIL_ALPHA * (1 - (k - 1) / style.trail)
+            placed = _wrapped(sprite, centre, size) if style.start == "wrap" else _placed(sprite, centre, size)
+            np.maximum(coverage, alpha * placed, out=coverage)
         video[t] = background + coverage[..., None] * (color - background)
+        if exposure[t]:
+            np.clip(video[t] + exposure[t], 0, 1, out=video[t])
     return video
+
+
+def _placed(sprite: np.ndarray, centre: tuple[float, float], size: int) -> np.ndarray:
+    """The sprite's coverage in a size x size frame with its box centred at (y, x), cut at the edges."""
+    box = sprite.shape[0]
+    coverage = np.zeros((size, size), dtype=np.float32)
+    top, left = round(centre[0] - box / 2), round(centre[1] - box / 2)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + box, size), min(left + box, size)
+    if y1 > y0 and x1 > x0:
+        coverage[y0:y1, x0:x1] = sprite[y0 - top : y1 - top, x0 - left : x1 - left]
+    return coverage
+
+
+def _wrapped(sprite: np.ndarray, centre: tuple[float, float], size: int) -> np.ndarray:
+    """The sprite's coverage on a frame that wraps around: what leaves one side enters the opposite one."""
+    copies = [
+        _placed(sprite, (centre[0] + dy, centre[1] + dx), size) for dy in (-size, 0, size) for dx in (-size, 0, size)
+    ]
+    return np.maximum.reduce(copies)
+
+
+def _background(
+    color: tuple[float, float, float], size: int, texture: float, cycles: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The background (size, size, 3): the plain colour, plus a static pattern of amplitude ``texture`` when it
+    is not 0: three random plane waves of up to ``cycles`` cycles per frame across (at least cycles - 2 along
+    x), scaled to peak 1."""
+    plain = np.broadcast_to(np.asarray(color, dtype=np.float32), (size, size, 3))
+    if texture == 0:
+        return plain
+    ys, xs = np.mgrid[:size, :size] / size
+    waves = sum(
+        np.cos(
+            2 * np.pi * (rng.integers(-cycles, cycles + 1) * ys + rng.integers(max(1, cycles - 2), cycles + 1) * xs)
+            + rng.uniform(0, 2 * np.pi)
+        )
+        for _ in range(3)
+    )
+    pattern = (waves / np.abs(waves).max()).astype(np.float32)
+    return np.clip(plain + texture * pattern[..., None], 0, 1)
 
 
 def sample_specs(count: int, rng: np.random.Generator, specs: list[ClipSpec] | None = None) -> list[ClipSpec]:
@@ -136,7 +230,7 @@ class ClipMeasure:
 
     color: str
     direction: str
-    displacement: tuple[float, float]  # (dy, dx) of the shape's centroid, first to last frame, pixels
+    displacement: tuple[float, float]  # (dy, dx) pixels: the shape's shift, first quarter of frames to last
     foreground: float  # mean share of pixels that differ from the background
 
 
@@ -147,10 +241,37 @@ def prompt_background(prompt: str, settings: dict) -> str | None:
     return next((b for b in backgrounds if f"on a {b} background" in prompt), None)
 
 
+def shape_weight(video: np.ndarray, background: str) -> np.ndarray:
+    """(F, H, W): how far each pixel is from the prompted background, less 0.15 (more than a background
+    pattern or flicker of the clip styles moves it), floored at 0."""
+    bg = np.asarray(BACKGROUNDS[background], dtype=np.float32)
+    return np.clip(np.linalg.norm(video - bg, axis=-1) - 0.15, 0, None)
+
+
+def circular_shift(first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
+    """The (dy, dx) in pixels, within half a frame and to a tenth of a pixel or so, that best moves image
+    ``first`` onto ``second`` on a frame that wraps around: the peak of their circular cross-correlation, refined
+    by a parabola through it and its neighbours. For a shape that does not wrap it is its motion too."""
+    correlation = np.fft.ifft2(np.conj(np.fft.fft2(first)) * np.fft.fft2(second)).real
+    peak = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
+    shift = []
+    for axis, size in enumerate(correlation.shape):
+        at = list(peak)
+        values = []
+        for step in (-1, 0, 1):
+            at[axis] = (peak[axis] + step) % size
+            values.append(correlation[tuple(at)])
+        below, centre, above = values
+        curvature = below - 2 * centre + above
+        offset = 0.5 * (below - above) / curvature if curvature < 0 else 0.0
+        whole = peak[axis] if peak[axis] < size / 2 else peak[axis] - size
+        shift.append(float(whole + offset))
+    return shift[0], shift[1]
+
+
 def shape_track(video: np.ndarray, background: str) -> np.ndarray:
     """Per-frame centroid (y, x) in pixels of what differs from the prompted background: (F, 2)."""
-    bg = np.asarray(BACKGROUNDS[background], dtype=np.float32)
-    weight = np.clip(np.linalg.norm(video - bg, axis=-1) - 0.15, 0, None)  # (F, H, W)
+    weight = shape_weight(video, background)  # (F, H, W)
     total = weight.sum(axis=(1, 2)) + 1e-6
     ys, xs = np.mgrid[: video.shape[1], : video.shape[2]]
     return np.stack([(weight * ys).sum(axis=(1, 2)) / total, (weight * xs).sum(axis=(1, 2)) / total], axis=1)
@@ -168,10 +289,9 @@ def measure_clip(video: np.ndarray, background: str) -> ClipMeasure:
     share = float((distance > 0.3).mean())
     if share < MIN_FOREGROUND:
         return ClipMeasure(color=NO_SHAPE, direction=NO_SHAPE, displacement=(0.0, 0.0), foreground=share)
-    cy, cx = shape_track(video, background).T
     k = max(1, video.shape[0] // 4)  # average a few frames at each end against noise
-    dy = float(cy[-k:].mean() - cy[:k].mean())
-    dx = float(cx[-k:].mean() - cx[:k].mean())
+    weight = shape_weight(video, background)
+    dy, dx = circular_shift(weight[:k].mean(axis=0), weight[-k:].mean(axis=0))
     horizontal = "right" if dx > 0 else "left"
     vertical = "down" if dy > 0 else "up"
     direction = horizontal if abs(dx) >= abs(dy) else vertical

@@ -15,6 +15,7 @@ import torch
 from ..analyses.options import checked_seed
 from ..errors import VditscopeError
 from ..store import OutputDir
+from ..tiny import TinyConfig
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -77,12 +78,26 @@ def load_clips(folder: Path, height: int, width: int, num_frames: int) -> list[C
     return [Clip(read_clip(path, height, width, num_frames), caption) for path, caption in find_clips(folder)]
 
 
+def shapes_training(model: str | Path) -> TinyConfig:
+    """The shapes training configuration a model folder (or shipped name) records in its vditscope.json: the
+    clip size, frame count and style its clips had."""
+    from ..adapters.loading import resolve_model_dir
+    from ..adapters.settings import model_settings
+
+    model_dir = resolve_model_dir(model)
+    saved = model_settings(model_dir).get("training")
+    if not isinstance(saved, dict) or "size" not in saved:
+        raise VditscopeError(f"{model} was not trained on the shapes clips (its vditscope.json has no training)")
+    return TinyConfig.from_saved(saved)
+
+
 def write_shape_clips(
-    folder: Path, count: int, *, seed: int = 0, frames: int = 17, size: int = 32, overwrite: bool = False
+    folder: Path, count: int, *, seed: int = 0, config: TinyConfig | None = None, overwrite: bool = False
 ) -> Path:
     """Render ``count`` captioned shapes clips (training caption combinations only) into ``folder`` as
-    ``clipNNNN.mp4`` + ``.txt``: a data folder for ``retrain --mode flow`` on the tiny models. MP4,
-    not GIF: GIF writers merge repeated frames and would shorten a clip."""
+    ``clipNNNN.mp4`` + ``.txt``, at the size, frame count and clip style of ``config`` (default: the default
+    tiny model's): a data folder for ``retrain --mode flow`` on the tiny models. MP4, not GIF: GIF writers
+    merge repeated frames and would shorten a clip."""
     import imageio.v3 as iio
 
     from ..data import shapes
@@ -90,12 +105,14 @@ def write_shape_clips(
     if count < 1:
         raise VditscopeError(f"the clip count must be positive, got {count}")
     checked_seed(seed)
+    config = config if config is not None else TinyConfig()
     output = OutputDir(folder, "render-clips", overwrite=overwrite)
     with output, output.staging() as staging:
         train, _ = shapes.split_specs(seed)
         rng = np.random.default_rng(seed)
         for i, spec in enumerate(shapes.sample_specs(count, rng, train)):
-            video = (shapes.render_clip(spec, frames=frames, size=size, rng=rng) * 255).round().astype(np.uint8)
+            clip = shapes.render_clip(spec, frames=config.frames, size=config.size, rng=rng, style=config.clip_style())
+            video = (clip * 255).round().astype(np.uint8)
             iio.imwrite(staging / f"clip{i:04d}.mp4", video, fps=8, quality=10, macro_block_size=16)
             (staging / f"clip{i:04d}.txt").write_text(spec.caption)
     return output.path

@@ -24,6 +24,7 @@ from ..adapters.loading import load_pipeline
 from ..capture import capture
 from ..data import shapes
 from ..store import write_atomic
+from ..tiny import TinyConfig
 from .objectives import encode_prompts
 from .recipes import RECIPES, denoising_loss
 from .tiny import rendered_batch
@@ -144,11 +145,12 @@ def caption_sensitivity(
     draws: int = 4,
     seed: int = 0,
     shift: float = 3.0,
+    style: shapes.ClipStyle = shapes.DEFAULT_STYLE,
 ) -> dict[str, float]:
     """Relative rise of the denoising loss on ``clips`` rendered held-out clips when their caption names the
     opposite direction ("direction") or the next colour ("colour"), same noise and noise levels for every
-    caption (``draws`` draws each, noise levels shifted by the training ``shift``); 0 means the model ignores
-    the word."""
+    caption (``draws`` draws each, noise levels shifted by the training ``shift``), clips in the ``style`` the
+    model trained on; 0 means the model ignores the word."""
     recipe = RECIPES.get(family)
     if recipe is None:
         return {}
@@ -156,7 +158,7 @@ def caption_sensitivity(
     rng = np.random.default_rng(seed)
     size, frames = int(generation["height"]), int(generation["num_frames"])
     specs = held_out[:clips]
-    latents = pipe.vae.encode(rendered_batch(specs, frames, size, rng)).latent_dist.sample()
+    latents = pipe.vae.encode(rendered_batch(specs, frames, size, rng, style)).latent_dist.sample()
     colors = list(shapes.COLORS)
     captions = {
         "true": [s.caption for s in specs],
@@ -180,6 +182,8 @@ def evaluate_directory(model_dir: Path, **kwargs: Any) -> TinyEvaluation:
     settings = json.loads((Path(directory) / "vditscope.json").read_text())
     generation = settings["generation"]
     result = evaluate(pipe, generation, **kwargs)
-    shift = float(settings.get("training", {}).get("shift", 3.0))
-    result.sensitivity = caption_sensitivity(pipe, adapter.family, generation, shift=shift)
+    training = TinyConfig.from_saved(settings.get("training", {}))
+    result.sensitivity = caption_sensitivity(
+        pipe, adapter.family, generation, shift=training.shift, style=training.clip_style()
+    )
     return result

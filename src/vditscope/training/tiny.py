@@ -21,6 +21,7 @@ import torch
 
 from ..adapters.loading import quiet_loading
 from ..data import shapes
+from ..errors import VditscopeError
 from ..store import OutputDir, files_of, write_json
 from ..tiny import TinyConfig
 from .checkpoint import (
@@ -69,6 +70,13 @@ def build_tokenizer() -> Any:
     )
 
 
+def clip_style(name: str) -> shapes.ClipStyle:
+    """The clip style ``train-tiny --clips NAME`` trains on (VditscopeError naming the styles)."""
+    if name not in shapes.CLIP_STYLES:
+        raise VditscopeError(f"unknown clip style {name}; choose one of {', '.join(shapes.CLIP_STYLES)}")
+    return shapes.CLIP_STYLES[name]
+
+
 def build_pipeline(config: TinyConfig) -> Any:
     """A freshly initialized pipeline of the configured family (deterministic from config.seed)."""
     pipe = recipe_for(config.family).build_pipeline(config, build_tokenizer())
@@ -76,9 +84,15 @@ def build_pipeline(config: TinyConfig) -> Any:
     return pipe
 
 
-def rendered_batch(specs: list[shapes.ClipSpec], frames: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+def rendered_batch(
+    specs: list[shapes.ClipSpec],
+    frames: int,
+    size: int,
+    rng: np.random.Generator,
+    style: shapes.ClipStyle = shapes.DEFAULT_STYLE,
+) -> torch.Tensor:
     """Videos (B, 3, F, H, W) in [-1, 1] of the clips ``specs`` rendered with ``rng``: what the VAE encodes."""
-    videos = np.stack([shapes.render_clip(s, frames=frames, size=size, rng=rng) for s in specs])
+    videos = np.stack([shapes.render_clip(s, frames=frames, size=size, rng=rng, style=style) for s in specs])
     return torch.from_numpy(videos).permute(0, 4, 1, 2, 3) * 2 - 1
 
 
@@ -86,7 +100,7 @@ def make_batch(config: TinyConfig, step: int, specs: list[shapes.ClipSpec]) -> t
     """Videos (B, 3, F, H, W) in [-1, 1] and captions for one step; deterministic in (seed, step)."""
     rng = np.random.default_rng([config.seed, step])
     batch_specs = shapes.sample_specs(config.batch, rng, specs)
-    tensor = rendered_batch(batch_specs, config.frames, config.size, rng)
+    tensor = rendered_batch(batch_specs, config.frames, config.size, rng, config.clip_style())
     captions = [s.caption if rng.random() >= config.caption_dropout else "" for s in batch_specs]
     return tensor, captions
 
@@ -149,7 +163,7 @@ def _train(
     loaded = load_checkpoint(out)
     if loaded is not None:
         tensors, state = loaded
-        if TinyConfig(**state["config"]) != config:
+        if TinyConfig.from_saved(state["config"]) != config:
             raise ValueError(f"{out} holds a run with another configuration; use another directory")
         step, history = int(state["step"]), list(state["history"])
         _load_weights(pipe, tensors)
@@ -192,7 +206,7 @@ def load_trained_pipeline(run_dir: Path) -> Any:
     if loaded is None:
         raise FileNotFoundError(f"{run_dir} holds no training checkpoint")
     tensors, state = loaded
-    config = TinyConfig(**state["config"])
+    config = TinyConfig.from_saved(state["config"])
     pipe = build_pipeline(config)
     _load_weights(pipe, tensors)
     for module in _trainable(pipe).values():
