@@ -170,7 +170,7 @@ def main() -> None:
     variant.add_argument("--steps", type=int, default=4000)
     variant.add_argument("--threads", type=int, default=1)
     variant.add_argument("--clips", default="edge", choices=list(shapes.CLIP_STYLES))
-    variant.add_argument("--start", choices=["centre", "edge", "wrap"])  # each overrides the --clips style's
+    variant.add_argument("--start", choices=shapes.STARTS)  # each overrides the --clips style's
     variant.add_argument("--trail", type=int)
     variant.add_argument("--texture", type=float)
     variant.add_argument("--texture-cycles", type=int)

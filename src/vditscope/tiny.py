@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .data.shapes import LEGACY_STYLE, ClipStyle
 from .errors import VditscopeError
 
 ASSETS = Path(__file__).parent / "assets"
@@ -79,26 +80,16 @@ class TinyConfig:
     def from_saved(cls, saved: dict[str, Any]) -> TinyConfig:
         """The configuration a checkpoint or vditscope.json recorded (keys it does not know are left out); one saved
         before the clip styles existed trained on the legacy clips (``shapes.LEGACY_STYLE``)."""
-        from .data.shapes import LEGACY_STYLE
-
         known = {f.name for f in fields(cls)}
         return cls(**{**asdict(LEGACY_STYLE), **{k: v for k, v in saved.items() if k in known}})
 
-    def with_style(self, style: Any) -> TinyConfig:
+    def with_style(self, style: ClipStyle) -> TinyConfig:
         """This configuration with the clips of ``style`` (a ``shapes.ClipStyle``)."""
         return replace(self, **asdict(style))
 
-    def clip_style(self) -> Any:
+    def clip_style(self) -> ClipStyle:
         """The ``shapes.ClipStyle`` of the clips this model trains on."""
-        from .data.shapes import ClipStyle
-
-        return ClipStyle(
-            start=self.start,
-            trail=self.trail,
-            texture=self.texture,
-            texture_cycles=self.texture_cycles,
-            flicker=self.flicker,
-        )
+        return ClipStyle(**{f.name: getattr(self, f.name) for f in fields(ClipStyle)})
 
     def generation(self) -> dict[str, Any]:
         return {

@@ -77,7 +77,7 @@ def test_centred_clips_start_at_the_centre_whatever_the_direction() -> None:
         along = _along(shapes.shape_track(video, spec.background), spec.direction)
         centre = 16 * sum(shapes.DIRECTIONS[spec.direction])
         assert abs(along[0] - centre) <= shapes.CENTRE_JITTER + 2.5, spec  # a triangle's centroid is off its box's
-        assert shapes.CENTRE_TRAVEL[0] - 1.5 <= along[-1] - along[0] <= shapes.CENTRE_TRAVEL[1] + 0.6, spec
+        assert shapes.TRAVEL[0] - 1.5 <= along[-1] - along[0] <= shapes.TRAVEL[1] + 0.6, spec
         assert np.all(np.diff(along) > -0.3), spec  # time runs forward
 
 

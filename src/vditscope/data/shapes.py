@@ -109,7 +109,8 @@ DEFAULT_STYLE = CLIP_STYLES["edge"]  # what train-tiny trains on unless told oth
 TRAIL_SPACING = 2.0  # pixels between the trail's copies
 TRAIL_ALPHA = 0.55  # opacity of the first copy; the others fade linearly
 CENTRE_JITTER = 1.0  # pixels: the centred start is uniform within this of the centre
-CENTRE_TRAVEL = (9.5, 11.5)  # pixels travelled by a centred clip, uniform in this range
+TRAVEL = (9.5, 11.5)  # pixels travelled by a centre or wrap clip, uniform in this range
+STARTS = ("edge", "centre", "wrap")  # where a clip's motion can start (ClipStyle.start)
 
 
 def render_clip(
@@ -135,12 +136,12 @@ def render_clip(
         first = start if dx > 0 or dy > 0 else size - start  # the centre along the motion, first frame
     elif style.start == "centre":
         first = size / 2 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER)
-        span = rng.uniform(*CENTRE_TRAVEL)
+        span = rng.uniform(*TRAVEL)
     elif style.start == "wrap":  # anywhere: the frame wraps around, as a torus
         cross, first = rng.uniform(0, size, 2)
-        span = rng.uniform(*CENTRE_TRAVEL)
+        span = rng.uniform(*TRAVEL)
     else:
-        raise ValueError(f"unknown clip start {style.start!r}")
+        raise ValueError(f"unknown clip start {style.start!r}; one of {', '.join(STARTS)}")
     sign = dx + dy
     color = np.asarray(COLORS[spec.color], dtype=np.float32)
     background = _background(BACKGROUNDS[spec.background], size, style.texture, style.texture_cycles, rng)
@@ -253,19 +254,13 @@ def circular_shift(first: np.ndarray, second: np.ndarray) -> tuple[float, float]
     ``first`` onto ``second`` on a frame that wraps around: the peak of their circular cross-correlation, refined
     by a parabola through it and its neighbours. For a shape that does not wrap it is its motion too."""
     correlation = np.fft.ifft2(np.conj(np.fft.fft2(first)) * np.fft.fft2(second)).real
-    peak = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
+    py, px = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
     shift = []
-    for axis, size in enumerate(correlation.shape):
-        at = list(peak)
-        values = []
-        for step in (-1, 0, 1):
-            at[axis] = (peak[axis] + step) % size
-            values.append(correlation[tuple(at)])
-        below, centre, above = values
+    for line, at in ((correlation[:, px], int(py)), (correlation[py, :], int(px))):  # through the peak, per axis
+        below, centre, above = line[(at - 1) % len(line)], line[at], line[(at + 1) % len(line)]
         curvature = below - 2 * centre + above
         offset = 0.5 * (below - above) / curvature if curvature < 0 else 0.0
-        whole = peak[axis] if peak[axis] < size / 2 else peak[axis] - size
-        shift.append(float(whole + offset))
+        shift.append(float((at if at < len(line) / 2 else at - len(line)) + offset))
     return shift[0], shift[1]
 
 

@@ -87,7 +87,9 @@ def shapes_training(model: str | Path) -> TinyConfig:
     model_dir = resolve_model_dir(model)
     saved = model_settings(model_dir).get("training")
     if not isinstance(saved, dict) or "size" not in saved:
-        raise VditscopeError(f"{model} was not trained on the shapes clips (its vditscope.json has no training)")
+        raise VditscopeError(
+            f"{model} was not trained on the shapes clips (its vditscope.json records no shapes training)"
+        )
     return TinyConfig.from_saved(saved)
 
 
