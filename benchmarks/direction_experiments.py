@@ -1,22 +1,27 @@
 """Issue 17's experiments on the shipped shapes models: does the direction word steer the motion?
 
-Three subcommands, each printing one JSON line per result (run one at a time on this 2-core machine; give a
+Four subcommands, each printing one JSON line per result (run one at a time on this 2-core machine; give a
 background run OMP_NUM_THREADS=1):
 
     finetune OUT [--lo 0.5 --hi 1.0 --steps 1500 --lr 3e-4 --every 300]
         fine-tune the shipped tiny-wan with noise levels drawn uniformly in [lo, hi] (its own batches of 16),
         reporting caption sensitivity and the direction of 16 held-out clips every ``every`` steps
     train OUT [--frames 17 --temporal-factor 2 --steps 4000 --threads 1 --clips edge|centre|wrap
-               --start S --trail N --texture A --texture-cycles C --flicker F]
+               --start S --trail N --texture A --texture-cycles C --flicker F --drift --scale K --travel P
+               --shift S --direction-sets --set-contrast W]
         train tiny-wan from scratch with `vditscope train-tiny`'s recipe and loop at another clip length,
         temporal factor or clip style (shapes.ClipStyle; resumable, checkpoints every 250 steps)
-    evaluate RUN_OR_MODEL [--count 24 --guidance 4]
+    evaluate RUN_OR_MODEL [--count 24 --guidance 4 --shift S]
         caption sensitivity and generated colour/direction on ``count`` held-out clips of a train-tiny run
         directory, of a finetune output, or of the shipped model ("tiny-wan")
+    bands RUN_OR_MODEL [--clips 16 --sigmas 0.2 0.4 0.6 0.8 0.95]
+        the loss's relative rise when the caption names the opposite direction, at each fixed noise level:
+        where in the noise range a model reads the direction word
 
 The figures in issue 17's notes came from these commands; the clip-style runs were
 `train OUT --clips centre` (4,000 steps) and `train OUT --clips wrap --steps 3000`, each on one thread
-beside the other, then `evaluate OUT --count 40`.
+beside the other, then `evaluate OUT --count 40`; the runs of benchmarks/results/cpu-2core-direction-word.txt are
+listed at its top (`bands` on their checkpoints, `vditscope eval-tiny` on the one that ran to its end).
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from vditscope.adapters.loading import load_pipeline
 from vditscope.adapters.recipe import Noised
 from vditscope.data import shapes
 from vditscope.tiny import TinyConfig, tiny_model_dir
-from vditscope.training.evaluate import caption_sensitivity
+from vditscope.training.evaluate import OPPOSITE, caption_sensitivity
+from vditscope.training.objectives import encode_prompts
 from vditscope.training.recipes import recipe_for
-from vditscope.training.tiny import load_trained_pipeline, make_batch, train
+from vditscope.training.tiny import load_trained_pipeline, make_batch, rendered_batch, train
 
 PROMPT_SEED_OFFSET = 100_000  # fine-tuning batches come from steps the shipped model's training never drew
 
@@ -117,9 +123,9 @@ def train_variant(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     style = shapes.CLIP_STYLES[args.clips]
     overrides = {name: getattr(args, name) for name in asdict(style) if getattr(args, name) is not None}
-    config = TinyConfig(frames=args.frames, temporal_factor=args.temporal_factor).with_style(
-        replace(style, **overrides)
-    )
+    sizes = {"frames": args.frames, "temporal_factor": args.temporal_factor}
+    sets = {"direction_sets": args.direction_sets or args.set_contrast > 0, "set_contrast": args.set_contrast}
+    config = TinyConfig(**sizes, shift=args.shift, **sets).with_style(replace(style, **overrides))
     started = time.perf_counter()
 
     def progress(step: int, total: int, loss: float) -> None:
@@ -145,12 +151,52 @@ def evaluate(args: argparse.Namespace) -> None:
         pipe.set_progress_bar_config(disable=True)
         generation = config.generation()
     generation = {**generation, "guidance_scale": args.guidance}
-    sensitivity = caption_sensitivity(pipe, "wan", generation, shift=config.shift, style=config.clip_style())
+    shift = args.shift if args.shift is not None else config.shift
+    sensitivity = caption_sensitivity(pipe, "wan", generation, shift=shift, style=config.clip_style())
     print(
         json.dumps(
             {"model": args.model, "sensitivity": sensitivity, **generated_directions(pipe, generation, args.count)}
         )
     )
+
+
+@torch.no_grad()
+def bands(args: argparse.Namespace) -> None:
+    """Caption sensitivity to the direction word at fixed noise levels: where in the noise range the model reads it."""
+    pipe, config = _pipeline(args.model)
+    recipe = recipe_for("wan")
+    _, held = shapes.split_specs(0)
+    specs = held[: args.clips]
+    rng = np.random.default_rng(0)
+    videos = rendered_batch(specs, config.frames, config.size, rng, config.clip_style())
+    latents = recipe.model_latents(pipe, pipe.vae.encode(videos).latent_dist.sample())
+    true = encode_prompts(pipe, [s.caption for s in specs], "cpu", config.max_text_tokens)
+    flipped = [replace(s, direction=OPPOSITE[s.direction]).caption for s in specs]
+    opposite = encode_prompts(pipe, flipped, "cpu", config.max_text_tokens)
+    rises = {}
+    for sigma in args.sigmas:
+        losses = []
+        for embeds in (true, opposite):
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(round(sigma * 1000)))
+            batch = Noised(
+                (1 - sigma) * latents + sigma * noise, torch.full((len(specs),), sigma * 1000), noise - latents
+            )
+            prediction = pipe.transformer(**recipe.transformer_kwargs(pipe, batch, embeds), return_dict=False)[0]
+            losses.append(float(torch.nn.functional.mse_loss(prediction, batch.target)))
+        rises[str(sigma)] = round(losses[1] / losses[0] - 1, 5)
+    state = Path(args.model) / "state.json"  # a train-tiny run directory says how far it trained
+    step = json.loads(state.read_text())["step"] if state.is_file() else None
+    print(json.dumps({"model": args.model, "step": step, "direction_sensitivity_at_sigma": rises}), flush=True)
+
+
+def _pipeline(model: str) -> tuple:
+    """The pipeline and training configuration of a train-tiny run directory, or of the shipped tiny-wan."""
+    if model == "tiny-wan":
+        pipe, _, config = shipped()
+        return pipe, config
+    pipe, config = load_trained_pipeline(Path(model))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, config
 
 
 def main() -> None:
@@ -175,12 +221,23 @@ def main() -> None:
     variant.add_argument("--texture", type=float)
     variant.add_argument("--texture-cycles", type=int)
     variant.add_argument("--flicker", type=float)
+    variant.add_argument("--drift", action=argparse.BooleanOptionalAction, default=None)
+    variant.add_argument("--scale", type=float)
+    variant.add_argument("--travel", type=float)
+    variant.add_argument("--shift", type=float, default=3.0)  # the noise-level shift of training and sampling
+    variant.add_argument("--direction-sets", action="store_true")  # clips that differ only in direction, same noise
+    variant.add_argument("--set-contrast", type=float, default=0.0)  # weight of the loss on the sets' differences
     score = sub.add_parser("evaluate")
     score.add_argument("model")
     score.add_argument("--count", type=int, default=24)
     score.add_argument("--guidance", type=float, default=4.0)
+    score.add_argument("--shift", type=float)  # noise-level shift of the sensitivity (default: the model's)
+    band = sub.add_parser("bands")
+    band.add_argument("model")
+    band.add_argument("--clips", type=int, default=16)
+    band.add_argument("--sigmas", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 0.95])
     args = parser.parse_args()
-    {"finetune": finetune, "train": train_variant, "evaluate": evaluate}[args.command](args)
+    {"finetune": finetune, "train": train_variant, "evaluate": evaluate, "bands": bands}[args.command](args)
 
 
 if __name__ == "__main__":

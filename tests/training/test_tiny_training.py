@@ -20,7 +20,11 @@ SMALL = replace(tiny.TinyConfig(), frames=5, batch=2, layers=1, heads=2, ffn_dim
 
 # a centred, trailed style on a faint steady pattern, whatever the defaults are
 CENTRED = shapes.ClipStyle(start="centre", trail=3, texture=0.05, texture_cycles=3, flicker=0.0)
-STYLES = {**shapes.CLIP_STYLES, "centre-no-trail": replace(CENTRED, trail=0)}
+STYLES = {
+    **shapes.CLIP_STYLES,
+    "centre-no-trail": replace(CENTRED, trail=0),
+    "wrap-drift": replace(shapes.CLIP_STYLES["wrap"], drift=True),
+}
 
 
 @pytest.mark.parametrize("style", STYLES.values(), ids=STYLES)
@@ -77,7 +81,8 @@ def test_centred_clips_start_at_the_centre_whatever_the_direction() -> None:
         along = _along(shapes.shape_track(video, spec.background), spec.direction)
         centre = 16 * sum(shapes.DIRECTIONS[spec.direction])
         assert abs(along[0] - centre) <= shapes.CENTRE_JITTER + 2.5, spec  # a triangle's centroid is off its box's
-        assert shapes.TRAVEL[0] - 1.5 <= along[-1] - along[0] <= shapes.TRAVEL[1] + 0.6, spec
+        travel = style.travel - shapes.TRAVEL_JITTER, style.travel + shapes.TRAVEL_JITTER
+        assert travel[0] - 1.5 <= along[-1] - along[0] <= travel[1] + 0.6, spec
         assert np.all(np.diff(along) > -0.3), spec  # time runs forward
 
 
@@ -140,6 +145,33 @@ def test_the_background_pattern_is_static_and_faint() -> None:
     assert np.all(plain[0][untouched] == background)
 
 
+def test_a_drifting_pattern_moves_with_the_shape() -> None:
+    """With drift the pattern moved by whole pixels is the unmoved one rolled (it wraps, in whole cycles), and each
+    frame's background is the pattern moved as far as the shape has moved; without drift it stays."""
+    paint = shapes.clip_background((0.5, 0.5, 0.5), 32, 0.1, 6, np.random.default_rng(5))
+    np.testing.assert_allclose(paint((3.0, -5.0)), np.roll(paint((0.0, 0.0)), (3, -5), axis=(0, 1)), atol=1e-6)
+    style = replace(shapes.CLIP_STYLES["wrap"], trail=0, flicker=0.0, drift=True)
+    for i, spec in enumerate(shapes.all_specs()[::9]):
+        video = shapes.render_clip(spec, frames=17, size=32, rng=np.random.default_rng(i), style=style)
+        rng = np.random.default_rng(i)  # render_clip's draws for a wrapping clip: place (twice), travel, pattern
+        rng.uniform(0, 1, 3)
+        span = rng.uniform(style.travel - shapes.TRAVEL_JITTER, style.travel + shapes.TRAVEL_JITTER)
+        colour = shapes.BACKGROUNDS[spec.background]
+        paint = shapes.clip_background(colour, 32, style.texture, style.texture_cycles, rng)
+        dy, dx = shapes.DIRECTIONS[spec.direction]
+        recoloured = replace(spec, color="white" if spec.color != "white" else "red")
+        other = shapes.render_clip(recoloured, frames=17, size=32, rng=np.random.default_rng(i), style=style)
+        uncovered = (video == other).all(-1)  # what the shape covers not at all
+        for t in (0, 8, 16):
+            moved = (dy + dx) * span * t / 16
+            expected = paint((moved * dy, moved * dx))
+            np.testing.assert_allclose(video[t][uncovered[t]], expected[uncovered[t]], atol=1e-6)
+        still = shapes.render_clip(
+            spec, frames=17, size=32, rng=np.random.default_rng(i), style=replace(style, drift=False)
+        )
+        assert np.array_equal(still[0], video[0]) and not np.allclose(still[-1], video[-1])
+
+
 def test_flicker_moves_each_frame_as_a_whole() -> None:
     """With flicker, a frame differs from the same clip without it by one offset over all its pixels (none
     clipped on a gray background), within the flicker; the offsets differ between frames."""
@@ -190,18 +222,74 @@ def test_pixel_vae_is_exact_and_reloads(tmp_path: Path) -> None:
         raise AssertionError("a frame count that does not fold was accepted")
 
 
-def test_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    tiny.train(tmp_path / "straight", SMALL, steps=4, checkpoint_every=100)
+SETS = replace(SMALL, batch=4, direction_sets=True, set_contrast=2.0)
+
+
+@pytest.mark.parametrize("config", [SMALL, SETS], ids=["clips", "direction-sets"])
+def test_training_resumes_to_the_same_weights(tmp_path: Path, config: tiny.TinyConfig) -> None:
+    tiny.train(tmp_path / "straight", config, steps=4, checkpoint_every=100)
     # an interrupted run: the time limit stops it after its first step, with a checkpoint
-    tiny.train(tmp_path / "resumed", SMALL, steps=4, minutes=0, checkpoint_every=100)
+    tiny.train(tmp_path / "resumed", config, steps=4, minutes=0, checkpoint_every=100)
     assert '"step": 1' in (tmp_path / "resumed" / tiny.STATE).read_text()
-    tiny.train(tmp_path / "resumed", SMALL, steps=4, checkpoint_every=100)
+    tiny.train(tmp_path / "resumed", config, steps=4, checkpoint_every=100)
     straight = load_file(str(tmp_path / "straight" / tiny.CHECKPOINT))
     resumed = load_file(str(tmp_path / "resumed" / tiny.CHECKPOINT))
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     state = (tmp_path / "resumed" / tiny.STATE).read_text()
     assert '"step": 4' in state
+
+
+def test_direction_sets_differ_only_in_direction_and_share_their_noise() -> None:
+    """With direction sets a batch is sets of one clip in each direction the training split holds, rendered from
+    the same draws (with no trail, clips moving along the same axis start the same), and the loss gives every
+    member of a set the same noise and noise level."""
+    from vditscope.training.recipes import recipe_for, shared_noise
+
+    train_specs, held = shapes.split_specs(0)
+    config = replace(SMALL, batch=16, direction_sets=True).with_style(replace(CENTRED, trail=0))
+    videos, captions, groups = tiny.make_grouped_batch(replace(config, caption_dropout=0.0), 3, train_specs)
+    assert sum(groups) == 16 == len(captions) == len(videos) and max(groups) > 1
+    start = 0
+    for size in groups:
+        members = captions[start : start + size]
+        assert len({c.replace(c.split()[4], "") for c in members}) == 1  # the same caption but the direction
+        assert {c.split()[4] for c in members} <= set(shapes.DIRECTIONS) and len(set(members)) == size
+        assert not {c for c in members} & {s.caption for s in held}
+        first = {c.split()[4]: videos[start + i, :, 0] for i, c in enumerate(members)}
+        for a, b in (("left", "right"), ("up", "down")):
+            if a in first and b in first:
+                assert torch.allclose(first[a], first[b], atol=1e-6), members
+        start += size
+    assert tiny.make_batch(replace(config, direction_sets=False), 3, train_specs)[0].shape == videos.shape
+    recipe = recipe_for("wan")
+    pipe = tiny.build_pipeline(config)
+    x0 = torch.randn(5, 24, 3, 4, 4)
+    noised = shared_noise(recipe, pipe, x0, torch.Generator().manual_seed(0), 3.0, [3, 2])
+    noise = noised.target + x0  # the flow target is noise - x0
+    assert torch.equal(noised.timestep[:3], noised.timestep[:1].expand(3)) and noised.timestep[3] != noised.timestep[0]
+    assert torch.allclose(noise[:3], noise[:1].expand(3, -1, -1, -1, -1), atol=1e-6)
+    assert torch.allclose(noise[3], noise[4], atol=1e-6) and not torch.allclose(noise[0], noise[3])
+
+
+def test_the_set_loss_compares_what_tells_a_sets_members_apart() -> None:
+    """The set term is 0 when each set's predictions miss their targets by one common error, and otherwise the
+    mean square of the members' deviations from their set's mean, predicted against target; sets of one add none."""
+    from vditscope.training.recipes import set_differences_loss
+
+    generator = torch.Generator().manual_seed(0)
+    target = torch.randn(6, 2, 3, dtype=torch.float64, generator=generator)
+    common = torch.randn(2, 1, 2, 3, dtype=torch.float64, generator=generator)
+    shifted = target.clone()
+    shifted[:3] += common[0]
+    shifted[3:5] += common[1]
+    assert float(set_differences_loss(shifted, target, [3, 2, 1])) < 1e-24
+    prediction = torch.randn(6, 2, 3, dtype=torch.float64, generator=generator)
+    expected = []
+    for lo, hi in ((0, 3), (3, 5)):
+        p, t = prediction[lo:hi], target[lo:hi]
+        expected += [float(((p[i] - p.mean(0)) - (t[i] - t.mean(0))).square().mean()) for i in range(hi - lo)]
+    np.testing.assert_allclose(float(set_differences_loss(prediction, target, [3, 2, 1])), np.mean(expected))
 
 
 def test_exported_pipeline_generates_through_wan_pipeline(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ from generated frames with :func:`measure_clip`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,7 +89,10 @@ class ClipStyle:
     ``texture``: amplitude of a static pattern on the background (0: plain), which the frames share, as real scenes do;
     ``texture_cycles``: its highest frequency, in cycles per frame. ``flicker``: each frame's brightness moves by
     up to this much (uniform, the whole frame), as a camera's exposure does, so that a frame's own pixels tell
-    what the other frames cannot.
+    what the other frames cannot. ``drift``: the background pattern moves with the shape, as a scene does when
+    the camera pans, so that the direction shows everywhere in the frame and not only where the shape is.
+    ``scale``: the shape's side as a share of the frame's. ``travel``: pixels a centre or wrap clip travels (within
+    ``TRAVEL_JITTER``); a small shape that travels several times its size shows its direction only across frames.
     """
 
     start: str = "edge"
@@ -96,6 +100,9 @@ class ClipStyle:
     texture: float = 0.0
     texture_cycles: int = 3
     flicker: float = 0.0
+    drift: bool = False
+    scale: float = 0.34
+    travel: float = 10.5
 
 
 LEGACY_STYLE = ClipStyle()  # the clips the shipped models trained on (a config saved before styles existed)
@@ -109,7 +116,7 @@ DEFAULT_STYLE = CLIP_STYLES["edge"]  # what train-tiny trains on unless told oth
 TRAIL_SPACING = 2.0  # pixels between the trail's copies
 TRAIL_ALPHA = 0.55  # opacity of the first copy; the others fade linearly
 CENTRE_JITTER = 1.0  # pixels: the centred start is uniform within this of the centre
-TRAVEL = (9.5, 11.5)  # pixels travelled by a centre or wrap clip, uniform in this range
+TRAVEL_JITTER = 1.0  # pixels: a centre or wrap clip travels ClipStyle.travel give or take this (uniform)
 STARTS = ("edge", "centre", "wrap")  # where a clip's motion can start (ClipStyle.start)
 
 
@@ -123,7 +130,7 @@ def render_clip(
     style: ClipStyle = DEFAULT_STYLE,
 ) -> np.ndarray:
     """Frames (F, size, size, 3) float32 in [0, 1]: the shape moves in its direction (see ``ClipStyle``)."""
-    extent = extent if extent is not None else size * 0.34
+    extent = extent if extent is not None else size * style.scale
     box = int(np.ceil(extent)) + 2
     sprite = _shape_mask(spec.shape, box, extent)
     margin = box / 2
@@ -136,19 +143,21 @@ def render_clip(
         first = start if dx > 0 or dy > 0 else size - start  # the centre along the motion, first frame
     elif style.start == "centre":
         first = size / 2 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER)
-        span = rng.uniform(*TRAVEL)
+        span = rng.uniform(style.travel - TRAVEL_JITTER, style.travel + TRAVEL_JITTER)
     elif style.start == "wrap":  # anywhere: the frame wraps around, as a torus
         cross, first = rng.uniform(0, size, 2)
-        span = rng.uniform(*TRAVEL)
+        span = rng.uniform(style.travel - TRAVEL_JITTER, style.travel + TRAVEL_JITTER)
     else:
         raise ValueError(f"unknown clip start {style.start!r}; one of {', '.join(STARTS)}")
     sign = dx + dy
     color = np.asarray(COLORS[spec.color], dtype=np.float32)
-    background = _background(BACKGROUNDS[spec.background], size, style.texture, style.texture_cycles, rng)
+    background = clip_background(BACKGROUNDS[spec.background], size, style.texture, style.texture_cycles, rng)
     video = np.empty((frames, size, size, 3), dtype=np.float32)
     exposure = rng.uniform(-style.flicker, style.flicker, frames) if style.flicker else np.zeros(frames)
     for t in range(frames):
-        along = first + sign * span * t / max(frames - 1, 1)
+        moved = sign * span * t / max(frames - 1, 1)
+        along = first + moved
+        behind_shape = background((moved * dy, moved * dx) if style.drift else (0.0, 0.0))
         coverage = np.zeros((size, size), dtype=np.float32)
         for k in range(style.trail, -1, -1):  # the trail's copies first, the shape last
             behind = along - sign * k * TRAIL_SPACING
@@ -156,7 +165,7 @@ def render_clip(
             alpha = 1.0 if k == 0 else TRAIL_ALPHA * (1 - (k - 1) / style.trail)
             placed = _wrapped(sprite, centre, size) if style.start == "wrap" else _placed(sprite, centre, size)
             np.maximum(coverage, alpha * placed, out=coverage)
-        video[t] = background + coverage[..., None] * (color - background)
+        video[t] = behind_shape + coverage[..., None] * (color - behind_shape)
         if exposure[t]:
             np.clip(video[t] + exposure[t], 0, 1, out=video[t])
     return video
@@ -182,25 +191,27 @@ def _wrapped(sprite: np.ndarray, centre: tuple[float, float], size: int) -> np.n
     return np.maximum.reduce(copies)
 
 
-def _background(
+def clip_background(
     color: tuple[float, float, float], size: int, texture: float, cycles: int, rng: np.random.Generator
-) -> np.ndarray:
-    """The background (size, size, 3): the plain colour, plus a static pattern of amplitude ``texture`` when it
-    is not 0: three random plane waves of up to ``cycles`` cycles per frame across (at least cycles - 2 along
-    x), scaled to peak 1."""
+) -> Callable[[tuple[float, float]], np.ndarray]:
+    """The background (size, size, 3) moved by a (dy, dx) in pixels: the plain colour, plus a pattern of amplitude
+    ``texture`` when it is not 0: three random plane waves of up to ``cycles`` cycles per frame across (at least
+    cycles - 2 along x), scaled to peak 1 unmoved; whole cycles per frame, so it wraps around when it moves."""
     plain = np.broadcast_to(np.asarray(color, dtype=np.float32), (size, size, 3))
     if texture == 0:
-        return plain
+        return lambda _shift: plain
     ys, xs = np.mgrid[:size, :size] / size
-    waves = sum(
-        np.cos(
-            2 * np.pi * (rng.integers(-cycles, cycles + 1) * ys + rng.integers(max(1, cycles - 2), cycles + 1) * xs)
-            + rng.uniform(0, 2 * np.pi)
-        )
+    waves = [
+        (rng.integers(-cycles, cycles + 1), rng.integers(max(1, cycles - 2), cycles + 1), rng.uniform(0, 2 * np.pi))
         for _ in range(3)
-    )
-    pattern = (waves / np.abs(waves).max()).astype(np.float32)
-    return np.clip(plain + texture * pattern[..., None], 0, 1)
+    ]
+
+    def pattern(shift: tuple[float, float]) -> np.ndarray:
+        dy, dx = shift[0] / size, shift[1] / size
+        return sum(np.cos(2 * np.pi * (ky * (ys - dy) + kx * (xs - dx)) + phase) for ky, kx, phase in waves)
+
+    peak = np.abs(pattern((0.0, 0.0))).max()
+    return lambda shift: np.clip(plain + texture * (pattern(shift) / peak).astype(np.float32)[..., None], 0, 1)
 
 
 def sample_specs(count: int, rng: np.random.Generator, specs: list[ClipSpec] | None = None) -> list[ClipSpec]:

@@ -12,7 +12,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +98,44 @@ def rendered_batch(
 
 def make_batch(config: TinyConfig, step: int, specs: list[shapes.ClipSpec]) -> tuple[torch.Tensor, list[str]]:
     """Videos (B, 3, F, H, W) in [-1, 1] and captions for one step; deterministic in (seed, step)."""
+    videos, captions, _ = make_grouped_batch(config, step, specs)
+    return videos, captions
+
+
+def make_grouped_batch(
+    config: TinyConfig, step: int, specs: list[shapes.ClipSpec]
+) -> tuple[torch.Tensor, list[str], list[int] | None]:
+    """``make_batch``'s videos and captions, and the sizes of the batch's direction sets in order (None without
+    ``config.direction_sets``, where every clip is drawn on its own)."""
     rng = np.random.default_rng([config.seed, step])
-    batch_specs = shapes.sample_specs(config.batch, rng, specs)
-    tensor = rendered_batch(batch_specs, config.frames, config.size, rng, config.clip_style())
+    drawn = shapes.sample_specs(config.batch, rng, specs)
+    if config.direction_sets:
+        batch_specs, tensor, groups = _direction_sets(config, drawn, set(specs), rng)
+    else:
+        batch_specs, groups = drawn, None
+        tensor = rendered_batch(drawn, config.frames, config.size, rng, config.clip_style())
     captions = [s.caption if rng.random() >= config.caption_dropout else "" for s in batch_specs]
-    return tensor, captions
+    return tensor, captions, groups
+
+
+def _direction_sets(
+    config: TinyConfig, drawn: list[shapes.ClipSpec], allowed: set[shapes.ClipSpec], rng: np.random.Generator
+) -> tuple[list[shapes.ClipSpec], torch.Tensor, list[int]]:
+    """Each drawn clip with the same clip moving in every other direction that ``allowed`` holds, all rendered
+    from the same draws (place, travel, pattern, flicker), until the batch is full: specs, videos, set sizes."""
+    batch_specs, clips, groups = [], [], []
+    for spec in drawn:
+        members = [m for d in shapes.DIRECTIONS if (m := replace(spec, direction=d)) in allowed]
+        members = members[: config.batch - len(batch_specs)]
+        state = rng.bit_generator.state
+        for member in members:
+            rng.bit_generator.state = state
+            clips.append(rendered_batch([member], config.frames, config.size, rng, config.clip_style()))
+        batch_specs += members
+        groups.append(len(members))
+        if len(batch_specs) == config.batch:
+            break
+    return batch_specs, torch.cat(clips), groups
 
 
 def _trainable(pipe: Any) -> dict[str, torch.nn.Module]:
@@ -173,7 +206,7 @@ def _train(
     started = time.perf_counter()
     losses: list[float] = []
     while step < steps:
-        videos, captions = make_batch(config, step, train_specs)
+        videos, captions, groups = make_grouped_batch(config, step, train_specs)
         with torch.no_grad():
             latents = pipe.vae.encode(videos).latent_dist.sample()
         embeds, _ = pipe.encode_prompt(
@@ -183,7 +216,9 @@ def _train(
             device=torch.device("cpu"),
         )
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        loss = denoising_loss(recipe, pipe, latents, embeds, generator, config.shift)
+        loss = denoising_loss(
+            recipe, pipe, latents, embeds, generator, config.shift, groups=groups, contrast=config.set_contrast
+        )
         lr = config.lr * min(1.0, (step + 1) / config.warmup) * (0.5 * (1 + math.cos(math.pi * min(step / steps, 1))))
         losses.append(optimizer_step(optimizer, loss, params, max(lr, config.lr * 0.05)))
         step += 1
