@@ -152,12 +152,13 @@ def render_clip(
     sign = dx + dy
     color = np.asarray(COLORS[spec.color], dtype=np.float32)
     background = clip_background(BACKGROUNDS[spec.background], size, style.texture, style.texture_cycles, rng)
+    still = background((0.0, 0.0))
     video = np.empty((frames, size, size, 3), dtype=np.float32)
     exposure = rng.uniform(-style.flicker, style.flicker, frames) if style.flicker else np.zeros(frames)
     for t in range(frames):
         moved = sign * span * t / max(frames - 1, 1)
         along = first + moved
-        behind_shape = background((moved * dy, moved * dx) if style.drift else (0.0, 0.0))
+        behind_shape = background((moved * dy, moved * dx)) if style.drift else still
         coverage = np.zeros((size, size), dtype=np.float32)
         for k in range(style.trail, -1, -1):  # the trail's copies first, the shape last
             behind = along - sign * k * TRAIL_SPACING
@@ -194,9 +195,10 @@ def _wrapped(sprite: np.ndarray, centre: tuple[float, float], size: int) -> np.n
 def clip_background(
     color: tuple[float, float, float], size: int, texture: float, cycles: int, rng: np.random.Generator
 ) -> Callable[[tuple[float, float]], np.ndarray]:
-    """The background (size, size, 3) moved by a (dy, dx) in pixels: the plain colour, plus a pattern of amplitude
-    ``texture`` when it is not 0: three random plane waves of up to ``cycles`` cycles per frame across (at least
-    cycles - 2 along x), scaled to peak 1 unmoved; whole cycles per frame, so it wraps around when it moves."""
+    """A clip's background as a function of a (dy, dx) shift in pixels, which gives it (size, size, 3) moved that
+    far: the plain colour, plus a pattern of amplitude ``texture`` when it is not 0: three random plane waves of up
+    to ``cycles`` cycles per frame across (at least cycles - 2 along x), scaled to peak 1 unmoved; whole cycles per
+    frame, so that it wraps around when it moves."""
     plain = np.broadcast_to(np.asarray(color, dtype=np.float32), (size, size, 3))
     if texture == 0:
         return lambda _shift: plain
