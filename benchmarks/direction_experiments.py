@@ -69,6 +69,12 @@ def generated_directions(pipe, generation: dict, count: int) -> dict:
     return {"direction": direction / count, "colour": colour / count, "confusion": confusion}
 
 
+def flow_noised(latents: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> Noised:
+    """Wan's flow-matching batch at noise levels ``sigma`` (B,): the noisy latents, the timesteps, the velocity."""
+    s = sigma.view(-1, 1, 1, 1, 1)
+    return Noised((1 - s) * latents + s * noise, sigma * 1000, noise - latents)
+
+
 def finetune(args: argparse.Namespace) -> None:
     pipe, generation, config = shipped()
     recipe = recipe_for("wan")
@@ -104,9 +110,7 @@ def finetune(args: argparse.Namespace) -> None:
                                        device=torch.device("cpu"))  # fmt: skip
         generator = torch.Generator().manual_seed(step)
         sigma = args.lo + (args.hi - args.lo) * torch.rand(latents.shape[0], generator=generator)
-        noise = torch.randn(latents.shape, generator=generator)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        batch = Noised((1 - s) * latents + s * noise, sigma * 1000, noise - latents)
+        batch = flow_noised(latents, sigma, torch.randn(latents.shape, generator=generator))
         prediction = pipe.transformer(**recipe.transformer_kwargs(pipe, batch, embeds), return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(prediction.float(), batch.target.float())
         for group in optimizer.param_groups:
@@ -138,18 +142,24 @@ def train_variant(args: argparse.Namespace) -> None:
     train(Path(args.out), config, steps=args.steps, checkpoint_every=250, progress=progress)
 
 
-def evaluate(args: argparse.Namespace) -> None:
-    source = Path(args.model)
-    if args.model == "tiny-wan":
-        pipe, generation, config = shipped()
-    elif (source / "transformer.pt").is_file():  # a finetune output
+def loaded(model: str) -> tuple:
+    """The pipeline, generation settings and training configuration of the shipped model ("tiny-wan"), of a
+    finetune output or of a train-tiny run directory."""
+    source = Path(model)
+    if model == "tiny-wan":
+        return shipped()
+    if (source / "transformer.pt").is_file():  # a finetune output
         pipe, generation, config = shipped()
         pipe.transformer.load_state_dict(torch.load(source / "transformer.pt"))
         pipe.text_encoder.load_state_dict(torch.load(source / "text_encoder.pt"))
-    else:  # a train-tiny run directory
-        pipe, config = load_trained_pipeline(source)
-        pipe.set_progress_bar_config(disable=True)
-        generation = config.generation()
+        return pipe, generation, config
+    pipe, config = load_trained_pipeline(source)  # a train-tiny run directory
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, config.generation(), config
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    pipe, generation, config = loaded(args.model)
     generation = {**generation, "guidance_scale": args.guidance}
     shift = args.shift if args.shift is not None else config.shift
     sensitivity = caption_sensitivity(pipe, "wan", generation, shift=shift, style=config.clip_style())
@@ -163,7 +173,7 @@ def evaluate(args: argparse.Namespace) -> None:
 @torch.no_grad()
 def bands(args: argparse.Namespace) -> None:
     """Caption sensitivity to the direction word at fixed noise levels: where in the noise range the model reads it."""
-    pipe, config = _pipeline(args.model)
+    pipe, _, config = loaded(args.model)
     recipe = recipe_for("wan")
     _, held = shapes.split_specs(0)
     specs = held[: args.clips]
@@ -175,28 +185,16 @@ def bands(args: argparse.Namespace) -> None:
     opposite = encode_prompts(pipe, flipped, "cpu", config.max_text_tokens)
     rises = {}
     for sigma in args.sigmas:
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(round(sigma * 1000)))
+        batch = flow_noised(latents, torch.full((len(specs),), sigma), noise)
         losses = []
         for embeds in (true, opposite):
-            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(round(sigma * 1000)))
-            batch = Noised(
-                (1 - sigma) * latents + sigma * noise, torch.full((len(specs),), sigma * 1000), noise - latents
-            )
             prediction = pipe.transformer(**recipe.transformer_kwargs(pipe, batch, embeds), return_dict=False)[0]
             losses.append(float(torch.nn.functional.mse_loss(prediction, batch.target)))
         rises[str(sigma)] = round(losses[1] / losses[0] - 1, 5)
     state = Path(args.model) / "state.json"  # a train-tiny run directory says how far it trained
     step = json.loads(state.read_text())["step"] if state.is_file() else None
     print(json.dumps({"model": args.model, "step": step, "direction_sensitivity_at_sigma": rises}), flush=True)
-
-
-def _pipeline(model: str) -> tuple:
-    """The pipeline and training configuration of a train-tiny run directory, or of the shipped tiny-wan."""
-    if model == "tiny-wan":
-        pipe, _, config = shipped()
-        return pipe, config
-    pipe, config = load_trained_pipeline(Path(model))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, config
 
 
 def main() -> None:

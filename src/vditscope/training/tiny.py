@@ -124,13 +124,14 @@ def _direction_sets(
     """Each drawn clip with the same clip moving in every other direction that ``allowed`` holds, all rendered
     from the same draws (place, travel, pattern, flicker), until the batch is full: specs, videos, set sizes."""
     batch_specs, clips, groups = [], [], []
+    style = config.clip_style()
     for spec in drawn:
         members = [m for d in shapes.DIRECTIONS if (m := replace(spec, direction=d)) in allowed]
         members = members[: config.batch - len(batch_specs)]
         state = rng.bit_generator.state
         for member in members:
             rng.bit_generator.state = state
-            clips.append(rendered_batch([member], config.frames, config.size, rng, config.clip_style()))
+            clips.append(rendered_batch([member], config.frames, config.size, rng, style))
         batch_specs += members
         groups.append(len(members))
         if len(batch_specs) == config.batch:
