@@ -1,22 +1,26 @@
 """Issue 17's experiments on the shipped shapes models: does the direction word steer the motion?
 
-Four subcommands, each printing one JSON line per result (run one at a time on this 2-core machine; give a
+Five subcommands, each printing one JSON line per result (run one at a time on this 2-core machine; give a
 background run OMP_NUM_THREADS=1):
 
     finetune OUT [--lo 0.5 --hi 1.0 --steps 1500 --lr 3e-4 --every 300]
         fine-tune the shipped tiny-wan with noise levels drawn uniformly in [lo, hi] (its own batches of 16),
         reporting caption sensitivity and the direction of 16 held-out clips every ``every`` steps
-    train OUT [--frames 17 --temporal-factor 2 --steps 4000 --threads 1 --clips edge|centre|wrap
+    train OUT [--family wan|cogvideox --frames 17 --temporal-factor 2 --steps 4000 --threads 1 --clips STYLE
                --start S --trail N --texture A --texture-cycles C --flicker F --drift --scale K --travel P
                --shift S --direction-sets --set-contrast W]
-        train tiny-wan from scratch with `vditscope train-tiny`'s recipe and loop at another clip length,
-        temporal factor or clip style (shapes.ClipStyle; resumable, checkpoints every 250 steps)
+        train tiny-wan (or its CogVideoX counterpart) from scratch with `vditscope train-tiny`'s recipe and loop at
+        another clip length, temporal factor or clip style (shapes.ClipStyle; resumable, checkpoints every 250 steps)
     evaluate RUN_OR_MODEL [--count 24 --guidance 4 --shift S]
         caption sensitivity and generated colour/direction on ``count`` held-out clips of a train-tiny run
-        directory, of a finetune output, or of the shipped model ("tiny-wan")
+        directory, of a finetune output, or of the shipped model ("tiny-wan"); either family
+    steer RUN_OR_MODEL [--count 8]
+        each of ``count`` held-out clips generated once per direction word with the same seed: how often the
+        motion follows the word, and how often all four words give the same motion (the noise decides it)
     bands RUN_OR_MODEL [--clips 16 --sigmas 0.2 0.4 0.6 0.8 0.95]
         the loss's relative rise when the caption names the opposite direction, at each fixed noise level:
-        where in the noise range a model reads the direction word
+        where in the noise range a model reads the direction word (Wan: flow matching at noise level sigma;
+        CogVideoX: its DDIM noising at timestep sigma * 999)
 
 The figures in issue 17's notes came from these commands; the clip-style runs were
 `train OUT --clips centre` (4,000 steps) and `train OUT --clips wrap --steps 3000`, each on one thread
@@ -75,6 +79,17 @@ def flow_noised(latents: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor)
     return Noised((1 - s) * latents + s * noise, sigma * 1000, noise - latents)
 
 
+def fixed_noised(family: str, pipe, latents: torch.Tensor, sigma: float, noise: torch.Tensor) -> Noised:
+    """The family's training batch at one noise level ``sigma`` in [0, 1] for every clip: Wan's flow matching,
+    or CogVideoX's DDIM noising at timestep sigma * (steps - 1) with its velocity target."""
+    if family == "wan":
+        return flow_noised(latents, torch.full((latents.shape[0],), sigma), noise)
+    t = torch.full((latents.shape[0],), round(sigma * (pipe.scheduler.config.num_train_timesteps - 1)))
+    alpha_bar = pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1, 1).to(latents)
+    noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
+    return Noised(noisy, t, alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents)
+
+
 def finetune(args: argparse.Namespace) -> None:
     pipe, generation, config = shipped()
     recipe = recipe_for("wan")
@@ -129,7 +144,7 @@ def train_variant(args: argparse.Namespace) -> None:
     overrides = {name: getattr(args, name) for name in asdict(style) if getattr(args, name) is not None}
     sizes = {"frames": args.frames, "temporal_factor": args.temporal_factor}
     sets = {"direction_sets": args.direction_sets or args.set_contrast > 0, "set_contrast": args.set_contrast}
-    config = TinyConfig(**sizes, shift=args.shift, **sets).with_style(replace(style, **overrides))
+    config = TinyConfig(**sizes, shift=args.shift, family=args.family, **sets).with_style(replace(style, **overrides))
     started = time.perf_counter()
 
     def progress(step: int, total: int, loss: float) -> None:
@@ -162,7 +177,7 @@ def evaluate(args: argparse.Namespace) -> None:
     pipe, generation, config = loaded(args.model)
     generation = {**generation, "guidance_scale": args.guidance}
     shift = args.shift if args.shift is not None else config.shift
-    sensitivity = caption_sensitivity(pipe, "wan", generation, shift=shift, style=config.clip_style())
+    sensitivity = caption_sensitivity(pipe, config.family, generation, shift=shift, style=config.clip_style())
     print(
         json.dumps(
             {"model": args.model, "sensitivity": sensitivity, **generated_directions(pipe, generation, args.count)}
@@ -170,11 +185,31 @@ def evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def steer(args: argparse.Namespace) -> None:
+    """Generate each of ``count`` held-out clips (seed i for the i-th) once per direction word, same seed: does the
+    word change the motion, or does the seed's noise decide it?"""
+    pipe, generation, _ = loaded(args.model)
+    _, held = shapes.split_specs(0)
+    follows = unchanged = 0
+    for i, spec in enumerate(held[: args.count]):
+        measured = {}
+        for direction in shapes.DIRECTIONS:
+            prompt = replace(spec, direction=direction).caption
+            video = pipe(prompt=prompt, generator=torch.Generator().manual_seed(i), output_type="np", **generation)
+            clip = np.asarray(video.frames[0], np.float32)
+            measured[direction] = shapes.measure_clip(clip, spec.background).direction
+        follows += sum(measured[d] == d for d in measured)
+        unchanged += len(set(measured.values())) == 1
+        print(json.dumps({"seed": i, "measured_per_word": measured}), flush=True)
+    summary = {"follows_the_word": follows / (4 * args.count), "same_motion_for_all_four_words": unchanged / args.count}
+    print(json.dumps({"model": args.model, "step": trained_steps(args.model), "clips": args.count, **summary}))
+
+
 @torch.no_grad()
 def bands(args: argparse.Namespace) -> None:
     """Caption sensitivity to the direction word at fixed noise levels: where in the noise range the model reads it."""
     pipe, _, config = loaded(args.model)
-    recipe = recipe_for("wan")
+    recipe = recipe_for(config.family)
     _, held = shapes.split_specs(0)
     specs = held[: args.clips]
     rng = np.random.default_rng(0)
@@ -186,15 +221,19 @@ def bands(args: argparse.Namespace) -> None:
     rises = {}
     for sigma in args.sigmas:
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(round(sigma * 1000)))
-        batch = flow_noised(latents, torch.full((len(specs),), sigma), noise)
+        batch = fixed_noised(config.family, pipe, latents, sigma, noise)
         losses = []
         for embeds in (true, opposite):
             prediction = pipe.transformer(**recipe.transformer_kwargs(pipe, batch, embeds), return_dict=False)[0]
             losses.append(float(torch.nn.functional.mse_loss(prediction, batch.target)))
         rises[str(sigma)] = round(losses[1] / losses[0] - 1, 5)
-    state = Path(args.model) / "state.json"  # a train-tiny run directory says how far it trained
-    step = json.loads(state.read_text())["step"] if state.is_file() else None
-    print(json.dumps({"model": args.model, "step": step, "direction_sensitivity_at_sigma": rises}), flush=True)
+    print(json.dumps({"model": args.model, "step": trained_steps(args.model), "direction_sensitivity_at_sigma": rises}))
+
+
+def trained_steps(model: str) -> int | None:
+    """How far a train-tiny run directory trained (None for the shipped model or a finetune output)."""
+    state = Path(model) / "state.json"
+    return json.loads(state.read_text())["step"] if state.is_file() else None
 
 
 def main() -> None:
@@ -213,6 +252,7 @@ def main() -> None:
     variant.add_argument("--temporal-factor", type=int, default=2)
     variant.add_argument("--steps", type=int, default=4000)
     variant.add_argument("--threads", type=int, default=1)
+    variant.add_argument("--family", default="wan", choices=["wan", "cogvideox"])
     variant.add_argument("--clips", default="edge", choices=list(shapes.CLIP_STYLES))
     variant.add_argument("--start", choices=shapes.STARTS)  # each overrides the --clips style's
     variant.add_argument("--trail", type=int)
@@ -230,12 +270,16 @@ def main() -> None:
     score.add_argument("--count", type=int, default=24)
     score.add_argument("--guidance", type=float, default=4.0)
     score.add_argument("--shift", type=float)  # noise-level shift of the sensitivity (default: the model's)
+    swap = sub.add_parser("steer")
+    swap.add_argument("model")
+    swap.add_argument("--count", type=int, default=8)
     band = sub.add_parser("bands")
     band.add_argument("model")
     band.add_argument("--clips", type=int, default=16)
     band.add_argument("--sigmas", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 0.95])
     args = parser.parse_args()
-    {"finetune": finetune, "train": train_variant, "evaluate": evaluate, "bands": bands}[args.command](args)
+    commands = {"finetune": finetune, "train": train_variant, "evaluate": evaluate, "steer": steer, "bands": bands}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -218,13 +218,16 @@ def test_eval_tiny_prints_accuracies(tmp_path: Path) -> None:
 
 
 def test_train_tiny_records_the_clip_style_it_trains_on(tmp_path: Path) -> None:
-    """train-tiny trains on the shipped models' clips unless --clips names another style, and records it."""
-    for flag, start in (([], "edge"), (["--clips", "wrap"], "wrap")):
+    """train-tiny trains on the shipped models' clips (edge, 17 frames) unless --clips and --frames say otherwise,
+    and records them."""
+    cases = (([], "edge", 10.5, 17), (["--clips", "stride", "--frames", "9"], "wrap", 16.0, 9))
+    for flag, start, travel, frames in cases:
         out = tmp_path / f"run-{start}"
         result = run_cli("train-tiny", "--steps", "1", "--out", str(out), *flag)
         assert result.returncode == 0, result.stderr
         config = json.loads((out / "state.json").read_text())["config"]
-        assert config["start"] == start and (config["trail"] > 0) == (start == "wrap")
+        assert (config["start"], config["travel"], config["frames"]) == (start, travel, frames)
+        assert (config["trail"] > 0) == (start == "wrap")
 
 
 @pytest.mark.parametrize(
@@ -233,6 +236,7 @@ def test_train_tiny_records_the_clip_style_it_trains_on(tmp_path: Path) -> None:
         (["train-tiny", "--family", "mochi"], "family"),
         (["train-tiny", "--clips", "spiral"], "clip style"),
         (["train-tiny", "--steps", "0"], "positive"),
+        (["train-tiny", "--frames", "8"], "--frames must be odd"),
         (["eval-tiny", "--count", "0"], "positive"),
         (["eval-tiny", "--model", "/nope"], "no such model"),
     ],

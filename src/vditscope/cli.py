@@ -414,8 +414,12 @@ def train_tiny(
     export: Annotated[Path | None, typer.Option(help="Also save the trained pipeline directory here.")] = None,
     family: Annotated[str, typer.Option(help="Model family to train: wan or cogvideox.")] = "wan",
     clips: Annotated[
-        str, typer.Option(help="Clip style: edge (the shipped models'), centre or wrap (see the README).")
+        str,
+        typer.Option(help="Clip style: edge (the shipped models'), centre, wrap or stride (see the README)."),
     ] = "edge",
+    frames: Annotated[
+        int | None, typer.Option(help="Frames per clip, 1 + 2 * (latent frames). Default: 17 (the shipped models').")
+    ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train the small shapes text-to-video model from scratch on this CPU (resumable)."""
@@ -424,7 +428,10 @@ def train_tiny(
 
     if family not in RECIPES:
         raise VditscopeError(f"unknown model family {family}: train-tiny knows {', '.join(RECIPES)}")
-    config = TinyConfig(family=family).with_style(clip_style(clips))
+    frames = frames if frames is not None else TinyConfig.frames
+    if frames < 3 or frames % 2 == 0:
+        raise VditscopeError(f"--frames must be odd and at least 3 (1 + 2 * latent frames), got {frames}")
+    config = TinyConfig(family=family, frames=frames).with_style(clip_style(clips))
     out = out if out is not None else Path(f"runs/train-tiny-{family}")
     _check_training(steps, out, export, "train-tiny", overwrite)
     _training(steps, train, out, config, steps=steps, minutes=minutes, overwrite=overwrite)

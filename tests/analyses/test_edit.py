@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from vditscope.adapters.loading import load_pipeline
 from vditscope.capture.transfer import TransferConfig, transfer, transferred
 from vditscope.layout import TokenLayout
+from vditscope.tiny import tiny_model_dir
 
 from ..runs import assert_renders_again
 
@@ -79,7 +80,7 @@ def test_transfer_between_equal_prompts_is_the_identity() -> None:
 
 
 def test_edit_on_the_shipped_model_keeps_the_source_layout_and_changes_the_colour(tmp_path: Path) -> None:
-    """Shipped settings (20 steps, 17 frames): the claim of the issue, measured."""
+    """Shipped settings (the default model's steps and frames): the claim of the issue, measured."""
     result = run_cli("edit", "--source-prompt", SOURCE, "--target-prompt", TARGET, "--out", str(tmp_path / "e"))
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
@@ -89,9 +90,10 @@ def test_edit_on_the_shipped_model_keeps_the_source_layout_and_changes_the_colou
     assert tracks["edited_vs_source"] < 0.5 * tracks["target_vs_source"]
     frames = load_file(str(tmp_path / "e" / "frames.safetensors"))
     assert set(frames) == {"source", "target", "edited"}
-    assert frames["edited"].shape == (17, 32, 32, 3) and 0 <= float(frames["edited"].min()) <= 1
+    count = json.loads((tiny_model_dir() / "vditscope.json").read_text())["generation"]["num_frames"]
+    assert frames["edited"].shape == (count, 32, 32, 3) and 0 <= float(frames["edited"].min()) <= 1
     reader = imageio.get_reader(tmp_path / "e" / "edited.mp4", format="FFMPEG")
-    assert reader.count_frames() == 17 and reader.get_data(0).shape[0] >= 256
+    assert reader.count_frames() == count and reader.get_data(0).shape[0] >= 256
     assert (tmp_path / "e" / "preview.gif").stat().st_size > 1000
 
 

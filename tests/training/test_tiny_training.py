@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +101,24 @@ def test_a_wrapping_clip_keeps_the_whole_shape_and_its_motion_reads_across_the_e
     assert crossed >= 3
 
 
+def test_stride_clips_move_one_video_token_per_latent_frame() -> None:
+    """``stride`` clips of 9 frames: from latent frame to latent frame (frame 0 alone, then pairs) the shape moves
+    4 px along its direction on average, give or take the travel's jitter and its placement on whole pixels, and
+    not across it (the other styles move 1.3-1.9 px at 17 frames); a token of the tiny models covers 4 x 4 px (the
+    VAE's 2 x 2 pixels, the transformer's 2 x 2 patch)."""
+    config = tiny.TinyConfig(frames=9).with_style(shapes.CLIP_STYLES["stride"])
+    token = config.spatial_factor * 2  # the tiny models' patch is 2 x 2 latent pixels
+    jitter = shapes.TRAVEL_JITTER / (config.frames - 1) * config.temporal_factor
+    style = replace(config.clip_style(), trail=0, texture=0.0, flicker=0.0)  # the shape alone
+    for i, spec in enumerate(shapes.all_specs()[::7]):
+        video = shapes.render_clip(spec, frames=config.frames, size=32, rng=np.random.default_rng(i), style=style)
+        weight = shapes.shape_weight(video, spec.background)
+        latent = [weight[f : f + 2].mean(axis=0) for f in range(1, config.frames, 2)]  # the VAE's pairs after frame 0
+        dy, dx = shapes.DIRECTIONS[spec.direction]
+        per_latent_frame = np.asarray(shapes.circular_shift(latent[0], latent[-1])) / (len(latent) - 1)
+        np.testing.assert_allclose(per_latent_frame, (dy * token, dx * token), atol=jitter + 0.5, err_msg=str(spec))
+
+
 def test_circular_shift_finds_sub_pixel_motion() -> None:
     """circular_shift against the known shift of a smooth blob (float64), across the edge too."""
     ys, xs = np.mgrid[:32, :32]
@@ -186,9 +204,8 @@ def test_flicker_moves_each_frame_as_a_whole() -> None:
 
 def test_saved_configurations_keep_the_clips_they_trained_on() -> None:
     """A configuration saved before clip styles existed trained on the legacy clips; a new one keeps its own."""
-    saved = {
-        k: v for k, v in asdict(tiny.TinyConfig()).items() if k not in ("start", "trail", "texture", "texture_cycles")
-    }
+    style_fields = {f.name for f in fields(shapes.ClipStyle)}
+    saved = {k: v for k, v in asdict(tiny.TinyConfig()).items() if k not in style_fields}
     assert tiny.TinyConfig.from_saved(saved).clip_style() == shapes.LEGACY_STYLE
     wrap = tiny.TinyConfig().with_style(shapes.CLIP_STYLES["wrap"])
     assert tiny.TinyConfig.from_saved(asdict(wrap)) == wrap and wrap.clip_style() == shapes.CLIP_STYLES["wrap"]

@@ -106,11 +106,15 @@ class ClipStyle:
 
 
 LEGACY_STYLE = ClipStyle()  # the clips the shipped models trained on (a config saved before styles existed)
-# the styles `train-tiny --clips` offers: the shipped models' and the two that issue 17's experiments tried
+# the styles `train-tiny --clips` offers: the shipped models' and those that issue 17's experiments tried. `stride`
+# is `wrap` travelling 16 px: over a 9-frame clip (`train-tiny --frames 9`), 2 px per frame, so one video token
+# of the tiny models (4 px: the VAE's 2 x 2 pixels times the transformer's 2 x 2 patch) per latent frame (2 frames),
+# a step that one attention head can follow; the others move a fraction of a token per latent frame
 CLIP_STYLES = {
     "edge": LEGACY_STYLE,
     "centre": ClipStyle(start="centre", trail=3, texture=0.1, texture_cycles=6, flicker=0.05),
     "wrap": ClipStyle(start="wrap", trail=3, texture=0.1, texture_cycles=6, flicker=0.05),
+    "stride": ClipStyle(start="wrap", trail=3, texture=0.1, texture_cycles=6, flicker=0.05, travel=16.0),
 }
 DEFAULT_STYLE = CLIP_STYLES["edge"]  # what train-tiny trains on unless told otherwise: the shipped tiny-wan's
 TRAIL_SPACING = 2.0  # pixels between the trail's copies
