@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from vditscope.adapters.loading import load_pipeline
-from vditscope.adapters.recipe import Noised
 from vditscope.data import shapes
 from vditscope.tiny import TinyConfig, tiny_model_dir
 from vditscope.training.evaluate import OPPOSITE, caption_sensitivity
@@ -71,23 +70,6 @@ def generated_directions(pipe, generation: dict, count: int) -> dict:
         colour += measured.color == spec.color
         confusion.setdefault(spec.direction, []).append(measured.direction)
     return {"direction": direction / count, "colour": colour / count, "confusion": confusion}
-
-
-def flow_noised(latents: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> Noised:
-    """Wan's flow-matching batch at noise levels ``sigma`` (B,): the noisy latents, the timesteps, the velocity."""
-    s = sigma.view(-1, 1, 1, 1, 1)
-    return Noised((1 - s) * latents + s * noise, sigma * 1000, noise - latents)
-
-
-def fixed_noised(family: str, pipe, latents: torch.Tensor, sigma: float, noise: torch.Tensor) -> Noised:
-    """The family's training batch at one noise level ``sigma`` in [0, 1] for every clip: Wan's flow matching,
-    or CogVideoX's DDIM noising at timestep sigma * (steps - 1) with its velocity target."""
-    if family == "wan":
-        return flow_noised(latents, torch.full((latents.shape[0],), sigma), noise)
-    t = torch.full((latents.shape[0],), round(sigma * (pipe.scheduler.config.num_train_timesteps - 1)))
-    alpha_bar = pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1, 1).to(latents)
-    noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
-    return Noised(noisy, t, alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents)
 
 
 def finetune(args: argparse.Namespace) -> None:
@@ -125,7 +107,7 @@ def finetune(args: argparse.Namespace) -> None:
                                        device=torch.device("cpu"))  # fmt: skip
         generator = torch.Generator().manual_seed(step)
         sigma = args.lo + (args.hi - args.lo) * torch.rand(latents.shape[0], generator=generator)
-        batch = flow_noised(latents, sigma, torch.randn(latents.shape, generator=generator))
+        batch = recipe.noised_at(pipe, latents, sigma, torch.randn(latents.shape, generator=generator))
         prediction = pipe.transformer(**recipe.transformer_kwargs(pipe, batch, embeds), return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(prediction.float(), batch.target.float())
         for group in optimizer.param_groups:
@@ -201,7 +183,8 @@ def steer(args: argparse.Namespace) -> None:
         follows += sum(measured[d] == d for d in measured)
         unchanged += len(set(measured.values())) == 1
         print(json.dumps({"seed": i, "measured_per_word": measured}), flush=True)
-    summary = {"follows_the_word": follows / (4 * args.count), "same_motion_for_all_four_words": unchanged / args.count}
+    words = len(shapes.DIRECTIONS) * args.count
+    summary = {"follows_the_word": follows / words, "same_motion_for_all_four_words": unchanged / args.count}
     print(json.dumps({"model": args.model, "step": trained_steps(args.model), "clips": args.count, **summary}))
 
 
@@ -221,7 +204,7 @@ def bands(args: argparse.Namespace) -> None:
     rises = {}
     for sigma in args.sigmas:
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(round(sigma * 1000)))
-        batch = fixed_noised(config.family, pipe, latents, sigma, noise)
+        batch = recipe.noised_at(pipe, latents, torch.full((len(specs),), sigma), noise)
         losses = []
         for embeds in (true, opposite):
             prediction = pipe.transformer(**recipe.transformer_kwargs(pipe, batch, embeds), return_dict=False)[0]

@@ -71,11 +71,12 @@ class CogVideoXRecipe:
         return (batch, frames, channels, height // spatial, width // spatial)
 
     def noised(self, pipe: Any, x0: torch.Tensor, generator: torch.Generator, shift: float) -> Noised:
-        steps = pipe.scheduler.config.num_train_timesteps
         level = shifted_noise_levels(shift, generator, x0.shape[0])
-        t = (level * (steps - 1)).round().long()
+        return self.noised_at(pipe, x0, level, torch.randn(x0.shape, generator=generator).to(x0))
+
+    def noised_at(self, pipe: Any, x0: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> Noised:
+        t = (level * (pipe.scheduler.config.num_train_timesteps - 1)).round().long()
         alpha_bar = pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1, 1).to(x0)
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
         noisy = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
         velocity = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
         return Noised(noisy, t.to(x0.device), velocity)

@@ -44,6 +44,11 @@ class Recipe(Protocol):
         """Noise clean latents ``x0`` at random levels (random draws from ``generator``, on the CPU)."""
         ...
 
+    def noised_at(self, pipe: Any, x0: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> Noised:
+        """Noise clean latents ``x0`` with ``noise`` at the noise levels ``level`` (B,) in [0, 1]: what ``noised``
+        does once it has drawn them."""
+        ...
+
     def transformer_kwargs(self, pipe: Any, batch: Noised, embeds: torch.Tensor) -> dict[str, Any]:
         """Keyword arguments of the transformer call that predicts ``batch.target``."""
         ...

@@ -63,9 +63,11 @@ class WanRecipe:
 
     def noised(self, pipe: Any, x0: torch.Tensor, generator: torch.Generator, shift: float) -> Noised:
         sigma = shifted_noise_levels(shift, generator, x0.shape[0])
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
-        s = sigma.view(-1, 1, 1, 1, 1).to(x0)
-        return Noised((1 - s) * x0 + s * noise, (sigma * 1000).to(x0.device), noise - x0)
+        return self.noised_at(pipe, x0, sigma, torch.randn(x0.shape, generator=generator).to(x0))
+
+    def noised_at(self, pipe: Any, x0: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> Noised:
+        s = level.view(-1, 1, 1, 1, 1).to(x0)
+        return Noised((1 - s) * x0 + s * noise, (level * 1000).to(x0.device), noise - x0)
 
     def transformer_kwargs(self, pipe: Any, batch: Noised, embeds: torch.Tensor) -> dict[str, Any]:
         return {"hidden_states": batch.noisy, "timestep": batch.timestep, "encoder_hidden_states": embeds}
