@@ -11,7 +11,7 @@ WanPipeline, timed interleaved with the dense generation (same seed), with PSNR/
     after a one-step warm-up per variant (which holds FlexAttention's compilation, reported apart); each variant's
     latents are then decoded once (timed once: decoding is the same work for every variant) for PSNR/SSIM, and
     "e2e" adds that decode to the denoising time.
-(b) The shipped tiny model (``vditscope.tiny_model_dir()``, loaded as ``adapters/loaded.py`` does, with its
+(b) The shipped tiny Wan (``vditscope.tiny_model_dir("tiny-wan")``, loaded as ``adapters/loaded.py`` does, with its
     vditscope.json generation settings): dense vs planned quality. Its self-attention has 576 tokens (4 heads x 32):
     its times are listed but say nothing about speed at real sizes.
 
@@ -264,7 +264,7 @@ def run_tiny(args: argparse.Namespace, device: str, report: Report) -> None:
     from vditscope.adapters.loaded import LoadedPipeline
     from vditscope.adapters.settings import default_prompts
 
-    loaded = LoadedPipeline(None, device=device)
+    loaded = LoadedPipeline("tiny-wan", device=device)
     loaded.pipe.set_progress_bar_config(disable=True)
     settings = dict(loaded.settings.get("generation", {}))
     if args.quick:

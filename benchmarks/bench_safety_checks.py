@@ -69,7 +69,7 @@ def main() -> None:
                 f"{median_ms(lambda: OutputDir(new, 'analyze', files=RUN_FILES).check(), args.repeats):.2f} ms",
             )
         )
-        model = vditscope.tiny_model_dir()
+        model = vditscope.tiny_model_dir("tiny-wan")
         index = read_model_index(model)
         rows.append(
             (

@@ -32,7 +32,7 @@ KINDS = sdpa_patch.INTERCEPTIONS
 def load_pipeline() -> Any:
     from diffusers import WanPipeline
 
-    pipe = WanPipeline.from_pretrained(vditscope.tiny_model_dir())
+    pipe = WanPipeline.from_pretrained(vditscope.tiny_model_dir("tiny-wan"))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -203,7 +203,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipeline()
-    shipped = json.loads((vditscope.tiny_model_dir() / "vditscope.json").read_text())["generation"]
+    shipped = json.loads((vditscope.tiny_model_dir("tiny-wan") / "vditscope.json").read_text())["generation"]
     settings = dict(shipped, num_inference_steps=args.steps, num_frames=args.frames)
     cases = scenarios(pipe)
     print(f"# {__file__.rsplit('/', 1)[-1]}: tiny-wan, {json.dumps(settings)}, torch {torch.__version__},")

@@ -52,7 +52,7 @@ PROMPT_SEED_OFFSET = 100_000  # fine-tuning batches come from steps the shipped 
 
 def shipped() -> tuple:
     """The shipped tiny-wan pipeline, its generation settings and training configuration."""
-    pipe, _, directory = load_pipeline(tiny_model_dir())
+    pipe, _, directory = load_pipeline(tiny_model_dir("tiny-wan"))
     pipe.set_progress_bar_config(disable=True)
     settings = json.loads((Path(directory) / "vditscope.json").read_text())
     return pipe, settings["generation"], TinyConfig.from_saved(settings["training"])
@@ -126,7 +126,8 @@ def train_variant(args: argparse.Namespace) -> None:
     overrides = {name: getattr(args, name) for name in asdict(style) if getattr(args, name) is not None}
     sizes = {"frames": args.frames, "temporal_factor": args.temporal_factor}
     sets = {"direction_sets": args.direction_sets or args.set_contrast > 0, "set_contrast": args.set_contrast}
-    config = TinyConfig(**sizes, shift=args.shift, family=args.family, **sets).with_style(replace(style, **overrides))
+    settings = {**sizes, **sets, "shift": args.shift, "family": args.family, "rotary": args.rotary}
+    config = TinyConfig(**settings).with_style(replace(style, **overrides))
     started = time.perf_counter()
 
     def progress(step: int, total: int, loss: float) -> None:
@@ -245,6 +246,7 @@ def main() -> None:
     variant.add_argument("--drift", action=argparse.BooleanOptionalAction, default=None)
     variant.add_argument("--scale", type=float)
     variant.add_argument("--travel", type=float)
+    variant.add_argument("--rotary", action="store_true")  # CogVideoX: rotary positions besides the sincos ones
     variant.add_argument("--shift", type=float, default=3.0)  # the noise-level shift of training and sampling
     variant.add_argument("--direction-sets", action="store_true")  # clips that differ only in direction, same noise
     variant.add_argument("--set-contrast", type=float, default=0.0)  # weight of the loss on the sets' differences

@@ -66,6 +66,7 @@ from .progress import ProgressFn
 from .store import OutputDir
 from .store.output import follower_rank
 from .thresholds import SINK_RATIO
+from .tiny import DEFAULT_MODEL
 
 app = typer.Typer(
     help="vditscope: see and change what attention does inside video diffusion transformers.",
@@ -143,7 +144,7 @@ def _loss_progress(progress: ProgressFn, text: str) -> Callable[[int, int, float
 
 def _loading(model: str | None) -> str:
     """The progress bar's first words (no separate banner line: an error must stay the only line)."""
-    return f"loading {model}" if model else "loading tiny-wan, the small Wan model that ships with vditscope"
+    return f"loading {model}" if model else f"loading {DEFAULT_MODEL}, the small Wan model that ships with vditscope"
 
 
 def _table(table: Any, digits: int) -> str:
@@ -415,11 +416,14 @@ def train_tiny(
     family: Annotated[str, typer.Option(help="Model family to train: wan or cogvideox.")] = "wan",
     clips: Annotated[
         str,
-        typer.Option(help="Clip style: edge (the shipped models'), centre, wrap or stride (see the README)."),
+        typer.Option(help="Clip style: edge (tiny-wan's), scene (tiny-cogvideox-motion's), centre, wrap or stride."),
     ] = "edge",
     frames: Annotated[
-        int | None, typer.Option(help="Frames per clip, 1 + 2 * (latent frames). Default: 17 (the shipped models').")
+        int | None, typer.Option(help="Frames per clip, 1 + 2 * (latent frames). Default: 17 (tiny-wan's).")
     ] = None,
+    rotary: Annotated[
+        bool, typer.Option(help="CogVideoX: rotary positions on q and k besides the sincos ones (Wan: always rotary).")
+    ] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train the small shapes text-to-video model from scratch on this CPU (resumable)."""
@@ -431,7 +435,7 @@ def train_tiny(
     frames = frames if frames is not None else TinyConfig.frames
     if frames < 3 or frames % 2 == 0:
         raise VditscopeError(f"--frames must be odd and at least 3 (1 + 2 * latent frames), got {frames}")
-    config = TinyConfig(family=family, frames=frames).with_style(clip_style(clips))
+    config = TinyConfig(family=family, frames=frames, rotary=rotary).with_style(clip_style(clips))
     out = out if out is not None else Path(f"runs/train-tiny-{family}")
     _check_training(steps, out, export, "train-tiny", overwrite)
     _training(steps, train, out, config, steps=steps, minutes=minutes, overwrite=overwrite)
@@ -475,9 +479,9 @@ def render_clips(
     ),
     count: Annotated[int, typer.Option(help="Number of clips.")] = 640,
     seed: Annotated[int, typer.Option(help="Seed of the caption draw and the motion.")] = 0,
-    model: Annotated[str, typer.Option(help="Render the clips this shapes model trained on (size, frames, style).")] = (
-        "tiny-wan"
-    ),
+    model: Annotated[
+        str, typer.Option(help="Render the clips this shapes model trained on (size, frames, style).")
+    ] = DEFAULT_MODEL,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Render captioned shapes clips: a --data folder for `retrain --mode flow` on the tiny models."""
@@ -490,7 +494,7 @@ def render_clips(
 
 @app.command("eval-tiny")
 def eval_tiny(
-    model: Annotated[str, typer.Option(help="Shapes pipeline directory (default: the shipped tiny Wan).")] = "tiny",
+    model: Annotated[str, typer.Option(help="Shapes pipeline directory or shipped name.")] = "tiny",
     count: Annotated[int, typer.Option(help="Held-out caption combinations to generate (>= 40 advised).")] = 40,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
 ) -> None:
@@ -612,7 +616,7 @@ def retrain(
     from .training.retrain import retrain as run_retrain
 
     request = RetrainRequest(
-        model=options["model"] or "tiny-wan", blocks=parse_int_list(blocks, "block") or [], mode=mode, data=data,
+        model=options["model"] or DEFAULT_MODEL, blocks=parse_int_list(blocks, "block") or [], mode=mode, data=data,
         prompts=list(prompt or []), steps=options["train_steps"], lr=options["lr"], batch=options["batch"],
         seed=options["seed"], checkpoint_every=options["checkpoint_every"], out=out, device=options["device"],
         overwrite=options["overwrite"],

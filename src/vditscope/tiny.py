@@ -1,10 +1,11 @@
 """The small models that ship with vditscope, as directories inside the package.
 
 Video pipelines (diffusers directories, ``SHIPPED_MODELS``): ``tiny-wan`` (the default model;
-video-only self-attention, text by cross-attention) and ``tiny-cogvideox`` (joint text-video
-self-attention, text first) were trained on this project's procedural shapes videos with
-``vditscope train-tiny``; each directory holds a ``vditscope.json`` with its generation
-settings, caption vocabulary and evaluation figures.
+video-only self-attention, text by cross-attention), ``tiny-cogvideox`` (joint text-video
+self-attention, text first, 17 frames, text-token sinks) and ``tiny-cogvideox-motion`` (joint
+attention with rotary and sincos positions, 9 frames, motion that follows the prompt) were
+trained on this project's procedural shapes videos with ``vditscope train-tiny``; each directory
+holds a ``vditscope.json`` with its generation settings, caption vocabulary and evaluation figures.
 
 Text models (transformers directories, ``TEXT_MODELS``): ``tiny-lm``, a small Llama trained on
 Python's pydoc topics (``vditscope.training.tiny_lm``) in which attention sinks on the first
@@ -21,7 +22,7 @@ from .data.shapes import DEFAULT_STYLE, LEGACY_STYLE, ClipStyle
 from .errors import VditscopeError
 
 ASSETS = Path(__file__).parent / "assets"
-SHIPPED_MODELS = ("tiny-wan", "tiny-cogvideox")
+SHIPPED_MODELS = ("tiny-wan", "tiny-cogvideox", "tiny-cogvideox-motion")
 TEXT_MODELS = ("tiny-lm",)
 DEFAULT_MODEL = "tiny-wan"
 # names the command line accepts for the shipped models
@@ -29,7 +30,7 @@ MODEL_ALIASES = {"tiny": DEFAULT_MODEL, **{name: name for name in SHIPPED_MODELS
 
 
 def tiny_model_dir(name: str = DEFAULT_MODEL) -> Path:
-    """Directory of a shipped tiny model by name (``tiny`` and ``tiny-wan`` are the default pipeline).
+    """Directory of a shipped tiny model by name (``tiny`` is the default pipeline, ``DEFAULT_MODEL``).
 
     Pipelines must hold a ``model_index.json``, text models (``TEXT_MODELS``) a ``config.json``. The shipped
     pipelines' VAE is ``vditscope.models.pixel_vae.PixelShuffleVAE``, which diffusers loads only once imported:
@@ -51,7 +52,7 @@ class TinyConfig:
     """Sizes of a tiny model's data and model, and its training recipe (``vditscope train-tiny``)."""
 
     size: int = 32  # pixels per side (Wan needs a multiple of 16)
-    frames: int = 17  # 1 + 2 * 8: 9 latent frames
+    frames: int = 17  # 1 + 2 * 8: 9 latent frames (tiny-cogvideox-motion: 9, 5 latent frames)
     spatial_factor: int = 2
     temporal_factor: int = 2
     heads: int = 4
@@ -79,15 +80,19 @@ class TinyConfig:
     drift: bool = DEFAULT_STYLE.drift  # ... whether the pattern moves with the shape ...
     scale: float = DEFAULT_STYLE.scale  # ... the shape's size (share of the frame) ...
     travel: float = DEFAULT_STYLE.travel  # ... and how far a centre or wrap clip travels (pixels)
+    # CogVideoX: rotary positions on q and k (as CogVideoX-5B) besides the fixed sincos ones added to the tokens
+    # (kept, as CogVideoX-5B-I2V keeps them): relative positions for local heads, absolute ones to place a shape
+    rotary: bool = False
     direction_sets: bool = False  # batches of clips that differ only in their direction, with the same noise ...
     set_contrast: float = 0.0  # ... and the weight of the loss on what tells a set's members apart
 
     @classmethod
     def from_saved(cls, saved: dict[str, Any]) -> TinyConfig:
         """The configuration a checkpoint or vditscope.json recorded (keys it does not know are left out); one saved
-        before the clip styles existed trained on the legacy clips (``shapes.LEGACY_STYLE``)."""
+        before a field existed has that field's earlier value (``SAVED_BEFORE``): the legacy clips
+        (``shapes.LEGACY_STYLE``), no rotary positions."""
         known = {f.name for f in fields(cls)}
-        return cls(**{**asdict(LEGACY_STYLE), **{k: v for k, v in saved.items() if k in known}})
+        return cls(**{**SAVED_BEFORE, **{k: v for k, v in saved.items() if k in known}})
 
     def with_style(self, style: ClipStyle) -> TinyConfig:
         """This configuration with the clips of ``style`` (a ``shapes.ClipStyle``)."""
@@ -106,3 +111,7 @@ class TinyConfig:
             "guidance_scale": self.guidance_scale,
             "max_sequence_length": self.max_text_tokens,
         }
+
+
+# what a configuration saved before a field existed trained with (TinyConfig.from_saved)
+SAVED_BEFORE: dict[str, Any] = {**asdict(LEGACY_STYLE), "rotary": False}

@@ -129,7 +129,7 @@ def test_custom_pipeline_and_component_code_are_refused(tmp_path):
     _edit_json(model / "model_index.json", _class_name=["pipeline", "WanPipeline"])
     with pytest.raises(VditscopeError, match="pipeline class"):
         load_pipeline(model)
-    (model / "model_index.json").write_text((vditscope.tiny_model_dir() / "model_index.json").read_text())
+    (model / "model_index.json").write_text((vditscope.tiny_model_dir("tiny-wan") / "model_index.json").read_text())
     with pytest.raises(VditscopeError, match=r"pipeline\.py"):
         load_pipeline(model)
     # diffusers imports <component>/<library>.py as a custom component

@@ -133,6 +133,21 @@ def test_circular_shift_finds_sub_pixel_motion() -> None:
         np.testing.assert_allclose(found, (dy, dx), atol=0.15)
 
 
+def test_motion_beyond_half_a_frame_reads_the_right_way() -> None:
+    """A square crossing 20 px of a 32 px frame (2.5 px per frame, no wrap): one shift from the first frames to the
+    last would wrap round and read it reversed; the chained frame-to-frame reading gives 20 px the right way."""
+    moves = {"down": (1, 0), "up": (-1, 0), "right": (0, 1), "left": (0, -1)}
+    for direction, (sy, sx) in moves.items():
+        video = np.zeros((9, 32, 32, 3), np.float32)
+        for f in range(9):
+            y, x = (16 + s * (2.5 * f - 10) for s in (sy, sx))
+            top, left = round(y) - 3, round(x) - 3
+            video[f, top : top + 6, left : left + 6] = shapes.COLORS["red"]
+        measured = shapes.measure_clip(video, "black")
+        assert measured.direction == direction and measured.color == "red"
+        np.testing.assert_allclose(measured.displacement, (20 * sy, 20 * sx), atol=0.5)
+
+
 def test_the_trail_lies_behind_the_shape() -> None:
     """The trail's pixels (the same clip with and without it) sit behind the shape in every frame."""
     for i, spec in enumerate(shapes.all_specs()[::7]):
@@ -203,10 +218,13 @@ def test_flicker_moves_each_frame_as_a_whole() -> None:
 
 
 def test_saved_configurations_keep_the_clips_they_trained_on() -> None:
-    """A configuration saved before clip styles existed trained on the legacy clips; a new one keeps its own."""
+    """A configuration saved before clip styles (and rotary positions) existed trained on the legacy clips without
+    rotary positions; a new one keeps its own."""
     style_fields = {f.name for f in fields(shapes.ClipStyle)}
-    saved = {k: v for k, v in asdict(tiny.TinyConfig()).items() if k not in style_fields}
-    assert tiny.TinyConfig.from_saved(saved).clip_style() == shapes.LEGACY_STYLE
+    saved = {k: v for k, v in asdict(tiny.TinyConfig()).items() if k not in {*style_fields, "rotary"}}
+    legacy = tiny.TinyConfig.from_saved(saved)
+    assert legacy.clip_style() == shapes.LEGACY_STYLE and not legacy.rotary
+    assert tiny.TinyConfig.from_saved(asdict(tiny.TinyConfig(rotary=True))).rotary
     wrap = tiny.TinyConfig().with_style(shapes.CLIP_STYLES["wrap"])
     assert tiny.TinyConfig.from_saved(asdict(wrap)) == wrap and wrap.clip_style() == shapes.CLIP_STYLES["wrap"]
     assert tiny.TinyConfig().clip_style() == shapes.DEFAULT_STYLE
@@ -345,13 +363,15 @@ def test_the_tokenizer_knows_every_caption_word() -> None:
 
 
 def test_render_clips_takes_the_clips_a_model_trained_on(tmp_path: Path) -> None:
-    """`render-clips --model M` renders M's own training clips: tiny-cogvideox trained on the legacy clips, the
-    default model on the current style; a folder without a shapes training entry is refused in one line."""
+    """`render-clips --model M` renders M's own training clips: tiny-wan and tiny-cogvideox trained on the legacy
+    (edge) clips, tiny-cogvideox-motion on the scene clips; a folder without a shapes training entry is refused in one
+    line."""
     from vditscope.errors import VditscopeError
     from vditscope.training.clips import shapes_training
 
     assert shapes_training("tiny-cogvideox").clip_style() == shapes.LEGACY_STYLE
-    assert shapes_training("tiny-wan").clip_style() == shapes.DEFAULT_STYLE
+    assert shapes_training("tiny").clip_style() == shapes.DEFAULT_STYLE == shapes.CLIP_STYLES["edge"]
+    assert shapes_training("tiny-cogvideox-motion").clip_style() == shapes.CLIP_STYLES["scene"]
     (tmp_path / "model_index.json").write_text("{}")
     with pytest.raises(VditscopeError, match="not trained on the shapes clips"):
         shapes_training(tmp_path)

@@ -41,7 +41,8 @@ class CogVideoXRecipe:
                 patch_size=2,
                 temporal_compression_ratio=config.temporal_factor,
                 max_text_seq_length=config.max_text_tokens,
-                use_rotary_positional_embeddings=False,
+                use_rotary_positional_embeddings=config.rotary,
+                use_learned_positional_embeddings=config.rotary,  # the sincos buffer kept beside the rotary
             )
         scheduler = CogVideoXDDIMScheduler(
             beta_schedule="scaled_linear",

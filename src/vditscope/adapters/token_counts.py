@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from ..errors import VditscopeError
 from ..layout import TokenLayout
 from . import ADAPTERS
 from .base import patch_sizes
@@ -143,6 +144,20 @@ def _latent_frames(family: str, num_frames: int, temporal: int, patch_t: int) ->
     return latent
 
 
+def check_fixed_size(family: str, transformer: dict[str, Any], spatial: int, generation: dict[str, Any]) -> None:
+    """A CogVideoX transformer with stored positions (``use_learned_positional_embeddings``: CogVideoX-5B-I2V,
+    tiny-cogvideox-motion) generates only at the size it was built for: a one-line VditscopeError for another one,
+    before anything loads (diffusers would raise inside the first transformer call)."""
+    if family != "cogvideox" or not transformer.get("use_learned_positional_embeddings"):
+        return
+    expected = [int(transformer[f"sample_{side}"]) * spatial for side in ("height", "width")]
+    if [int(generation["height"]), int(generation["width"])] != expected:
+        raise VditscopeError(
+            f"this model generates only at {expected[0]} x {expected[1]} px (height x width: its positions are stored "
+            f"for that size), not {generation['height']} x {generation['width']}; leave --height and --width out"
+        )
+
+
 def token_counts(
     family: str,
     transformer: dict[str, Any],
@@ -154,6 +169,7 @@ def token_counts(
     max_sequence_length) on a model of these configs; ``text_tokens`` is the pipeline's padded text length
     when ``generation`` does not set one."""
     spatial, temporal = vae_factors(family, vae)
+    check_fixed_size(family, transformer, spatial, generation)
     pt, ph, pw = patch_sizes(SimpleNamespace(**{"patch_size": 1, **transformer}))
     latent = _latent_frames(family, int(generation["num_frames"]), temporal, pt)
     height, width = int(generation["height"]) // spatial // ph, int(generation["width"]) // spatial // pw
