@@ -144,7 +144,7 @@ def _loss_progress(progress: ProgressFn, text: str) -> Callable[[int, int, float
 
 def _loading(model: str | None) -> str:
     """The progress bar's first words (no separate banner line: an error must stay the only line)."""
-    return f"loading {model}" if model else f"loading {DEFAULT_MODEL}, the small Wan model that ships with vditscope"
+    return f"loading {model}" if model else "loading tiny-wan, the small Wan model that ships with vditscope"
 
 
 def _table(table: Any, digits: int) -> str:
