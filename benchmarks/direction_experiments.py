@@ -7,7 +7,7 @@ background run OMP_NUM_THREADS=1):
         fine-tune the shipped tiny-wan with noise levels drawn uniformly in [lo, hi] (its own batches of 16),
         reporting caption sensitivity and the direction of 16 held-out clips every ``every`` steps
     train OUT [--family wan|cogvideox --frames 17 --temporal-factor 2 --steps 4000 --threads 1 --clips STYLE
-               --start S --trail N --texture A --texture-cycles C --flicker F --drift --scale K --travel P
+               --start S --trail N --texture A --texture-cycles C --flicker F --drift --grain G --scale K --travel P
                --shift S --direction-sets --set-contrast W]
         train tiny-wan (or its CogVideoX counterpart) from scratch with `vditscope train-tiny`'s recipe and loop at
         another clip length, temporal factor or clip style (shapes.ClipStyle; resumable, checkpoints every 250 steps)
@@ -244,6 +244,7 @@ def main() -> None:
     variant.add_argument("--texture-cycles", type=int)
     variant.add_argument("--flicker", type=float)
     variant.add_argument("--drift", action=argparse.BooleanOptionalAction, default=None)
+    variant.add_argument("--grain", type=float)
     variant.add_argument("--scale", type=float)
     variant.add_argument("--travel", type=float)
     variant.add_argument("--rotary", action="store_true")  # CogVideoX: rotary positions besides the sincos ones

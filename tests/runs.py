@@ -11,7 +11,7 @@ import pytest
 
 from vditscope.cli import main
 
-SMALL = ["--num-frames", "9", "--steps", "2", "--height", "32", "--width", "64"]
+SMALL = ["--num-frames", "9", "--steps", "2", "--height", "32", "--width", "32"]
 PROMPT = "a red square moving left on a black background"
 HOSTILE = "<script>alert(1)</script> a red square"  # a prompt that must show as text in HTML
 

@@ -66,7 +66,7 @@ from .progress import ProgressFn
 from .store import OutputDir
 from .store.output import follower_rank
 from .thresholds import SINK_RATIO
-from .tiny import DEFAULT_MODEL
+from .tiny import DEFAULT_FAMILY, DEFAULT_MODEL
 
 app = typer.Typer(
     help="vditscope: see and change what attention does inside video diffusion transformers.",
@@ -144,7 +144,9 @@ def _loss_progress(progress: ProgressFn, text: str) -> Callable[[int, int, float
 
 def _loading(model: str | None) -> str:
     """The progress bar's first words (no separate banner line: an error must stay the only line)."""
-    return f"loading {model}" if model else "loading tiny-wan, the small Wan model that ships with vditscope"
+    if model:
+        return f"loading {model}"
+    return "loading tiny-cogvideox-motion, the small CogVideoX model that ships with vditscope"
 
 
 def _table(table: Any, digits: int) -> str:
@@ -413,29 +415,34 @@ def train_tiny(
     steps: TrainStepsOpt = 4000,
     minutes: MinutesOpt = None,
     export: Annotated[Path | None, typer.Option(help="Also save the trained pipeline directory here.")] = None,
-    family: Annotated[str, typer.Option(help="Model family to train: wan or cogvideox.")] = "wan",
+    family: Annotated[
+        str, typer.Option(help="Model family to train: cogvideox (tiny-cogvideox-motion's recipe) or wan (tiny-wan's).")
+    ] = DEFAULT_FAMILY,
     clips: Annotated[
-        str,
-        typer.Option(help="Clip style: edge (tiny-wan's), scene (tiny-cogvideox-motion's), centre, wrap or stride."),
-    ] = "edge",
+        str | None,
+        typer.Option(
+            help="Clip style: scene (tiny-cogvideox-motion's), edge (tiny-wan's), centre, wrap or stride. "
+            "Default: the family's shipped model's."
+        ),
+    ] = None,
     frames: Annotated[
-        int | None, typer.Option(help="Frames per clip, 1 + 2 * (latent frames). Default: 17 (tiny-wan's).")
+        int | None,
+        typer.Option(help="Frames per clip, 1 + 2 * (latent frames). Default: the family's shipped model's (9, 17)."),
     ] = None,
     rotary: Annotated[
-        bool, typer.Option(help="CogVideoX: rotary positions on q and k besides the sincos ones (Wan: always rotary).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            help="CogVideoX: rotary positions on q and k besides the sincos ones (default: on, as "
+            "tiny-cogvideox-motion; Wan has its own)."
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Train the small shapes text-to-video model from scratch on this CPU (resumable)."""
-    from .training.recipes import RECIPES
-    from .training.tiny import TinyConfig, clip_style, export_pipeline, train
+    """Train a small shapes text-to-video model from scratch on this CPU (resumable); by default the recipe of the
+    default model, tiny-cogvideox-motion."""
+    from .training.tiny import export_pipeline, recipe_config, train
 
-    if family not in RECIPES:
-        raise VditscopeError(f"unknown model family {family}: train-tiny knows {', '.join(RECIPES)}")
-    frames = frames if frames is not None else TinyConfig.frames
-    if frames < 3 or frames % 2 == 0:
-        raise VditscopeError(f"--frames must be odd and at least 3 (1 + 2 * latent frames), got {frames}")
-    config = TinyConfig(family=family, frames=frames, rotary=rotary).with_style(clip_style(clips))
+    config = recipe_config(family, frames=frames, clips=clips, rotary=rotary)
     out = out if out is not None else Path(f"runs/train-tiny-{family}")
     _check_training(steps, out, export, "train-tiny", overwrite)
     _training(steps, train, out, config, steps=steps, minutes=minutes, overwrite=overwrite)

@@ -19,7 +19,9 @@ from .errors import VditscopeError
 T = TypeVar("T")
 
 # What to generate with and where to write: the options of every generating command.
-ModelOpt = Annotated[str | None, typer.Option(help="Pipeline directory, cached model id or shipped name (tiny-wan).")]
+ModelOpt = Annotated[
+    str | None, typer.Option(help="Pipeline directory, cached model id or shipped name (tiny-cogvideox-motion).")
+]
 PromptsOpt = Annotated[list[str] | None, typer.Option("--prompt", help="Prompt (repeat; default: 2 from the model).")]
 SeedsOpt = Annotated[list[int] | None, typer.Option("--seed", help="Seed (repeat for several).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed.")]
@@ -103,7 +105,8 @@ MinutesOpt = Annotated[float | None, typer.Option(help="Stop (with a checkpoint)
 AnalyzeModelOpt = Annotated[
     str | None,
     typer.Option(
-        help="Local diffusers pipeline directory, cached model id, or a shipped model name (tiny-wan, the default)."
+        help="Local diffusers pipeline directory, cached model id, or a shipped model name "
+        "(tiny-cogvideox-motion, the default)."
     ),
 ]
 MapStepsOpt = Annotated[

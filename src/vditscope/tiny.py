@@ -1,11 +1,11 @@
 """The small models that ship with vditscope, as directories inside the package.
 
-Video pipelines (diffusers directories, ``SHIPPED_MODELS``): ``tiny-wan`` (the default model;
-video-only self-attention, text by cross-attention), ``tiny-cogvideox`` (joint text-video
-self-attention, text first, 17 frames, text-token sinks) and ``tiny-cogvideox-motion`` (joint
-attention with rotary and sincos positions, 9 frames, motion that follows the prompt) were
-trained on this project's procedural shapes videos with ``vditscope train-tiny``; each directory
-holds a ``vditscope.json`` with its generation settings, caption vocabulary and evaluation figures.
+Video pipelines (diffusers directories, ``SHIPPED_MODELS``): ``tiny-cogvideox-motion`` (the default model;
+joint text-video attention with rotary and sincos positions, 9 frames, motion that follows the prompt, spatial
+heads), ``tiny-wan`` (video-only self-attention, text by cross-attention, 17 frames; its motion comes from the
+noise) and ``tiny-cogvideox`` (joint attention, text first, 17 frames, text-token sinks) were trained on this
+project's procedural shapes videos with ``vditscope train-tiny``; each directory holds a ``vditscope.json`` with
+its generation settings, caption vocabulary, training configuration and evaluation figures.
 
 Text models (transformers directories, ``TEXT_MODELS``): ``tiny-lm``, a small Llama trained on
 Python's pydoc topics (``vditscope.training.tiny_lm``) in which attention sinks on the first
@@ -24,7 +24,10 @@ from .errors import VditscopeError
 ASSETS = Path(__file__).parent / "assets"
 SHIPPED_MODELS = ("tiny-wan", "tiny-cogvideox", "tiny-cogvideox-motion")
 TEXT_MODELS = ("tiny-lm",)
-DEFAULT_MODEL = "tiny-wan"
+DEFAULT_MODEL = "tiny-cogvideox-motion"
+# per family, the shipped model whose recipe `vditscope train-tiny --family FAMILY` trains unless told otherwise
+RECIPE_MODELS = {"cogvideox": "tiny-cogvideox-motion", "wan": "tiny-wan"}
+DEFAULT_FAMILY = "cogvideox"  # DEFAULT_MODEL's: what train-tiny trains without --family
 # names the command line accepts for the shipped models
 MODEL_ALIASES = {"tiny": DEFAULT_MODEL, **{name: name for name in SHIPPED_MODELS + TEXT_MODELS}}
 
@@ -78,6 +81,7 @@ class TinyConfig:
     texture_cycles: int = DEFAULT_STYLE.texture_cycles  # ... its highest frequency (cycles per frame) ...
     flicker: float = DEFAULT_STYLE.flicker  # ... how far each frame's brightness moves ...
     drift: bool = DEFAULT_STYLE.drift  # ... whether the pattern moves with the shape ...
+    grain: float = DEFAULT_STYLE.grain  # ... the static per-pixel grain's amplitude ...
     scale: float = DEFAULT_STYLE.scale  # ... the shape's size (share of the frame) ...
     travel: float = DEFAULT_STYLE.travel  # ... and how far a centre or wrap clip travels (pixels)
     # CogVideoX: rotary positions on q and k (as CogVideoX-5B) besides the fixed sincos ones added to the tokens

@@ -24,7 +24,7 @@ from vditscope.tiny import tiny_model_dir
 
 from ..runs import assert_renders_again
 
-SMALL_ARGS = ["--num-frames", "9", "--steps", "3", "--height", "32", "--width", "64"]
+SMALL_ARGS = ["--num-frames", "9", "--steps", "3", "--height", "32", "--width", "32"]
 SOURCE = "a red square moving right on a black background"
 TARGET = "a green square moving right on a black background"
 
@@ -64,7 +64,7 @@ def test_transferred_attention_matches_a_dense_reference(mode, layout) -> None:
 
 
 def test_transfer_between_equal_prompts_is_the_identity() -> None:
-    pipe, _, _ = load_pipeline("tiny", "cpu")
+    pipe, _, _ = load_pipeline("tiny-wan", "cpu")
     settings = {"num_frames": 9, "num_inference_steps": 3, "height": 32, "width": 64, "max_sequence_length": 16}
 
     def run():

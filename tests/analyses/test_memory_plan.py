@@ -39,7 +39,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: py
     return code, out + err
 
 
-SMALL = ["--num-frames", "9", "--steps", "2", "--height", "32", "--width", "64", "--seed", "0"]
+SMALL = ["--num-frames", "9", "--steps", "2", "--height", "32", "--width", "32", "--seed", "0"]
 # the estimate of one statistics call is at least the measured peak and at most this factor above it
 STATISTICS_FACTOR = 1.4
 # the activation bound is at least the measured peak of one transformer call and at most this factor above it
@@ -230,7 +230,7 @@ def test_a_run_that_cannot_fit_is_refused_before_loading(
 
 
 def test_a_tight_budget_fits_the_chunk_instead_of_refusing(monkeypatch: pytest.MonkeyPatch) -> None:
-    shape = ModelShape.from_directory(vditscope.tiny_model_dir())
+    shape = ModelShape.from_directory(vditscope.tiny_model_dir("tiny-wan"))
     generation = {"height": 32, "width": 64, "num_frames": 9, "num_inference_steps": 2, "guidance_scale": 4.0}
     request = MemoryRequest(generation, map_tiles=16, map_steps=2, threads=1)
     default = estimate_memory(shape, request)
@@ -252,7 +252,7 @@ def test_run_json_holds_the_estimate_and_the_measured_peak(
     from vditscope.adapters.settings import model_settings
 
     shape = ModelShape.from_directory(vditscope.tiny_model_dir())
-    small = {"height": 32, "width": 64, "num_frames": 9, "num_inference_steps": 2}
+    small = {"height": 32, "width": 32, "num_frames": 9, "num_inference_steps": 2}
     generation = {**model_settings(vditscope.tiny_model_dir())["generation"], **small}  # as analyze asks
     request = MemoryRequest(generation, layers=[0, 1], map_tiles=16, map_steps=2, generations=1, threads=1)
     tight = estimate_memory(shape, replace(request, chunk_size=300)).device_bytes
@@ -291,7 +291,7 @@ def test_memory_command_prints_the_tiny_model_and_a_published_one(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code, out = run_cli(["memory", "--layers", "0,1"], capsys, monkeypatch)
-    assert code == 0 and "9 x 8 x 8 video + 0 text = 576 per self-attention call" in out, out
+    assert code == 0 and "5 x 8 x 8 video + 16 text = 336 per self-attention call" in out, out
     assert "weights: transformer" in out and "maps kept" in out and "fits what is free now" in out
     argv = ["memory", "--published", "Wan2.1-T2V-1.3B", "--device", "cuda", "--dtype", "bfloat16"]
     code, out = run_cli(argv, capsys, monkeypatch)

@@ -54,7 +54,7 @@ def test_retrain_command_rejects_blocks_out_of_range(tmp_path):
 
 
 def test_render_clips_writes_a_flow_data_folder(tmp_path):
-    from vditscope.training.clips import find_clips, read_clip
+    from vditscope.training.clips import find_clips, read_clip, shapes_training
 
     out = tmp_path / "clips"
     result = subprocess.run(
@@ -64,7 +64,8 @@ def test_render_clips_writes_a_flow_data_folder(tmp_path):
     assert result.returncode == 0, result.stderr
     clips = find_clips(out)
     assert len(clips) == 3 and all(caption.startswith("a ") for _, caption in clips)
-    assert read_clip(clips[0][0], 32, 32, 17).shape == (3, 17, 32, 32)  # every frame kept
+    frames = shapes_training("tiny").frames  # the default model's clips
+    assert read_clip(clips[0][0], 32, 32, frames).shape == (3, frames, 32, 32)  # every frame kept
     bad = subprocess.run(
         [sys.executable, "-m", "vditscope.cli", "render-clips", "--count", "0", "--out", str(tmp_path / "none")],
         capture_output=True, text=True, timeout=300,

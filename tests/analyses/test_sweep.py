@@ -23,7 +23,7 @@ from vditscope.capture.intervene import AttentionEdit, intervene
 from vditscope.errors import VditscopeError
 
 SMALL = {"num_frames": 9, "num_inference_steps": 3, "height": 32, "width": 64, "guidance_scale": 4.0}
-SMALL_ARGS = ["--num-frames", "9", "--steps", "3", "--height", "32", "--width", "64"]
+SMALL_ARGS = ["--num-frames", "9", "--steps", "3", "--height", "32", "--width", "32"]
 PROMPT = "a red square moving left on a black background"
 
 
@@ -35,7 +35,7 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipeline, _, _ = load_pipeline("tiny", "cpu")
+    pipeline, _, _ = load_pipeline("tiny-wan", "cpu")
     return pipeline
 
 

@@ -55,7 +55,7 @@ def test_truncate_zeros_the_embedding_after_the_first_token_and_removes_its_hook
 
 def test_text_ablation_command(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "vditscope.cli", "text-ablation", "--prompt", PROMPT]
-    small = ["--num-frames", "9", "--steps", "3", "--height", "32", "--width", "64"]
+    small = ["--num-frames", "9", "--steps", "3", "--height", "32", "--width", "32"]
     result = subprocess.run([*args, "--out", str(tmp_path / "t"), *small], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     table = pd.read_parquet(tmp_path / "t" / "text_ablation.parquet")

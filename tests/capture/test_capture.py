@@ -224,7 +224,7 @@ def test_fused_output_is_within_rounding(case: FamilyCase) -> None:
 def test_whole_tiny_wan_pipeline_steps_and_branches() -> None:
     from diffusers import WanPipeline
 
-    pipe = WanPipeline.from_pretrained(vditscope.tiny_model_dir())
+    pipe = WanPipeline.from_pretrained(vditscope.tiny_model_dir("tiny-wan"))
     pipe.set_progress_bar_config(disable=True)
     settings = dict(height=32, width=32, num_frames=9, num_inference_steps=3, guidance_scale=4.0, output_type="np")
 

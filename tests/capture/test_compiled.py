@@ -30,7 +30,7 @@ def captured(pipe) -> tuple[np.ndarray, object]:
 @pytest.fixture
 def pipe():
     torch._dynamo.reset()
-    pipeline, _, _ = load_pipeline("tiny", "cpu")
+    pipeline, _, _ = load_pipeline("tiny-wan", "cpu")
     yield pipeline
     torch._dynamo.reset()
 

@@ -161,12 +161,14 @@ def test_merging_records_of_different_calls_is_refused() -> None:
 
 
 def test_analyze_under_torchrun_writes_the_single_process_statistics_once(tmp_path: Path) -> None:
-    """``torchrun --nproc-per-node 2 -m vditscope.cli analyze --context-parallel 2`` on the CPU (gloo): the run
+    """``torchrun --nproc-per-node 2 -m vditscope.cli analyze --context-parallel 2`` on the CPU (gloo), tiny-wan (Wan
+    has a context-parallel plan, CogVideoX none): the run
     rank 0 writes holds the statistics of a one-process run; rank 1 leaves nothing behind."""
     import subprocess
     import sys
 
-    args = ["analyze", "--device", "cpu", "--prompt", "a red square moving left on a black background", "--seed", "0",
+    args = ["analyze", "--model", "tiny-wan", "--device", "cpu", "--seed", "0",
+            "--prompt", "a red square moving left on a black background",
             "--num-frames", "5", "--steps", "2", "--height", "32", "--width", "32", "--map-tiles", "16"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

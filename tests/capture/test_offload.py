@@ -118,7 +118,7 @@ def traces(model: torch.nn.Module) -> dict[str, tuple]:
 @pytest.fixture(scope="module")
 def plain() -> dict[str, Any]:
     """The un-offloaded tiny pipeline's frames, capture table (two generations) and an intervention's tables."""
-    pipe, _, _ = load_pipeline("tiny", "cpu")
+    pipe, _, _ = load_pipeline("tiny-wan", "cpu")
     return {"frames": generate(pipe), "capture": observed(pipe), "edited": observed(pipe, 1, (EDIT,))}
 
 
@@ -128,7 +128,7 @@ def test_capture_under_offloading_matches_and_leaves_the_offload_hooks(
 ) -> None:
     """Two generations in one session (model offload re-adds its hooks after each): the same frames and the
     same table as without offloading; after it, the modules hold the offload hooks as before and nothing else."""
-    pipe, _, _ = load_pipeline("tiny", "cpu")
+    pipe, _, _ = load_pipeline("tiny-wan", "cpu")
     MODES[mode](pipe, tmp_path)
     assert np.array_equal(generate(pipe), plain["frames"])
     before = traces(pipe.transformer)
@@ -147,7 +147,7 @@ def test_capture_under_offloading_matches_and_leaves_the_offload_hooks(
 @pytest.mark.parametrize("mode", list(MODES))
 def test_an_edit_under_offloading_matches(plain: dict[str, Any], mode: str, tmp_path: Path) -> None:
     """An intervention (nested in a capture) edits the same calls to the same frames and tables."""
-    pipe, _, _ = load_pipeline("tiny", "cpu")
+    pipe, _, _ = load_pipeline("tiny-wan", "cpu")
     MODES[mode](pipe, tmp_path)
     before = traces(pipe.transformer)
     result, reference = observed(pipe, 1, (EDIT,)), plain["edited"]
@@ -162,7 +162,7 @@ def test_an_edit_under_offloading_matches(plain: dict[str, Any], mode: str, tmp_
 
 def test_model_offload_switched_on_and_off_inside_a_session(plain: dict[str, Any]) -> None:
     """Offload hooks added while a session is open stay after it; hooks removed while it is open stay removed."""
-    pipe, _, _ = load_pipeline("tiny", "cpu")
+    pipe, _, _ = load_pipeline("tiny-wan", "cpu")
     transformer = pipe.transformer
     with capture(pipe) as cap:
         pipe.enable_model_cpu_offload(device="cpu")
@@ -218,7 +218,7 @@ def test_bare_transformers_of_every_family_under_offloading(make: Callable[[], F
 def test_cuda_offloading_through_the_pipeline_methods(mode: str) -> None:
     """On a GPU: enable_model_cpu_offload, enable_sequential_cpu_offload and group offloading with streams
     capture the same table (float tolerance: offloaded kernels may differ) as the pipeline on the GPU."""
-    pipe, _, _ = load_pipeline("tiny", "cuda")
+    pipe, _, _ = load_pipeline("tiny-wan", "cuda")
     reference = observed(pipe)
     pipe.to("cpu")
     if mode == "group-stream":

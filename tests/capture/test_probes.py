@@ -17,7 +17,7 @@ PROMPT = "a red square moving left on a black background"
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple:
-    pipe, _, directory = load_pipeline(vditscope.tiny_model_dir())
+    pipe, _, directory = load_pipeline(vditscope.tiny_model_dir("tiny-wan"))  # self- and cross-attention calls
     generation = json.loads((directory / "vditscope.json").read_text())["generation"]
     return pipe, {**generation, "num_inference_steps": 2, "num_frames": 9}
 

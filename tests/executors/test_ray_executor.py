@@ -22,8 +22,8 @@ from vditscope.analyses.analyze import AnalyzeRequest, run_analyze
 from vditscope.analyses.captured import CaptureCache
 from vditscope.analyses.sweep import SweepRequest, run_sweep
 
-SMALL = {"num_frames": 9, "num_inference_steps": 2, "height": 32, "width": 64}
-SMALL_ARGS = ["--num-frames", "9", "--steps", "2", "--height", "32", "--width", "64"]
+SMALL = {"num_frames": 9, "num_inference_steps": 2, "height": 32, "width": 32}
+SMALL_ARGS = ["--num-frames", "9", "--steps", "2", "--height", "32", "--width", "32"]
 PROMPTS = ("a red square moving left on a black background", "a blue circle moving up on a white background")
 SWEEP_ARGS = ["--per-layer", "--k", "0.3,0.6", "--layers", "1,2", "--prompt", PROMPTS[0], "--seed", "0"]
 

@@ -228,7 +228,7 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_frames=9,
         num_inference_steps=3,
         height=32,
-        width=64,
+        width=32,
         map_tiles=64,
     )
     run_dir = run_analyze(request)
@@ -389,11 +389,14 @@ def test_explorer_overlays_the_clicked_tile_and_matches_the_stored_maps(driver: 
 
 def test_explorer_shows_where_a_text_token_is_looked_at_from(driver: WebDriver, report_html: Path) -> None:
     """Choose a text token: every frame shows the mass each query tile puts on it, equal (8-bit) to the stored
-    text tile map of that generation, layer and head; 'none' brings the clicked position's view back."""
+    text tile map (cross-attention, or joint attention's text keys) of that generation, layer and head; 'none'
+    brings the clicked position's view back."""
     import numpy as np
     from safetensors.torch import load_file
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
+
+    from vditscope.report.explorer import stored_text_maps
 
     run_dir = report_html.parent
     driver.get_log("browser")
@@ -409,7 +412,7 @@ def test_explorer_shows_where_a_text_token_is_looked_at_from(driver: WebDriver, 
         text.select_by_value(str(key))
         state = driver.execute_script("return window.vditscopeExplorer.state()")
         column = driver.execute_script("return window.vditscopeExplorer.column()")
-        stored = maps[f"text_tile_map.{state['generation']}.cross.layer{state['layer']}"].double()
+        stored = stored_text_maps(maps, [state["generation"]])[(state["generation"], state["layer"])].double()
         expected = (stored.mean(0) if head < 0 else stored[head])[:, key].numpy()
         assert state["text"] == key and column is not None and len(column) == state["tiles"]
         rows = (stored.mean(0) if head < 0 else stored[head]).numpy()

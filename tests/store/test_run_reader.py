@@ -30,7 +30,7 @@ def test_analyze_run_reads_back(runs: dict[str, Path]) -> None:
     run = vditscope.open_run(runs["analyze"])
     assert isinstance(run, vditscope.Run) and run.command == "analyze" and run.path == runs["analyze"]
     assert run.files == vditscope.store.files_of("analyze")
-    assert run.info["prompts"] == [HOSTILE] and run.info["family"] == "wan"
+    assert run.info["prompts"] == [HOSTILE] and run.info["family"] == "cogvideox"
     stats = run.stats
     assert isinstance(stats, pd.DataFrame) and set(STATS_COLUMNS) <= set(stats.columns) and len(stats) > 0
     assert set(stats.layer) == {0, 1}

@@ -24,6 +24,7 @@ STYLES = {
     **shapes.CLIP_STYLES,
     "centre-no-trail": replace(CENTRED, trail=0),
     "wrap-drift": replace(shapes.CLIP_STYLES["wrap"], drift=True),
+    "scene-grain": replace(shapes.CLIP_STYLES["scene"], grain=0.12),
 }
 
 
@@ -205,6 +206,25 @@ def test_a_drifting_pattern_moves_with_the_shape() -> None:
         assert np.array_equal(still[0], video[0]) and not np.allclose(still[-1], video[-1])
 
 
+def test_grain_is_static_per_pixel_and_grey() -> None:
+    """Grain adds one grey value per pixel within its amplitude, the same in every frame where no shape covers
+    it; neighbouring pixels' values are unrelated (it is not the smooth pattern), and without grain the clip is
+    the same draw for draw (the draw comes last)."""
+    spec = shapes.ClipSpec("white", "circle", "down", "gray")
+    style = replace(CENTRED, grain=0.1)
+    plain = shapes.render_clip(spec, frames=9, size=32, rng=np.random.default_rng(2), style=CENTRED)
+    grained = shapes.render_clip(spec, frames=9, size=32, rng=np.random.default_rng(2), style=style)
+    untouched = (np.abs(plain - plain[0]).sum(-1) == 0).all(axis=0)  # pixels no shape or trail ever covers
+    grain = (grained - plain)[:, untouched]  # (F, pixels, 3)
+    assert np.abs(grain).max() <= 0.1 + 1e-6 and np.abs(grain).mean() > 0.03
+    np.testing.assert_allclose(grain, grain[:1].repeat(9, 0), atol=1e-6)  # static
+    np.testing.assert_allclose(grain, grain[..., :1].repeat(3, -1), atol=1e-6)  # grey
+    rows = (grained - plain)[0, ..., 0]
+    assert abs(np.corrcoef(rows[:, :-1].ravel(), rows[:, 1:].ravel())[0, 1]) < 0.2  # no neighbour correlation
+    again = shapes.render_clip(spec, frames=9, size=32, rng=np.random.default_rng(2), style=replace(style, grain=0))
+    assert np.array_equal(again, plain)
+
+
 def test_flicker_moves_each_frame_as_a_whole() -> None:
     """With flicker, a frame differs from the same clip without it by one offset over all its pixels (none
     clipped on a gray background), within the flicker; the offsets differ between frames."""
@@ -370,8 +390,25 @@ def test_render_clips_takes_the_clips_a_model_trained_on(tmp_path: Path) -> None
     from vditscope.training.clips import shapes_training
 
     assert shapes_training("tiny-cogvideox").clip_style() == shapes.LEGACY_STYLE
-    assert shapes_training("tiny").clip_style() == shapes.DEFAULT_STYLE == shapes.CLIP_STYLES["edge"]
+    assert shapes_training("tiny-wan").clip_style() == shapes.DEFAULT_STYLE == shapes.CLIP_STYLES["edge"]
+    assert shapes_training("tiny").clip_style() == shapes_training("tiny-cogvideox-motion").clip_style()
     assert shapes_training("tiny-cogvideox-motion").clip_style() == shapes.CLIP_STYLES["scene"]
     (tmp_path / "model_index.json").write_text("{}")
     with pytest.raises(VditscopeError, match="not trained on the shapes clips"):
         shapes_training(tmp_path)
+
+
+def test_train_tiny_recipes_are_the_shipped_models_configurations() -> None:
+    """What train-tiny trains per family, with the README's flags, is what each shipped model recorded; --rotary
+    on Wan and an even frame count are refused in one line."""
+    from vditscope.errors import VditscopeError
+    from vditscope.training.clips import shapes_training
+    from vditscope.training.tiny import recipe_config
+
+    assert recipe_config("cogvideox") == shapes_training("tiny-cogvideox-motion") == shapes_training("tiny")
+    assert recipe_config("wan") == shapes_training("tiny-wan")
+    assert recipe_config("cogvideox", frames=17, clips="edge", rotary=False) == shapes_training("tiny-cogvideox")
+    with pytest.raises(VditscopeError, match="--rotary is for CogVideoX"):
+        recipe_config("wan", rotary=True)
+    with pytest.raises(VditscopeError, match="--frames must be odd"):
+        recipe_config("cogvideox", frames=10)

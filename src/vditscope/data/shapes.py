@@ -92,6 +92,10 @@ class ClipStyle:
     up to this much (uniform, the whole frame), as a camera's exposure does, so that a frame's own pixels tell
     what the other frames cannot. ``drift``: the background pattern moves with the shape, as a scene does when
     the camera pans, so that the direction shows everywhere in the frame and not only where the shape is.
+    ``grain``: amplitude of a static grey grain on the background, one random value per pixel (uniform, 0: none),
+    which the frames share (it stays with ``drift``, as a sensor's fixed pattern does): unlike the smooth pattern,
+    a pixel's grain cannot be read from its neighbours, only from the same place in the other frames, which is
+    what a temporal attention head does.
     ``scale``: the shape's side as a share of the frame's. ``travel``: pixels a centre or wrap clip travels (within
     ``TRAVEL_JITTER``); a small shape that travels several times its size shows its direction only across frames.
     """
@@ -102,6 +106,7 @@ class ClipStyle:
     texture_cycles: int = 3
     flicker: float = 0.0
     drift: bool = False
+    grain: float = 0.0
     scale: float = 0.34
     travel: float = 10.5
 
@@ -120,7 +125,7 @@ CLIP_STYLES = {
     # positions reads the direction from where the shape is; the pattern and the flicker give the head types)
     "scene": ClipStyle(start="edge", trail=3, texture=0.1, texture_cycles=6, flicker=0.05),
 }
-DEFAULT_STYLE = CLIP_STYLES["edge"]  # what train-tiny trains on unless told otherwise: the shipped tiny-wan's
+DEFAULT_STYLE = CLIP_STYLES["edge"]  # a TinyConfig's unless told otherwise: the shipped tiny-wan's
 TRAIL_SPACING = 2.0  # pixels between the trail's copies
 TRAIL_ALPHA = 0.55  # opacity of the first copy; the others fade linearly
 CENTRE_JITTER = 1.0  # pixels: the centred start is uniform within this of the centre
@@ -163,10 +168,13 @@ def render_clip(
     still = background((0.0, 0.0))
     video = np.empty((frames, size, size, 3), dtype=np.float32)
     exposure = rng.uniform(-style.flicker, style.flicker, frames) if style.flicker else np.zeros(frames)
+    grain = rng.uniform(-style.grain, style.grain, (size, size, 1)).astype(np.float32) if style.grain else None
     for t in range(frames):
         moved = sign * span * t / max(frames - 1, 1)
         along = first + moved
         behind_shape = background((moved * dy, moved * dx)) if style.drift else still
+        if grain is not None:  # static even when the pattern drifts: the camera's sensor, not the scene
+            behind_shape = np.clip(behind_shape + grain, 0, 1)
         coverage = np.zeros((size, size), dtype=np.float32)
         for k in range(style.trail, -1, -1):  # the trail's copies first, the shape last
             behind = along - sign * k * TRAIL_SPACING

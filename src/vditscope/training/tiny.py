@@ -23,7 +23,7 @@ from ..adapters.loading import quiet_loading
 from ..data import shapes
 from ..errors import VditscopeError
 from ..store import OutputDir, files_of, write_json
-from ..tiny import TinyConfig
+from ..tiny import RECIPE_MODELS, TinyConfig
 from .checkpoint import (
     CHECKPOINT,
     STATE,
@@ -75,6 +75,26 @@ def clip_style(name: str) -> shapes.ClipStyle:
     if name not in shapes.CLIP_STYLES:
         raise VditscopeError(f"unknown clip style {name}; choose one of {', '.join(shapes.CLIP_STYLES)}")
     return shapes.CLIP_STYLES[name]
+
+
+def recipe_config(
+    family: str, *, frames: int | None = None, clips: str | None = None, rotary: bool | None = None
+) -> TinyConfig:
+    """What ``train-tiny --family FAMILY`` trains: the configuration its shipped model recorded (``RECIPE_MODELS``:
+    tiny-cogvideox-motion's for CogVideoX, tiny-wan's for Wan), with the frame count, clip style (a
+    ``shapes.CLIP_STYLES`` name) and CogVideoX's rotary positions given instead (VditscopeError on a bad one)."""
+    from .clips import shapes_training
+
+    if family not in RECIPE_MODELS:
+        raise VditscopeError(f"unknown model family {family}: train-tiny knows {', '.join(RECIPE_MODELS)}")
+    if family != "cogvideox" and rotary:
+        raise VditscopeError(f"--rotary is for CogVideoX; {family} has rotary positions of its own")
+    if frames is not None and (frames < 3 or frames % 2 == 0):
+        raise VditscopeError(f"--frames must be odd and at least 3 (1 + 2 * latent frames), got {frames}")
+    config = shapes_training(RECIPE_MODELS[family])
+    config = replace(config, frames=frames if frames is not None else config.frames)
+    config = replace(config, rotary=rotary if rotary is not None else config.rotary)
+    return config.with_style(clip_style(clips)) if clips is not None else config
 
 
 def build_pipeline(config: TinyConfig) -> Any:
