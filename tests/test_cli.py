@@ -181,6 +181,7 @@ def test_shipped_model_names_and_metrics() -> None:
     metrics = json.loads((vditscope.tiny_model_dir("tiny-cogvideox-motion") / "vditscope.json").read_text())["metrics"]
     assert metrics["held_out_clips"] >= 40 and metrics["color_accuracy"] >= 0.9 and metrics["direction_accuracy"] >= 0.8
     assert min(metrics["direction_accuracy_per_direction"].values()) >= 0.5 and metrics["head_classes"]["spatial"] >= 1
+    assert max(metrics["same_frame_ratio"].values()) >= 2.0  # own-frame attention past 2x uniform in a layer
     with pytest.raises(VditscopeError, match="unknown shipped model"):
         vditscope.tiny_model_dir("tiny-mochi")
     joint = vditscope.tiny_model_dir("tiny-cogvideox")

@@ -421,7 +421,7 @@ def train_tiny(
     clips: Annotated[
         str | None,
         typer.Option(
-            help="Clip style: scene (tiny-cogvideox-motion's), edge (tiny-wan's), centre, wrap or stride. "
+            help="Clip style: grain (tiny-cogvideox-motion's), edge (tiny-wan's), scene, centre, wrap or stride. "
             "Default: the family's shipped model's."
         ),
     ] = None,

@@ -24,7 +24,6 @@ STYLES = {
     **shapes.CLIP_STYLES,
     "centre-no-trail": replace(CENTRED, trail=0),
     "wrap-drift": replace(shapes.CLIP_STYLES["wrap"], drift=True),
-    "scene-grain": replace(shapes.CLIP_STYLES["scene"], grain=0.12),
 }
 
 
@@ -384,7 +383,7 @@ def test_the_tokenizer_knows_every_caption_word() -> None:
 
 def test_render_clips_takes_the_clips_a_model_trained_on(tmp_path: Path) -> None:
     """`render-clips --model M` renders M's own training clips: tiny-wan and tiny-cogvideox trained on the legacy
-    (edge) clips, tiny-cogvideox-motion on the scene clips; a folder without a shapes training entry is refused in one
+    (edge) clips, tiny-cogvideox-motion on the grain clips; a folder without a shapes training entry is refused in one
     line."""
     from vditscope.errors import VditscopeError
     from vditscope.training.clips import shapes_training
@@ -392,7 +391,7 @@ def test_render_clips_takes_the_clips_a_model_trained_on(tmp_path: Path) -> None
     assert shapes_training("tiny-cogvideox").clip_style() == shapes.LEGACY_STYLE
     assert shapes_training("tiny-wan").clip_style() == shapes.DEFAULT_STYLE == shapes.CLIP_STYLES["edge"]
     assert shapes_training("tiny").clip_style() == shapes_training("tiny-cogvideox-motion").clip_style()
-    assert shapes_training("tiny-cogvideox-motion").clip_style() == shapes.CLIP_STYLES["scene"]
+    assert shapes_training("tiny-cogvideox-motion").clip_style() == shapes.CLIP_STYLES["grain"]
     (tmp_path / "model_index.json").write_text("{}")
     with pytest.raises(VditscopeError, match="not trained on the shapes clips"):
         shapes_training(tmp_path)

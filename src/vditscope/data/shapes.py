@@ -121,9 +121,12 @@ CLIP_STYLES = {
     "centre": ClipStyle(start="centre", trail=3, texture=0.1, texture_cycles=6, flicker=0.05),
     "wrap": ClipStyle(start="wrap", trail=3, texture=0.1, texture_cycles=6, flicker=0.05),
     "stride": ClipStyle(start="wrap", trail=3, texture=0.1, texture_cycles=6, flicker=0.05, travel=16.0),
-    # `edge` starts with `centre`'s trail, pattern and flicker: tiny-cogvideox-motion's clips (a model with absolute
-    # positions reads the direction from where the shape is; the pattern and the flicker give the head types)
+    # `edge` starts with `centre`'s trail, pattern and flicker (a model with absolute positions reads the direction
+    # from where the shape is; the pattern and the flicker give the head types)
     "scene": ClipStyle(start="edge", trail=3, texture=0.1, texture_cycles=6, flicker=0.05),
+    # `scene` over a static per-pixel grain: the shipped tiny-cogvideox-motion's clips (own-frame attention past 2x
+    # uniform in a layer)
+    "grain": ClipStyle(start="edge", trail=3, texture=0.1, texture_cycles=6, flicker=0.05, grain=0.12),
 }
 DEFAULT_STYLE = CLIP_STYLES["edge"]  # a TinyConfig's unless told otherwise: the shipped tiny-wan's
 TRAIL_SPACING = 2.0  # pixels between the trail's copies
