@@ -47,16 +47,28 @@ def test_the_command_line_refuses_a_launch_without_torchrun(tmp_path: Path, caps
     assert not out.exists()
 
 
+def test_regional_compilation_of_a_model_without_repeated_blocks_is_refused(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The default model (CogVideoX: diffusers lists no repeated blocks for it) under --compile regional: one line
+    that says to use --compile model, exit code 2, no run directory."""
+    out = tmp_path / "regional"
+    code, err = run_main(["analyze", "--compile", "regional", "--out", str(out), *SMALL], capsys, monkeypatch)
+    assert code == 2 and "use --compile model" in err and "CogVideoXTransformer3DModel" in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["regional", "model"])
 def test_a_compiled_analyze_writes_the_eager_statistics(mode: str, tmp_path: Path, capsys, monkeypatch) -> None:
-    """Inductor on the shipped model: the statistics equal the eager run's (observed blocks run eagerly under
-    regional full graphs; the whole-model graph breaks around them, and its compiled parts round differently:
-    relative 1e-6 per step, up to 1e-5 on the largest sink ratios after two steps)."""
+    """Inductor on tiny-wan (diffusers knows its repeated blocks): the statistics equal the eager run's (observed
+    blocks run eagerly under regional full graphs; the whole-model graph breaks around them, and its compiled parts
+    round differently: relative 1e-6 per step, up to 1e-5 on the largest sink ratios after two steps)."""
     runs = {}
     for compile_mode in ("none", mode):
         out = tmp_path / compile_mode
-        code, err = run_main(["analyze", "--compile", compile_mode, "--out", str(out), *SMALL], capsys, monkeypatch)
+        argv = ["analyze", "--model", "tiny-wan", "--compile", compile_mode, "--out", str(out), *SMALL]
+        code, err = run_main(argv, capsys, monkeypatch)
         assert code == 0, err
         runs[compile_mode] = pd.read_parquet(out / "stats.parquet")
     numeric = runs["none"].select_dtypes("number").columns

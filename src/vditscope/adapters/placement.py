@@ -101,6 +101,11 @@ def compile_transformers(pipe: Any, mode: str) -> None:
         if not isinstance(model, torch.nn.Module) or mode == "none":
             continue
         if mode == "regional":
+            if not getattr(model, "_repeated_blocks", None):  # diffusers' compile_repeated_blocks would fail
+                raise VditscopeError(
+                    f"--compile regional needs the transformer's repeated blocks, and diffusers lists none for "
+                    f"{type(model).__name__}; use --compile model"
+                )
             model.compile_repeated_blocks(fullgraph=True)
         else:
             setattr(pipe, name, torch.compile(model))
