@@ -27,7 +27,8 @@ TEXT_MODELS = ("tiny-lm",)
 DEFAULT_MODEL = "tiny-cogvideox-motion"
 # per family, the shipped model whose recipe `vditscope train-tiny --family FAMILY` trains unless told otherwise
 RECIPE_MODELS = {"cogvideox": "tiny-cogvideox-motion", "wan": "tiny-wan"}
-DEFAULT_FAMILY = "cogvideox"  # DEFAULT_MODEL's: what train-tiny trains without --family
+# DEFAULT_MODEL's family: what train-tiny trains without --family
+DEFAULT_FAMILY = next(family for family, model in RECIPE_MODELS.items() if model == DEFAULT_MODEL)
 # names the command line accepts for the shipped models
 MODEL_ALIASES = {"tiny": DEFAULT_MODEL, **{name: name for name in SHIPPED_MODELS + TEXT_MODELS}}
 

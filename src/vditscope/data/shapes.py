@@ -168,16 +168,15 @@ def render_clip(
     sign = dx + dy
     color = np.asarray(COLORS[spec.color], dtype=np.float32)
     background = clip_background(BACKGROUNDS[spec.background], size, style.texture, style.texture_cycles, rng)
-    still = background((0.0, 0.0))
     video = np.empty((frames, size, size, 3), dtype=np.float32)
     exposure = rng.uniform(-style.flicker, style.flicker, frames) if style.flicker else np.zeros(frames)
-    grain = rng.uniform(-style.grain, style.grain, (size, size, 1)).astype(np.float32) if style.grain else None
+    if style.grain:  # static even when the pattern drifts: the camera's sensor, not the scene
+        background = _with_grain(background, rng.uniform(-style.grain, style.grain, (size, size, 1)))
+    still = background((0.0, 0.0))
     for t in range(frames):
         moved = sign * span * t / max(frames - 1, 1)
         along = first + moved
         behind_shape = background((moved * dy, moved * dx)) if style.drift else still
-        if grain is not None:  # static even when the pattern drifts: the camera's sensor, not the scene
-            behind_shape = np.clip(behind_shape + grain, 0, 1)
         coverage = np.zeros((size, size), dtype=np.float32)
         for k in range(style.trail, -1, -1):  # the trail's copies first, the shape last
             behind = along - sign * k * TRAIL_SPACING
@@ -233,6 +232,14 @@ def clip_background(
 
     peak = np.abs(pattern((0.0, 0.0))).max()
     return lambda shift: np.clip(plain + texture * (pattern(shift) / peak).astype(np.float32)[..., None], 0, 1)
+
+
+def _with_grain(
+    background: Callable[[tuple[float, float]], np.ndarray], grain: np.ndarray
+) -> Callable[[tuple[float, float]], np.ndarray]:
+    """``background`` (a ``clip_background``) with a static ``grain`` (size, size, 1) added, kept in [0, 1]."""
+    grain = grain.astype(np.float32)
+    return lambda shift: np.clip(background(shift) + grain, 0, 1)
 
 
 def sample_specs(count: int, rng: np.random.Generator, specs: list[ClipSpec] | None = None) -> list[ClipSpec]:

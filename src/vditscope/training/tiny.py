@@ -33,6 +33,7 @@ from .checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
+from .clips import shapes_training
 from .recipes import denoising_loss, recipe_for
 
 TRAIN_FILES = files_of("train-tiny")  # what a train-tiny run directory holds
@@ -83,8 +84,6 @@ def recipe_config(
     """What ``train-tiny --family FAMILY`` trains: the configuration its shipped model recorded (``RECIPE_MODELS``:
     tiny-cogvideox-motion's for CogVideoX, tiny-wan's for Wan), with the frame count, clip style (a
     ``shapes.CLIP_STYLES`` name) and CogVideoX's rotary positions given instead (VditscopeError on a bad one)."""
-    from .clips import shapes_training
-
     if family not in RECIPE_MODELS:
         raise VditscopeError(f"unknown model family {family}: train-tiny knows {', '.join(RECIPE_MODELS)}")
     if family != "cogvideox" and rotary:
@@ -92,8 +91,11 @@ def recipe_config(
     if frames is not None and (frames < 3 or frames % 2 == 0):
         raise VditscopeError(f"--frames must be odd and at least 3 (1 + 2 * latent frames), got {frames}")
     config = shapes_training(RECIPE_MODELS[family])
-    config = replace(config, frames=frames if frames is not None else config.frames)
-    config = replace(config, rotary=rotary if rotary is not None else config.rotary)
+    config = replace(
+        config,
+        frames=frames if frames is not None else config.frames,
+        rotary=rotary if rotary is not None else config.rotary,
+    )
     return config.with_style(clip_style(clips)) if clips is not None else config
 
 
