@@ -235,6 +235,10 @@ def test_eval_tiny_prints_accuracies(tmp_path: Path) -> None:
     assert data["count"] == 2 and 0 <= data["color_accuracy"] <= 1
     assert sum(sum(row.values()) for row in data["direction_confusion"].values()) == 2
     assert sum(data["head_classes"].values()) == 16  # 4 layers x 4 heads
+    # per layer, the largest mass a head puts on its own position in the other frames (what the temporal class reads)
+    assert set(data["same_position_max"]) == {"0", "1", "2", "3"}
+    assert all(0 < mass < 1 for mass in data["same_position_max"].values())
+    assert "own position in the other frames (temporal: >= 25%)" in result.stdout
     # the default model reads both words: its loss rises far when either is wrong (issue 17)
     rise = data["caption_sensitivity"]
     assert rise["colour"] > 0.5 and rise["direction"] > 0.5

@@ -524,6 +524,7 @@ def eval_tiny(
 
 def _echo_evaluation(result: Any) -> None:
     """eval-tiny's results, a line each (the confusion matrix as a table)."""
+    from .analyses.structure import TEMPORAL_MASS
     from .training.evaluate import confusion_table
 
     typer.echo(f"clips: {result.count}")
@@ -534,6 +535,11 @@ def _echo_evaluation(result: Any) -> None:
     typer.echo("same-frame attention mass / uniform share, per layer:")
     for layer, ratio in result.same_frame_ratio.items():
         typer.echo(f"  layer {layer}: {ratio:.2f}x")
+    if result.same_position_max:
+        rule = f"temporal: >= {TEMPORAL_MASS:.0%}"
+        typer.echo(f"largest mass a head puts on its own position in the other frames ({rule}), per layer:")
+        for layer, mass in result.same_position_max.items():
+            typer.echo(f"  layer {layer}: {mass:.1%}")
     typer.echo("head classes (the report's rule): " + ", ".join(f"{n} {c}" for c, n in result.head_classes.items()))
     for word, rise in result.sensitivity.items():
         typer.echo(f"denoising loss with the wrong {word} in the caption: {rise:+.1%} (0: the word is ignored)")

@@ -40,6 +40,9 @@ class TinyEvaluation:
     same_frame_ratio: dict[int, float]
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)  # prompted -> measured -> clips
     head_classes: dict[str, int] = field(default_factory=dict)  # class -> heads (captured clips, cond branch)
+    # layer -> the largest mass any of its heads puts on the query's own position in the other frames (the mass the
+    # temporal class reads; captured clips, cond branch)
+    same_position_max: dict[int, float] = field(default_factory=dict)
     sensitivity: dict[str, float] = field(default_factory=dict)  # caption_sensitivity's loss increases
 
     def direction_accuracy_of(self, direction: str) -> float:
@@ -57,6 +60,7 @@ class TinyEvaluation:
             "same_frame_ratio": {str(k): v for k, v in self.same_frame_ratio.items()},
             "direction_confusion": self.confusion,
             "head_classes": self.head_classes,
+            "same_position_max": {str(k): v for k, v in self.same_position_max.items()},
             "caption_sensitivity": self.sensitivity,
         }
 
@@ -101,13 +105,15 @@ def evaluate(
         confusion[spec.direction][measured.direction] += 1
         if progress:
             progress(i + 1, len(specs))
+    heads = captured_heads(tables)
     return TinyEvaluation(
         count=len(specs),
         color_accuracy=color_ok / len(specs),
         direction_accuracy=direction_ok / len(specs),
         same_frame_ratio={layer: float(np.mean(v)) for layer, v in sorted(same_frame.items())},
         confusion=confusion,
-        head_classes=head_class_counts(tables),
+        head_classes=head_class_counts(heads),
+        same_position_max=largest_same_position_mass(heads),
     )
 
 
@@ -120,16 +126,24 @@ def confusion_table(result: TinyEvaluation) -> Any:
     return pd.DataFrame(rows)
 
 
-def head_class_counts(tables: list[Any]) -> dict[str, int]:
-    """Heads per class (the report's rule, ``analyses.structure.classify_heads``) over captured tables."""
+def captured_heads(tables: list[Any]) -> Any:
+    """The report's per-head table (``analyses.structure.classify_heads``: masses and class) over captured tables."""
     import pandas as pd
 
     from ..analyses.structure import classify_heads
 
-    if not tables:
-        return {}
-    classes = classify_heads(pd.concat(tables, ignore_index=True))["class"]
-    return {name: int(count) for name, count in classes.value_counts().sort_index().items()}
+    return classify_heads(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["kind", "branch"]))
+
+
+def head_class_counts(heads: Any) -> dict[str, int]:
+    """Heads per class (the report's rule) in ``captured_heads``' table."""
+    return {name: int(count) for name, count in heads["class"].value_counts().sort_index().items()}
+
+
+def largest_same_position_mass(heads: Any) -> dict[int, float]:
+    """Per layer, the largest mean mass a head puts on the query's own position in the other frames (what the
+    report's rule calls temporal from ``TEMPORAL_MASS``) in ``captured_heads``' table."""
+    return {int(layer): float(mass) for layer, mass in heads.groupby("layer")["same_position_mass"].max().items()}
 
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
