@@ -8,7 +8,7 @@ background run OMP_NUM_THREADS=1):
         reporting caption sensitivity and the direction of 16 held-out clips every ``every`` steps
     train OUT [--family wan|cogvideox --frames 17 --temporal-factor 2 --steps 4000 --threads 1 --clips STYLE
                --start S --trail N --texture A --texture-cycles C --flicker F --drift --grain G --scale K --travel P
-               --shift S --direction-sets --set-contrast W]
+               --shift S --direction-sets --set-contrast W --qk-norm-lr-scale M --qk-norm-gain G]
         train tiny-wan (or its CogVideoX counterpart) from scratch with `vditscope train-tiny`'s recipe and loop at
         another clip length, temporal factor or clip style (shapes.ClipStyle; resumable, checkpoints every 250 steps)
     evaluate RUN_OR_MODEL [--count 24 --guidance 4 --shift S]
@@ -126,7 +126,8 @@ def train_variant(args: argparse.Namespace) -> None:
     overrides = {name: getattr(args, name) for name in asdict(style) if getattr(args, name) is not None}
     sizes = {"frames": args.frames, "temporal_factor": args.temporal_factor}
     sets = {"direction_sets": args.direction_sets or args.set_contrast > 0, "set_contrast": args.set_contrast}
-    settings = {**sizes, **sets, "shift": args.shift, "family": args.family, "rotary": args.rotary}
+    settings = {**sizes, **sets, "shift": args.shift, "family": args.family, "rotary": args.rotary,
+                "qk_norm_lr_scale": args.qk_norm_lr_scale, "qk_norm_gain": args.qk_norm_gain}  # fmt: skip
     config = TinyConfig(**settings).with_style(replace(style, **overrides))
     started = time.perf_counter()
 
@@ -251,6 +252,8 @@ def main() -> None:
     variant.add_argument("--shift", type=float, default=3.0)  # the noise-level shift of training and sampling
     variant.add_argument("--direction-sets", action="store_true")  # clips that differ only in direction, same noise
     variant.add_argument("--set-contrast", type=float, default=0.0)  # weight of the loss on the sets' differences
+    variant.add_argument("--qk-norm-lr-scale", type=float, default=1.0)  # learning-rate multiple of the q/k norms
+    variant.add_argument("--qk-norm-gain", type=float, default=1.0)  # the q/k norms' initial gain
     score = sub.add_parser("evaluate")
     score.add_argument("model")
     score.add_argument("--count", type=int, default=24)

@@ -246,8 +246,8 @@ def test_eval_tiny_prints_accuracies(tmp_path: Path) -> None:
 
 def test_train_tiny_records_the_clip_style_it_trains_on(tmp_path: Path) -> None:
     """train-tiny trains the default model's recipe (tiny-cogvideox-motion's: CogVideoX with rotary positions, its
-    clips, 9 frames), --family wan tiny-wan's (edge clips, 17 frames), each unless --clips, --frames and
-    --rotary/--no-rotary say otherwise, and records it."""
+    clips, 9 frames), --family wan tiny-wan's (edge clips, 17 frames), each unless --clips, --frames,
+    --rotary/--no-rotary, --temporal-factor and --qk-norm-gain say otherwise, and records it."""
     from vditscope.tiny import TinyConfig
     from vditscope.training.clips import shapes_training
 
@@ -256,6 +256,10 @@ def test_train_tiny_records_the_clip_style_it_trains_on(tmp_path: Path) -> None:
         (["--family", "wan"], ("wan", False, "edge", 0, 10.5, 17)),
         (["--family", "wan", "--clips", "stride", "--frames", "9"], ("wan", False, "wrap", 3, 16.0, 9)),
         (["--clips", "edge", "--no-rotary"], ("cogvideox", False, "edge", 0, 10.5, 9)),
+        (
+            ["--family", "wan", "--temporal-factor", "1", "--frames", "9", "--qk-norm-gain", "2"],
+            ("wan", False, "edge", 0, 10.5, 9),
+        ),
     )
     for i, (flag, expected) in enumerate(cases):
         out = tmp_path / f"run-{i}"
@@ -266,6 +270,8 @@ def test_train_tiny_records_the_clip_style_it_trains_on(tmp_path: Path) -> None:
         assert tuple(config[k] for k in recorded) == expected
         if not flag:  # the whole recipe of the shipped default model, not only these fields
             assert TinyConfig.from_saved(config) == shapes_training("tiny")
+        if "--temporal-factor" in flag:
+            assert config["temporal_factor"] == 1 and config["qk_norm_gain"] == 2.0
 
 
 @pytest.mark.parametrize(
@@ -274,7 +280,9 @@ def test_train_tiny_records_the_clip_style_it_trains_on(tmp_path: Path) -> None:
         (["train-tiny", "--family", "mochi"], "family"),
         (["train-tiny", "--clips", "spiral"], "clip style"),
         (["train-tiny", "--steps", "0"], "positive"),
-        (["train-tiny", "--frames", "8"], "--frames must be odd"),
+        (["train-tiny", "--frames", "8", "--temporal-factor", "2"], "--frames must be 1 + 2 x (latent frames - 1)"),
+        (["train-tiny", "--temporal-factor", "3"], "--temporal-factor must be 1 or 2"),
+        (["train-tiny", "--qk-norm-gain", "0"], "--qk-norm-gain must be positive"),
         (["train-tiny", "--family", "wan", "--rotary"], "--rotary is for CogVideoX"),
         (["eval-tiny", "--count", "0"], "positive"),
         (["eval-tiny", "--model", "/nope"], "no such model"),

@@ -427,7 +427,21 @@ def train_tiny(
     ] = None,
     frames: Annotated[
         int | None,
-        typer.Option(help="Frames per clip, 1 + 2 * (latent frames). Default: the family's shipped model's (9, 17)."),
+        typer.Option(
+            help="Frames per clip, 1 + t * (latent frames - 1) for t frames per latent frame. Default: the family's "
+            "shipped model's (9, 17)."
+        ),
+    ] = None,
+    temporal_factor: Annotated[
+        int | None,
+        typer.Option(help="Video frames per latent frame, 1 or 2. Default: the family's shipped model's."),
+    ] = None,
+    qk_norm_gain: Annotated[
+        float | None,
+        typer.Option(
+            help="Initial gain of the attention's q and k norms (how sharp a head can start). Default: the family's "
+            "shipped model's."
+        ),
     ] = None,
     rotary: Annotated[
         bool | None,
@@ -442,7 +456,9 @@ def train_tiny(
     default model, tiny-cogvideox-motion."""
     from .training.tiny import export_pipeline, recipe_config, train
 
-    config = recipe_config(family, frames=frames, clips=clips, rotary=rotary)
+    config = recipe_config(
+        family, frames=frames, clips=clips, rotary=rotary, temporal_factor=temporal_factor, qk_norm_gain=qk_norm_gain
+    )
     out = out if out is not None else Path(f"runs/train-tiny-{family}")
     _check_training(steps, out, export, "train-tiny", overwrite)
     _training(steps, train, out, config, steps=steps, minutes=minutes, overwrite=overwrite)

@@ -236,6 +236,47 @@ def test_flicker_moves_each_frame_as_a_whole() -> None:
     assert np.abs(offsets).max() <= 0.05 + 1e-6 and np.ptp(offsets[:, 0]) > 0.01
 
 
+@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+def test_the_qk_norms_learn_at_their_own_rate(family: str) -> None:
+    """qk_norm_lr_scale puts the attention's q and k norms (gains and biases, every layer) in a group of their own
+    that steps at that multiple of the learning rate; at 1 there is one group, as runs saved before it had."""
+    from vditscope.training.checkpoint import optimizer_step
+    from vditscope.training.tiny import _parameter_groups, build_pipeline
+
+    config = replace(SMALL, family=family, qk_norm_lr_scale=10.0)
+    pipe = build_pipeline(config)
+    groups = _parameter_groups(pipe, config)
+    names = {id(p): name for name, p in pipe.transformer.named_parameters()}
+    norm_names = sorted(names[id(p)] for p in groups[1]["params"])
+    # per layer, CogVideoX: the gain and bias of q's and k's layer norms; Wan: q's and k's RMS-norm gains in its
+    # self- and cross-attention
+    assert len(norm_names) == config.layers * 4
+    assert all(name.split(".")[-2] in ("norm_q", "norm_k") for name in norm_names)
+    assert not any(names.get(id(p), "").split(".")[-2:-1] in (["norm_q"], ["norm_k"]) for p in groups[0]["params"])
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    params = [p for group in groups for p in group["params"]]
+    optimizer_step(optimizer, sum(p.sum() for p in params), params, 2e-4)
+    assert [group["lr"] for group in optimizer.param_groups] == [2e-4, pytest.approx(2e-3)]
+    assert len(_parameter_groups(pipe, SMALL)) == 1
+    assert tiny.TinyConfig.from_saved({"family": family}).qk_norm_lr_scale == 1.0  # saved before the field
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+def test_the_qk_norms_start_at_the_configured_gain(family: str) -> None:
+    """qk_norm_gain sets every q and k norm's initial gain (their biases stay 0) and nothing else; at 1 the
+    pipeline is the one built before the field existed."""
+    from vditscope.training.tiny import build_pipeline
+
+    plain = build_pipeline(replace(SMALL, family=family)).transformer.state_dict()
+    sharp = build_pipeline(replace(SMALL, family=family, qk_norm_gain=2.0)).transformer.state_dict()
+    gains = [k for k in plain if k.split(".")[-2:] in (["norm_q", "weight"], ["norm_k", "weight"])]
+    assert len(gains) == SMALL.layers * (4 if family == "wan" else 2)  # Wan: self- and cross-attention
+    assert all(torch.equal(plain[k], torch.ones_like(plain[k])) for k in gains)
+    assert all(torch.equal(sharp[k], torch.full_like(plain[k], 2.0)) for k in gains)
+    assert all(torch.equal(plain[k], sharp[k]) for k in plain if k not in gains)
+    assert tiny.TinyConfig.from_saved({"family": family}).qk_norm_gain == 1.0
+
+
 def test_saved_configurations_keep_the_clips_they_trained_on() -> None:
     """A configuration saved before clip styles (and rotary positions) existed trained on the legacy clips without
     rotary positions; a new one keeps its own."""
@@ -277,9 +318,10 @@ def test_pixel_vae_is_exact_and_reloads(tmp_path: Path) -> None:
 
 
 SETS = replace(SMALL, batch=4, direction_sets=True, set_contrast=2.0)
+FAST_QK = replace(SMALL, qk_norm_lr_scale=10.0)
 
 
-@pytest.mark.parametrize("config", [SMALL, SETS], ids=["clips", "direction-sets"])
+@pytest.mark.parametrize("config", [SMALL, SETS, FAST_QK], ids=["clips", "direction-sets", "fast-qk-norms"])
 def test_training_resumes_to_the_same_weights(tmp_path: Path, config: tiny.TinyConfig) -> None:
     tiny.train(tmp_path / "straight", config, steps=4, checkpoint_every=100)
     # an interrupted run: the time limit stops it after its first step, with a checkpoint
@@ -399,15 +441,24 @@ def test_render_clips_takes_the_clips_a_model_trained_on(tmp_path: Path) -> None
 
 def test_train_tiny_recipes_are_the_shipped_models_configurations() -> None:
     """What train-tiny trains per family, with the README's flags, is what each shipped model recorded; --rotary
-    on Wan and an even frame count are refused in one line."""
+    on Wan, a frame count that does not fold into latent frames, a temporal factor other than 1 or 2 and a q/k norm
+    gain that is not positive are refused in one line."""
     from vditscope.errors import VditscopeError
     from vditscope.training.clips import shapes_training
     from vditscope.training.tiny import recipe_config
 
     assert recipe_config("cogvideox") == shapes_training("tiny-cogvideox-motion") == shapes_training("tiny")
     assert recipe_config("wan") == shapes_training("tiny-wan")
-    assert recipe_config("cogvideox", frames=17, clips="edge", rotary=False) == shapes_training("tiny-cogvideox")
+    edge17 = recipe_config("cogvideox", frames=17, clips="edge", rotary=False, temporal_factor=2, qk_norm_gain=1)
+    assert edge17 == shapes_training("tiny-cogvideox")
     with pytest.raises(VditscopeError, match="--rotary is for CogVideoX"):
         recipe_config("wan", rotary=True)
-    with pytest.raises(VditscopeError, match="--frames must be odd"):
-        recipe_config("cogvideox", frames=10)
+    with pytest.raises(VditscopeError, match=r"--frames must be 1 \+ 2 x \(latent frames - 1\)"):
+        recipe_config("cogvideox", frames=10, temporal_factor=2)
+    with pytest.raises(VditscopeError, match="--frames must be"):
+        recipe_config("wan", frames=1, temporal_factor=1)
+    assert recipe_config("wan", frames=10, temporal_factor=1).frames == 10  # one video frame per latent frame
+    with pytest.raises(VditscopeError, match="--temporal-factor must be 1 or 2"):
+        recipe_config("cogvideox", temporal_factor=3)
+    with pytest.raises(VditscopeError, match="--qk-norm-gain must be positive"):
+        recipe_config("cogvideox", qk_norm_gain=0)

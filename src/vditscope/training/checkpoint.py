@@ -24,10 +24,10 @@ STATE = "state.json"
 def optimizer_step(
     optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter], lr: float
 ) -> float:
-    """One AdamW step of every trainer here: set the learning rate, backpropagate, clip the gradient
-    norm to 1, step; returns the loss as a float."""
+    """One AdamW step of every trainer here: set the learning rate (times a parameter group's ``lr_scale``, 1 when
+    it has none), backpropagate, clip the gradient norm to 1, step; returns the loss as a float."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)

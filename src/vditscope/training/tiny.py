@@ -79,23 +79,40 @@ def clip_style(name: str) -> shapes.ClipStyle:
 
 
 def recipe_config(
-    family: str, *, frames: int | None = None, clips: str | None = None, rotary: bool | None = None
+    family: str,
+    *,
+    frames: int | None = None,
+    clips: str | None = None,
+    rotary: bool | None = None,
+    temporal_factor: int | None = None,
+    qk_norm_gain: float | None = None,
 ) -> TinyConfig:
     """What ``train-tiny --family FAMILY`` trains: the configuration its shipped model recorded (``RECIPE_MODELS``:
     tiny-cogvideox-motion's for CogVideoX, tiny-wan's for Wan), with the frame count, clip style (a
-    ``shapes.CLIP_STYLES`` name) and CogVideoX's rotary positions given instead (VditscopeError on a bad one)."""
+    ``shapes.CLIP_STYLES`` name), video frames per latent frame, CogVideoX's rotary positions and the q and k
+    norms' initial gain given instead (VditscopeError on a bad one)."""
     if family not in RECIPE_MODELS:
         raise VditscopeError(f"unknown model family {family}: train-tiny knows {', '.join(RECIPE_MODELS)}")
     if family != "cogvideox" and rotary:
         raise VditscopeError(f"--rotary is for CogVideoX; {family} has rotary positions of its own")
-    if frames is not None and (frames < 3 or frames % 2 == 0):
-        raise VditscopeError(f"--frames must be odd and at least 3 (1 + 2 * latent frames), got {frames}")
+    if temporal_factor is not None and temporal_factor not in (1, 2):
+        raise VditscopeError(f"--temporal-factor must be 1 or 2 video frames per latent frame, got {temporal_factor}")
+    if qk_norm_gain is not None and not qk_norm_gain > 0:
+        raise VditscopeError(f"--qk-norm-gain must be positive, got {qk_norm_gain}")
     config = shapes_training(RECIPE_MODELS[family])
     config = replace(
         config,
         frames=frames if frames is not None else config.frames,
         rotary=rotary if rotary is not None else config.rotary,
+        temporal_factor=temporal_factor if temporal_factor is not None else config.temporal_factor,
+        qk_norm_gain=qk_norm_gain if qk_norm_gain is not None else config.qk_norm_gain,
     )
+    step = config.temporal_factor
+    if config.frames < 3 or (config.frames - 1) % step:
+        raise VditscopeError(
+            f"--frames must be 1 + {step} x (latent frames - 1) with at least 2 latent frames at "
+            f"{step} video frame{'s' if step > 1 else ''} per latent frame, got {config.frames}"
+        )
     return config.with_style(clip_style(clips)) if clips is not None else config
 
 
@@ -103,6 +120,11 @@ def build_pipeline(config: TinyConfig) -> Any:
     """A freshly initialized pipeline of the configured family (deterministic from config.seed)."""
     pipe = recipe_for(config.family).build_pipeline(config, build_tokenizer())
     pipe.set_progress_bar_config(disable=True)
+    if config.qk_norm_gain != 1.0:
+        with torch.no_grad():
+            for name, module in pipe.transformer.named_modules():
+                if name.rsplit(".", 1)[-1] in QK_NORMS and getattr(module, "weight", None) is not None:
+                    module.weight.fill_(config.qk_norm_gain)
     return pipe
 
 
@@ -165,6 +187,27 @@ def _trainable(pipe: Any) -> dict[str, torch.nn.Module]:
     return {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
 
 
+QK_NORMS = ("norm_q", "norm_k")  # the attention modules' q and k norms, in diffusers' Wan and CogVideoX alike
+
+
+def _parameter_groups(pipe: Any, config: TinyConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: everything trainable at the base rate and, when ``qk_norm_lr_scale`` is
+    not 1, the q and k norms' parameters in a group of their own at that multiple (``optimizer_step``'s
+    ``lr_scale``). One group otherwise, so that a run's optimizer state keeps its order."""
+    named = [(name, p) for module in _trainable(pipe).values() for name, p in module.named_parameters()]
+    if config.qk_norm_lr_scale == 1.0:
+        return [{"params": [p for _, p in named]}]
+    norms = [p for name, p in named if _module_name(name) in QK_NORMS]
+    rest = [p for name, p in named if _module_name(name) not in QK_NORMS]
+    return [{"params": rest}, {"params": norms, "lr_scale": config.qk_norm_lr_scale}]
+
+
+def _module_name(parameter: str) -> str:
+    """The name of the module that holds a parameter ("norm_q" for "blocks.0.attn1.norm_q.weight"; "" for none)."""
+    parts = parameter.split(".")
+    return parts[-2] if len(parts) > 1 else ""
+
+
 def _load_weights(pipe: Any, tensors: dict[str, torch.Tensor]) -> None:
     """Put the checkpoint's model tensors back into the trainable modules."""
     for name, module in _trainable(pipe).items():
@@ -213,8 +256,9 @@ def _train(
     recipe = recipe_for(config.family)
     pipe = build_pipeline(config)
     train_specs, _ = shapes.split_specs(config.seed)
-    params = [p for module in _trainable(pipe).values() for p in module.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    groups = _parameter_groups(pipe, config)
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
     step, history = 0, []
     loaded = load_checkpoint(out)
     if loaded is not None:
