@@ -1,6 +1,6 @@
 """Issue 17's experiments on the shipped shapes models: does the direction word steer the motion?
 
-Five subcommands, each printing one JSON line per result (run one at a time on this 2-core machine; give a
+Six subcommands, each printing one JSON line per result (run one at a time on this 2-core machine; give a
 background run OMP_NUM_THREADS=1):
 
     finetune OUT [--lo 0.5 --hi 1.0 --steps 1500 --lr 3e-4 --every 300]
@@ -17,6 +17,9 @@ background run OMP_NUM_THREADS=1):
     steer RUN_OR_MODEL [--count 8]
         each of ``count`` held-out clips generated once per direction word with the same seed: how often the
         motion follows the word, and how often all four words give the same motion (the noise decides it)
+    shared RUN_OR_MODEL [--clips 16 --sigmas 0.1 0.2 0.4 0.6 0.8]
+        the loss at fixed noise levels on held-out clips with no grain, a static grain and a grain redrawn every
+        frame: how much the model reads a pixel's grain from the other frames (what a temporal head would do)
     bands RUN_OR_MODEL [--clips 16 --sigmas 0.2 0.4 0.6 0.8 0.95]
         the loss's relative rise when the caption names the opposite direction, at each fixed noise level:
         where in the noise range a model reads the direction word (Wan: flow matching at noise level sigma;
@@ -143,10 +146,15 @@ def train_variant(args: argparse.Namespace) -> None:
 
 def loaded(model: str) -> tuple:
     """The pipeline, generation settings and training configuration of the shipped model ("tiny-wan"), of a
-    finetune output or of a train-tiny run directory."""
+    pipeline directory (exported or shipped), of a finetune output or of a train-tiny run directory."""
     source = Path(model)
     if model == "tiny-wan":
         return shipped()
+    if (source / "vditscope.json").is_file():  # an exported or shipped pipeline directory
+        pipe, _, directory = load_pipeline(source)
+        pipe.set_progress_bar_config(disable=True)
+        config = TinyConfig.from_saved(json.loads((Path(directory) / "vditscope.json").read_text())["training"])
+        return pipe, config.generation(), config
     if (source / "transformer.pt").is_file():  # a finetune output
         pipe, generation, config = shipped()
         pipe.transformer.load_state_dict(torch.load(source / "transformer.pt"))
@@ -215,6 +223,35 @@ def bands(args: argparse.Namespace) -> None:
     print(json.dumps({"model": args.model, "step": trained_steps(args.model), "direction_sensitivity_at_sigma": rises}))
 
 
+@torch.no_grad()
+def shared(args: argparse.Namespace) -> None:
+    """The loss at fixed noise levels on rendered held-out clips with no grain, with a static grain (every frame
+    shares it) and with a grain redrawn every frame, both of the model's amplitude (0.12 when it has none): how much
+    the model reads a pixel's grain from the other frames, as a temporal head does."""
+    pipe, _, config = loaded(args.model)
+    recipe = recipe_for(config.family)
+    _, held = shapes.split_specs(0)
+    specs = held[: args.clips]
+    embeds = encode_prompts(pipe, [s.caption for s in specs], "cpu", config.max_text_tokens)
+    plain = rendered_batch(
+        specs, config.frames, config.size, np.random.default_rng(0), replace(config.clip_style(), grain=0.0)
+    )
+    batch_size, _, frames, height, width = plain.shape
+    amplitude = 2 * (config.grain or 0.12)  # pixels in [0, 1] -> the VAE's [-1, 1]
+    generator = torch.Generator().manual_seed(5)
+    static = (torch.rand(batch_size, 1, 1, height, width, generator=generator) * 2 - 1) * amplitude
+    redrawn = (torch.rand(batch_size, 1, frames, height, width, generator=generator) * 2 - 1) * amplitude
+    for name, videos in (("none", plain), ("static", plain + static), ("per-frame", plain + redrawn)):
+        latents = recipe.model_latents(pipe, pipe.vae.encode(videos).latent_dist.sample())
+        losses = {}
+        for sigma in args.sigmas:
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(round(sigma * 1000)))
+            batch = recipe.noised_at(pipe, latents, torch.full((len(specs),), sigma), noise)
+            prediction = pipe.transformer(**recipe.transformer_kwargs(pipe, batch, embeds), return_dict=False)[0]
+            losses[str(sigma)] = round(float(torch.nn.functional.mse_loss(prediction, batch.target)), 5)
+        print(json.dumps({"model": args.model, "grain": name, "loss_at_sigma": losses}))
+
+
 def trained_steps(model: str) -> int | None:
     """How far a train-tiny run directory trained (None for the shipped model or a finetune output)."""
     state = Path(model) / "state.json"
@@ -266,8 +303,13 @@ def main() -> None:
     band.add_argument("model")
     band.add_argument("--clips", type=int, default=16)
     band.add_argument("--sigmas", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 0.95])
+    grain = sub.add_parser("shared")
+    grain.add_argument("model")
+    grain.add_argument("--clips", type=int, default=16)
+    grain.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2, 0.4, 0.6, 0.8])
     args = parser.parse_args()
-    commands = {"finetune": finetune, "train": train_variant, "evaluate": evaluate, "steer": steer, "bands": bands}
+    commands = {"finetune": finetune, "train": train_variant, "evaluate": evaluate, "steer": steer, "bands": bands,
+                "shared": shared}  # fmt: skip
     commands[args.command](args)
 
 

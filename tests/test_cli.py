@@ -182,6 +182,7 @@ def test_shipped_model_names_and_metrics() -> None:
     assert metrics["held_out_clips"] >= 40 and metrics["color_accuracy"] >= 0.9 and metrics["direction_accuracy"] >= 0.8
     assert min(metrics["direction_accuracy_per_direction"].values()) >= 0.5 and metrics["head_classes"]["spatial"] >= 1
     assert max(metrics["same_frame_ratio"].values()) >= 2.0  # own-frame attention past 2x uniform in a layer
+    assert metrics["head_classes"]["temporal"] >= 1 and max(metrics["same_position_max"].values()) >= 0.25
     with pytest.raises(VditscopeError, match="unknown shipped model"):
         vditscope.tiny_model_dir("tiny-mochi")
     joint = vditscope.tiny_model_dir("tiny-cogvideox")
@@ -220,7 +221,7 @@ def test_the_motion_model_runs_at_its_own_size_and_refuses_another(tmp_path: Pat
     result = run_cli(*args, "--out", str(out), "--prompt", "a red square moving down on a black background")
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "run.json").read_text())
-    assert run["family"] == "cogvideox" and run["layout"]["grid"] == [5, 8, 8] and run["layout"]["text_tokens"] == 16
+    assert run["family"] == "cogvideox" and run["layout"]["grid"] == [9, 8, 8] and run["layout"]["text_tokens"] == 16
     refused = run_cli(*args, "--out", str(tmp_path / "wide"), "--width", "64")
     assert refused.returncode == 2 and "generates only at 32 x 32 px" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "wide").exists()

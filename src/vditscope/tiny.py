@@ -56,7 +56,7 @@ class TinyConfig:
     """Sizes of a tiny model's data and model, and its training recipe (``vditscope train-tiny``)."""
 
     size: int = 32  # pixels per side (Wan needs a multiple of 16)
-    frames: int = 17  # 1 + 2 * 8: 9 latent frames (tiny-cogvideox-motion: 9, 5 latent frames)
+    frames: int = 17  # 1 + 2 * 8: 9 latent frames (tiny-cogvideox-motion: 9 frames, one latent frame each)
     spatial_factor: int = 2
     temporal_factor: int = 2
     heads: int = 4

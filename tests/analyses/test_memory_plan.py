@@ -291,7 +291,7 @@ def test_memory_command_prints_the_tiny_model_and_a_published_one(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code, out = run_cli(["memory", "--layers", "0,1"], capsys, monkeypatch)
-    assert code == 0 and "5 x 8 x 8 video + 16 text = 336 per self-attention call" in out, out
+    assert code == 0 and "9 x 8 x 8 video + 16 text = 592 per self-attention call" in out, out
     assert "weights: transformer" in out and "maps kept" in out and "fits what is free now" in out
     argv = ["memory", "--published", "Wan2.1-T2V-1.3B", "--device", "cuda", "--dtype", "bfloat16"]
     code, out = run_cli(argv, capsys, monkeypatch)
