@@ -90,9 +90,9 @@ class TinyConfig:
     rotary: bool = False
     direction_sets: bool = False  # batches of clips that differ only in their direction, with the same noise ...
     set_contrast: float = 0.0  # ... and the weight of the loss on what tells a set's members apart
-    # learning-rate multiplier of the attention's q and k norms (their gains and biases): those gains cap how sharp a
-    # head's softmax can be (q and k are layer-normed), and at the base rate they grow too little within a CPU run
-    # for a head that attends to a handful of keys, such as a temporal head's own position in the other frames
+    # learning-rate multiplier of the attention's q and k norms (their gains and biases), whose gains cap how sharp a
+    # head's softmax can be (q and k are layer-normed). Tried for issue 17's temporal head: at 10x the gains still
+    # reached only 1.4-1.7 and gave none (benchmarks/results/cpu-2core-direction-word.txt); no shipped recipe uses it
     qk_norm_lr_scale: float = 1.0
     # the q and k norms' initial gain: a head's logits are at most gain^2 * sqrt(head_dim) (CogVideoX layer-norms q
     # and k per head, with gains that all heads of a layer share), 5.7 at the usual 1, too flat a softmax for
