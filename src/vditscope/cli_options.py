@@ -91,7 +91,11 @@ SourcePromptOpt = Annotated[str, typer.Option(help="Prompt of the source generat
 TargetPromptOpt = Annotated[str, typer.Option(help="Edited prompt.")]
 StepsRangeOpt = Annotated[
     str | None,
-    typer.Option("--edit-steps", "--steps-range", help="Denoising steps to transfer, START:STOP (default all)."),
+    typer.Option(
+        "--edit-steps",
+        "--steps-range",
+        help="Denoising steps to transfer, START:STOP (default: edit the first 80%, edit-sweep all).",
+    ),
 ]
 TransferModeOpt = Annotated[
     str, typer.Option(help="kv: target queries on the source's keys and values; attention: source's Q and K.")

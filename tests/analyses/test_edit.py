@@ -79,6 +79,17 @@ def test_transfer_between_equal_prompts_is_the_identity() -> None:
     assert "_diffusers_hook" not in pipe.transformer.blocks[0].attn1.__dict__
 
 
+def test_edit_transfers_in_the_first_80_percent_of_the_steps_unless_told() -> None:
+    """edit's default range: the first 80% of the schedule (16 of 20 steps), at least one step; a range asked
+    for, or a schedule of unknown length, is left as it is."""
+    from vditscope.analyses.edit import transfer_steps
+
+    assert (
+        transfer_steps(None, 20) == (0, 16) and transfer_steps(None, 1) == (0, 1) and transfer_steps(None, 3) == (0, 2)
+    )
+    assert transfer_steps((5, 20), 20) == (5, 20) and transfer_steps(None, None) is None
+
+
 def test_edit_on_the_shipped_model_keeps_the_source_layout_and_changes_the_colour(tmp_path: Path) -> None:
     """Shipped settings (the default model's steps and frames): the claim of the issue, measured."""
     result = run_cli("edit", "--source-prompt", SOURCE, "--target-prompt", TARGET, "--out", str(tmp_path / "e"))
@@ -86,6 +97,7 @@ def test_edit_on_the_shipped_model_keeps_the_source_layout_and_changes_the_colou
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["edited_vs_source"]["ssim"] > metrics["target_vs_source"]["ssim"] + 0.1
     assert metrics["colour"] == {"source": "red", "target": "green", "edited": "green"}
+    assert metrics["steps"] == [0, 16]  # the first 80% of the default model's 20 steps
     tracks = metrics["track_distance_px"]
     assert tracks["edited_vs_source"] < 0.5 * tracks["target_vs_source"]
     frames = load_file(str(tmp_path / "e" / "frames.safetensors"))

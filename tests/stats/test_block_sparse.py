@@ -138,6 +138,15 @@ def test_block_mass_selection_keeps_diagonal_text_and_sinks() -> None:
     assert (sparser <= keep).all() and sparser.sum() <= keep.sum()
 
 
+def test_a_block_mass_of_one_keeps_every_block_even_of_a_sharp_head() -> None:
+    """At mass 1 the selection is dense: a sharp head (the shipped model's gain-2.5 q/k norms) leaves blocks whose
+    mass float32 sums past 1 before reaching them, and those are kept too."""
+    q, k, _ = qkv(heads=2, kv_heads=2, dtype=torch.float32)
+    sharp = mass_blocks(q * 40.0, k, LAYOUT, 1.0, 1.0, BLOCK)
+    assert sharp.all()
+    assert not mass_blocks(q * 40.0, k, LAYOUT, 1.0, 0.999, BLOCK).all()  # just under 1 it does drop blocks
+
+
 def test_blocks_equal_the_dense_masked_softmax_of_their_blocks() -> None:
     q, k, v = qkv()
     out, stats, _ = block_sparse_attention(

@@ -241,11 +241,11 @@ def test_the_qk_norms_learn_at_their_own_rate(family: str) -> None:
     """qk_norm_lr_scale puts the attention's q and k norms (gains and biases, every layer) in a group of their own
     that steps at that multiple of the learning rate; at 1 there is one group, as runs saved before it had."""
     from vditscope.training.checkpoint import optimizer_step
-    from vditscope.training.tiny import _parameter_groups, build_pipeline
+    from vditscope.training.tiny import build_pipeline, parameter_groups
 
     config = replace(SMALL, family=family, qk_norm_lr_scale=10.0)
     pipe = build_pipeline(config)
-    groups = _parameter_groups(pipe, config)
+    groups = parameter_groups(pipe, config)
     names = {id(p): name for name, p in pipe.transformer.named_parameters()}
     norm_names = sorted(names[id(p)] for p in groups[1]["params"])
     # per layer, CogVideoX: the gain and bias of q's and k's layer norms; Wan: q's and k's RMS-norm gains in its
@@ -257,7 +257,7 @@ def test_the_qk_norms_learn_at_their_own_rate(family: str) -> None:
     params = [p for group in groups for p in group["params"]]
     optimizer_step(optimizer, sum(p.sum() for p in params), params, 2e-4)
     assert [group["lr"] for group in optimizer.param_groups] == [2e-4, pytest.approx(2e-3)]
-    assert len(_parameter_groups(pipe, SMALL)) == 1
+    assert len(parameter_groups(pipe, SMALL)) == 1
     assert tiny.TinyConfig.from_saved({"family": family}).qk_norm_lr_scale == 1.0  # saved before the field
 
 

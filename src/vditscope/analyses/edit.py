@@ -187,10 +187,26 @@ def run_edit(request: EditRequest) -> tuple[Path, dict[str, Any]]:
         return output.path, _edit(request, output, executor)
 
 
+# edit's default: transfer in the first 80% of the denoising steps (as Prompt-to-Prompt injects), the last ones
+# left to the target's own attention; on tiny-cogvideox-motion, transferring all 20 keeps the source's colour
+EDIT_STEP_SHARE = 0.8
+
+
+def transfer_steps(requested: tuple[int, int] | None, total: int | None) -> tuple[int, int] | None:
+    """The steps edit transfers in: those asked for, else the first ``EDIT_STEP_SHARE`` of a ``total``-step
+    schedule (all of them when the schedule's length is unknown, None)."""
+    if requested is not None or total is None:
+        return requested
+    return 0, max(1, round(EDIT_STEP_SHARE * total))
+
+
 def _edit(request: EditRequest, output: OutputDir, executor: Executor) -> dict[str, Any]:
     setup = edit_setup(request)
+    total = int(setup.generation.get("num_inference_steps", 0)) or None
     config = TransferConfig(
-        layers=frozenset(request.layers) if request.layers is not None else None, steps=request.steps, mode=request.mode
+        layers=frozenset(request.layers) if request.layers is not None else None,
+        steps=transfer_steps(request.steps, total),
+        mode=request.mode,
     )
     jobs = [Job("plain", lockstep_of(request, setup, None)), Job("edited", lockstep_of(request, setup, config))]
     with start_pool(request, setup, executor) as pool:

@@ -232,8 +232,8 @@ def frame_alignment_pays(layout: TokenLayout, block: int) -> bool:
 def mass_blocks(
     q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, scale: float, block_mass: float, block: int
 ) -> torch.Tensor:
-    """(H, Qb, Kb) bool: per query block, the fewest key blocks whose mass reaches ``block_mass``,
-    with the diagonal, non-video and sink blocks always kept.
+    """(H, Qb, Kb) bool: per query block, the fewest key blocks whose mass reaches ``block_mass`` (all of them at
+    1), with the diagonal, non-video and sink blocks always kept.
 
     The mass is estimated with the block's mean query against every key (softmax over the keys,
     summed per key block): pooling only the queries keeps single strong keys visible, at a cost of
@@ -250,7 +250,10 @@ def mass_blocks(
         per_block = torch.nn.functional.pad(probs, (0, nb * block - num)).view(nb, nb, block).sum(-1)
         ordered, order = per_block.sort(dim=-1, descending=True)
         before = ordered.cumsum(-1) - ordered  # mass of the larger blocks before each one
-        chosen[h].scatter_(-1, order, before < block_mass)
+        # a mass of 1 keeps every block: float32 sums reach 1 before the smallest blocks of a sharp head
+        chosen[h].scatter_(
+            -1, order, before < block_mass if block_mass < 1.0 else torch.ones_like(before, dtype=torch.bool)
+        )
         chosen[h] |= torch.nn.functional.pad(sinks, (0, nb * block - num)).view(nb, block).any(-1)[None, :]
     other = _block_boxes(layout, num, block, False)[0][0].to(q.device)
     chosen |= other[None, None, :] | other[None, :, None]

@@ -190,7 +190,7 @@ def _trainable(pipe: Any) -> dict[str, torch.nn.Module]:
 QK_NORMS = ("norm_q", "norm_k")  # the attention modules' q and k norms, in diffusers' Wan and CogVideoX alike
 
 
-def _parameter_groups(pipe: Any, config: TinyConfig) -> list[dict[str, Any]]:
+def parameter_groups(pipe: Any, config: TinyConfig) -> list[dict[str, Any]]:
     """The optimizer's parameter groups: everything trainable at the base rate and, when ``qk_norm_lr_scale`` is
     not 1, the q and k norms' parameters in a group of their own at that multiple (``optimizer_step``'s
     ``lr_scale``). One group otherwise, so that a run's optimizer state keeps its order."""
@@ -256,7 +256,7 @@ def _train(
     recipe = recipe_for(config.family)
     pipe = build_pipeline(config)
     train_specs, _ = shapes.split_specs(config.seed)
-    groups = _parameter_groups(pipe, config)
+    groups = parameter_groups(pipe, config)
     params = [p for group in groups for p in group["params"]]
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
     step, history = 0, []
