@@ -198,6 +198,15 @@ def steer(args: argparse.Namespace) -> None:
     print(json.dumps({"model": args.model, "step": trained_steps(args.model), "clips": args.count, **summary}))
 
 
+def loss_at(pipe, recipe, latents: torch.Tensor, embeds: torch.Tensor, sigma: float) -> float:
+    """The denoising loss of latents noised at the fixed level ``sigma``, with noise seeded by that level (the same
+    noise for every caption and clip set at that level)."""
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(round(sigma * 1000)))
+    batch = recipe.noised_at(pipe, latents, torch.full((latents.shape[0],), sigma), noise)
+    prediction = pipe.transformer(**recipe.transformer_kwargs(pipe, batch, embeds), return_dict=False)[0]
+    return float(torch.nn.functional.mse_loss(prediction, batch.target))
+
+
 @torch.no_grad()
 def bands(args: argparse.Namespace) -> None:
     """Caption sensitivity to the direction word at fixed noise levels: where in the noise range the model reads it."""
@@ -213,12 +222,7 @@ def bands(args: argparse.Namespace) -> None:
     opposite = encode_prompts(pipe, flipped, "cpu", config.max_text_tokens)
     rises = {}
     for sigma in args.sigmas:
-        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(round(sigma * 1000)))
-        batch = recipe.noised_at(pipe, latents, torch.full((len(specs),), sigma), noise)
-        losses = []
-        for embeds in (true, opposite):
-            prediction = pipe.transformer(**recipe.transformer_kwargs(pipe, batch, embeds), return_dict=False)[0]
-            losses.append(float(torch.nn.functional.mse_loss(prediction, batch.target)))
+        losses = [loss_at(pipe, recipe, latents, embeds, sigma) for embeds in (true, opposite)]
         rises[str(sigma)] = round(losses[1] / losses[0] - 1, 5)
     print(json.dumps({"model": args.model, "step": trained_steps(args.model), "direction_sensitivity_at_sigma": rises}))
 
@@ -243,12 +247,7 @@ def shared(args: argparse.Namespace) -> None:
     redrawn = (torch.rand(batch_size, 1, frames, height, width, generator=generator) * 2 - 1) * amplitude
     for name, videos in (("none", plain), ("static", plain + static), ("per-frame", plain + redrawn)):
         latents = recipe.model_latents(pipe, pipe.vae.encode(videos).latent_dist.sample())
-        losses = {}
-        for sigma in args.sigmas:
-            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(round(sigma * 1000)))
-            batch = recipe.noised_at(pipe, latents, torch.full((len(specs),), sigma), noise)
-            prediction = pipe.transformer(**recipe.transformer_kwargs(pipe, batch, embeds), return_dict=False)[0]
-            losses[str(sigma)] = round(float(torch.nn.functional.mse_loss(prediction, batch.target)), 5)
+        losses = {str(sigma): round(loss_at(pipe, recipe, latents, embeds, sigma), 5) for sigma in args.sigmas}
         print(json.dumps({"model": args.model, "grain": name, "loss_at_sigma": losses}))
 
 

@@ -69,6 +69,11 @@ class EditSetup:
     generation: dict[str, Any]
     background: str | None
 
+    @property
+    def total_steps(self) -> int | None:
+        """Denoising steps of the schedule (None when the settings do not say)."""
+        return int(self.generation.get("num_inference_steps", 0)) or None
+
 
 def claim_output(request: EditRequest, command: str, files: Sequence[str]) -> OutputDir:
     """The output claim of an edit command (checked before the model loads)."""
@@ -88,12 +93,12 @@ def edit_setup(request: EditRequest) -> EditSetup:
     model = request.model or DEFAULT_MODEL
     model_dir = checked_model_dir(model)
     settings = model_settings(model_dir)
-    generation = request.generation_kwargs(settings)
-    total = int(generation.get("num_inference_steps", 0)) or None
+    background = shapes.prompt_background(request.source_prompt, settings)
+    setup = EditSetup(model, model_dir, request.generation_kwargs(settings), background)
+    total = setup.total_steps
     if request.steps is not None and total is not None and request.steps[1] > total:
         raise VditscopeError(f"step range {request.steps[0]}:{request.steps[1]} is outside the {total}-step schedule")
-    background = shapes.prompt_background(request.source_prompt, settings)
-    return EditSetup(model, model_dir, generation, background)
+    return setup
 
 
 def start_pool(request: EditRequest, setup: EditSetup, executor: Executor) -> Pool:
@@ -202,10 +207,9 @@ def transfer_steps(requested: tuple[int, int] | None, total: int | None) -> tupl
 
 def _edit(request: EditRequest, output: OutputDir, executor: Executor) -> dict[str, Any]:
     setup = edit_setup(request)
-    total = int(setup.generation.get("num_inference_steps", 0)) or None
     config = TransferConfig(
         layers=frozenset(request.layers) if request.layers is not None else None,
-        steps=transfer_steps(request.steps, total),
+        steps=transfer_steps(request.steps, setup.total_steps),
         mode=request.mode,
     )
     jobs = [Job("plain", lockstep_of(request, setup, None)), Job("edited", lockstep_of(request, setup, config))]

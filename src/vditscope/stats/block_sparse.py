@@ -241,6 +241,8 @@ def mass_blocks(
     is at least SINK_RATIO times the uniform share."""
     heads, num = q.shape[1], k.shape[2]
     nb = num_blocks(num, block)
+    if block_mass >= 1.0:  # every block: float32 sums reach 1 before the smallest blocks of a sharp head
+        return torch.ones(heads, nb, nb, dtype=torch.bool, device=q.device)
     group = heads // k.shape[1]
     pooled_q = _pool(q[0].float(), block)
     chosen = torch.zeros(heads, nb, nb, dtype=torch.bool, device=q.device)
@@ -250,10 +252,7 @@ def mass_blocks(
         per_block = torch.nn.functional.pad(probs, (0, nb * block - num)).view(nb, nb, block).sum(-1)
         ordered, order = per_block.sort(dim=-1, descending=True)
         before = ordered.cumsum(-1) - ordered  # mass of the larger blocks before each one
-        # a mass of 1 keeps every block: float32 sums reach 1 before the smallest blocks of a sharp head
-        chosen[h].scatter_(
-            -1, order, before < block_mass if block_mass < 1.0 else torch.ones_like(before, dtype=torch.bool)
-        )
+        chosen[h].scatter_(-1, order, before < block_mass)
         chosen[h] |= torch.nn.functional.pad(sinks, (0, nb * block - num)).view(nb, block).any(-1)[None, :]
     other = _block_boxes(layout, num, block, False)[0][0].to(q.device)
     chosen |= other[None, None, :] | other[None, :, None]

@@ -122,9 +122,9 @@ def build_pipeline(config: TinyConfig) -> Any:
     pipe.set_progress_bar_config(disable=True)
     if config.qk_norm_gain != 1.0:
         with torch.no_grad():
-            for name, module in pipe.transformer.named_modules():
-                if name.rsplit(".", 1)[-1] in QK_NORMS and getattr(module, "weight", None) is not None:
-                    module.weight.fill_(config.qk_norm_gain)
+            for norm in qk_norms(pipe.transformer):
+                if getattr(norm, "weight", None) is not None:
+                    norm.weight.fill_(config.qk_norm_gain)
     return pipe
 
 
@@ -194,18 +194,19 @@ def parameter_groups(pipe: Any, config: TinyConfig) -> list[dict[str, Any]]:
     """The optimizer's parameter groups: everything trainable at the base rate and, when ``qk_norm_lr_scale`` is
     not 1, the q and k norms' parameters in a group of their own at that multiple (``optimizer_step``'s
     ``lr_scale``). One group otherwise, so that a run's optimizer state keeps its order."""
-    named = [(name, p) for module in _trainable(pipe).values() for name, p in module.named_parameters()]
+    params = [p for module in _trainable(pipe).values() for p in module.parameters()]
     if config.qk_norm_lr_scale == 1.0:
-        return [{"params": [p for _, p in named]}]
-    norms = [p for name, p in named if _module_name(name) in QK_NORMS]
-    rest = [p for name, p in named if _module_name(name) not in QK_NORMS]
-    return [{"params": rest}, {"params": norms, "lr_scale": config.qk_norm_lr_scale}]
+        return [{"params": params}]
+    in_norms = {id(p) for module in _trainable(pipe).values() for norm in qk_norms(module) for p in norm.parameters()}
+    return [
+        {"params": [p for p in params if id(p) not in in_norms]},
+        {"params": [p for p in params if id(p) in in_norms], "lr_scale": config.qk_norm_lr_scale},
+    ]
 
 
-def _module_name(parameter: str) -> str:
-    """The name of the module that holds a parameter ("norm_q" for "blocks.0.attn1.norm_q.weight"; "" for none)."""
-    parts = parameter.split(".")
-    return parts[-2] if len(parts) > 1 else ""
+def qk_norms(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The attention's q and k norm modules inside ``module`` (named as ``QK_NORMS`` says)."""
+    return [sub for name, sub in module.named_modules() if name.rsplit(".", 1)[-1] in QK_NORMS]
 
 
 def _load_weights(pipe: Any, tensors: dict[str, torch.Tensor]) -> None:
